@@ -1,0 +1,277 @@
+//! `anxin-sim` command line.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use anxin_sim::drain::{self, DrainArgs};
+use anxin_sim::load::{self, LoadArgs, Mix};
+use anxin_sim::mqtt::{BrokerAddr, Endpoint, Protocol};
+use anxin_sim::payload::{MAX_PAYLOAD_BYTES, valid_device_id};
+use anxin_sim::scenario::{self, Scenario};
+
+/// Device simulator for anxin: publishes the canonical anxin JSON format over MQTT.
+#[derive(Debug, Parser)]
+#[command(name = "anxin-sim", version)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection (any subcommand)")]
+struct ConnectionArgs {
+    /// MQTT broker, as mqtt://host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "ANXIN_SIM_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1883"
+    )]
+    url: BrokerAddr,
+    /// Topic root; devices publish on {root}/devices/{device_id}/events.
+    #[arg(long, global = true, default_value = "anxin/v1", value_parser = parse_topic_root)]
+    topic_root: String,
+    /// MQTT protocol version: 4 (3.1.1) or 5.
+    #[arg(long, global = true, value_enum, default_value = "4")]
+    protocol: Protocol,
+    /// MQTT client id [default: anxin-sim-<pid>].
+    #[arg(long, global = true, value_parser = parse_client_id)]
+    client_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a scripted scenario from one device, printing each message once acked.
+    Scenario {
+        /// Which script to play.
+        #[arg(value_enum)]
+        name: Scenario,
+        /// Device id to publish as.
+        #[arg(long, value_parser = parse_device_id)]
+        device: String,
+        /// Sequence number of the first message.
+        #[arg(long, default_value_t = 1)]
+        seq_start: u64,
+    },
+    /// Publish COUNT messages round-robin from DEVICES devices at RATE msg/s.
+    Load(LoadCli),
+    /// Subscribe to all devices' events with a persistent session and count them (baseline).
+    Drain(DrainCli),
+}
+
+#[derive(Debug, Args)]
+struct LoadCli {
+    /// Number of devices, named sim-00000, sim-00001, ...
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    devices: u32,
+    /// Overall messages per second; 0 publishes as fast as the broker acks.
+    #[arg(long, value_parser = parse_rate)]
+    rate: f64,
+    /// Total messages to publish.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Which events to send.
+    #[arg(long, value_enum, default_value = "mixed")]
+    mix: Mix,
+    /// Spaces appended to every payload, to test larger messages.
+    #[arg(long, default_value_t = 0, value_parser = parse_pad)]
+    payload_size_pad: usize,
+    /// Seconds to wait for outstanding PUBACKs after the last publish.
+    #[arg(long, default_value_t = 120)]
+    ack_timeout_secs: u64,
+    /// Seed of the event mix; the same seed sends the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Debug, Args)]
+struct DrainCli {
+    /// Messages to receive before stopping.
+    #[arg(long, required_unless_present = "subscribe_only")]
+    count: Option<u64>,
+    /// MQTT 5 Receive Maximum (MQTT 3.1.1 has none; the broker's own limit applies).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..))]
+    receive_maximum: u16,
+    /// Give up when no message has arrived for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_secs: u64,
+    /// Only create the persistent session and subscription, print `subscribed` and exit, so
+    /// that a later drain with the same --client-id receives what was published meanwhile.
+    #[arg(long)]
+    subscribe_only: bool,
+}
+
+fn parse_device_id(s: &str) -> Result<String, String> {
+    if valid_device_id(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("expected 1 to 64 of A-Z a-z 0-9 _ . : -".into())
+    }
+}
+
+fn parse_topic_root(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.starts_with('/') || s.ends_with('/') || s.contains(['+', '#']) {
+        Err("expected topic levels without wildcards or leading/trailing `/`".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn parse_client_id(s: &str) -> Result<String, String> {
+    // rumqttc panics on a persistent session with an empty client id.
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err("expected a number of messages per second, 0 or more".into()),
+    }
+}
+
+fn parse_pad(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(pad) if pad < MAX_PAYLOAD_BYTES => Ok(pad),
+        _ => Err(format!("expected bytes below {MAX_PAYLOAD_BYTES}")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            // `{:#}` prints the context chain on one line; a broker that is down is an
+            // expected outcome, not a reason for a backtrace.
+            eprintln!("anxin-sim: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the chosen subcommand; `Ok(false)` when it ran but fell short of its goal.
+async fn run(cli: Cli) -> Result<bool> {
+    let conn = cli.connection;
+    let endpoint = Endpoint {
+        broker: conn.url,
+        client_id: conn
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("anxin-sim-{}", std::process::id())),
+        protocol: conn.protocol,
+    };
+    let root = conn.topic_root.as_str();
+    match cli.command {
+        Command::Scenario {
+            name,
+            device,
+            seq_start,
+        } => {
+            scenario::run(&endpoint, root, name, &device, seq_start).await?;
+            Ok(true)
+        }
+        Command::Load(args) => {
+            let args = LoadArgs {
+                devices: args.devices as usize,
+                rate: args.rate,
+                count: args.count,
+                mix: args.mix,
+                pad_bytes: args.payload_size_pad,
+                ack_timeout: Duration::from_secs(args.ack_timeout_secs),
+                seed: args.seed,
+            };
+            load::run(&endpoint, root, &args).await
+        }
+        Command::Drain(args) => {
+            if args.subscribe_only && conn.client_id.is_none() {
+                eprintln!(
+                    "note: no --client-id given; drain later with --client-id {}",
+                    endpoint.client_id
+                );
+            }
+            let args = DrainArgs {
+                // clap insists on --count unless --subscribe-only, which ignores it.
+                count: args.count.unwrap_or_default(),
+                receive_maximum: args.receive_maximum,
+                idle_timeout: Duration::from_secs(args.timeout_secs),
+                subscribe_only: args.subscribe_only,
+            };
+            drain::run(&endpoint, root, &args).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connection_options_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "anxin-sim",
+            "scenario",
+            "sos",
+            "--device",
+            "d1",
+            "--url",
+            "mqtt://broker:1884",
+            "--topic-root",
+            "t/v1",
+            "--protocol",
+            "5",
+            "--client-id",
+            "me",
+        ])
+        .unwrap();
+        assert_eq!(cli.connection.url.port, 1884);
+        assert_eq!(cli.connection.topic_root, "t/v1");
+        assert_eq!(cli.connection.protocol, Protocol::V5);
+        assert_eq!(cli.connection.client_id.as_deref(), Some("me"));
+    }
+
+    #[test]
+    fn drain_needs_a_count_unless_only_subscribing() {
+        assert!(Cli::try_parse_from(["anxin-sim", "drain"]).is_err());
+        assert!(Cli::try_parse_from(["anxin-sim", "drain", "--subscribe-only"]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let load = |rate: &str| {
+            Cli::try_parse_from([
+                "anxin-sim",
+                "load",
+                "--devices",
+                "1",
+                "--rate",
+                rate,
+                "--count",
+                "1",
+            ])
+        };
+        assert!(load("0").is_ok());
+        assert!(load("-1").is_err());
+        assert!(load("NaN").is_err());
+        let scenario = |device: &str| {
+            Cli::try_parse_from(["anxin-sim", "scenario", "sos", "--device", device])
+        };
+        assert!(scenario("a/b").is_err());
+        assert!(scenario("+").is_err());
+    }
+}

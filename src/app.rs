@@ -1,0 +1,226 @@
+//! Wiring: the one place tasks are started. Start-up reads as a checklist: store, secrets,
+//! HTTP listener, broker, pipeline, ingest, API; then wait for the shutdown signal and drain.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::{Loaded, MqttTarget};
+use crate::dispatch::{self, AppState};
+use crate::ingest::embedded;
+use crate::ingest::mqtt::MqttIngest;
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::telemetry::{self, names};
+
+/// Runs the engine until `shutdown` is cancelled, then stops intake, commits what was
+/// received, sends the owed acks and returns. `http` is already bound (tests bind port 0).
+pub async fn run(
+    loaded: Loaded,
+    clock: SharedClock,
+    http: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Loaded { config, rules } = loaded;
+    let metrics = telemetry::metrics_handle();
+
+    // 1. Store: keep trying while it is unreachable; nothing can be acked without it.
+    let url = config.store_url();
+    let store = connect_store(&url, config.store.max_connections, &shutdown).await?;
+    let Some(store) = store else { return Ok(()) };
+    tracing::info!(backend = store.backend(), "Store ready");
+
+    // 2. Admin token.
+    let token_hash = admin_token(&config.data_dir, config.admin_token.as_deref())?;
+
+    // 3. MQTT: the embedded broker first, then our client.
+    let client_id = config.client_id();
+    let (host, port, v5, window) = match &config.mqtt.target {
+        MqttTarget::Embedded(addr) => {
+            embedded::start(*addr)?;
+            tracing::warn!(%addr, "Embedded MQTT broker running: it acks devices on receipt and keeps nothing on disk; use an external broker for durability");
+            (addr.ip().to_string(), addr.port(), false, embedded::WINDOW)
+        }
+        MqttTarget::External { host, port } => (
+            host.clone(),
+            *port,
+            config.mqtt.protocol == 5,
+            // A 3.1.1 broker decides the window (Mosquitto: max_inflight_messages, 20 by
+            // default); size our queues for a generous one.
+            if config.mqtt.protocol == 5 {
+                config.mqtt.receive_maximum as usize
+            } else {
+                1000
+            },
+        ),
+    };
+    let ingest = MqttIngest::new(&config.mqtt, &client_id, &host, port, v5, window);
+    let conn = ingest.conn();
+    let sink = ingest.sink();
+
+    // 4. Pipeline.
+    let (live, _) = broadcast::channel(1024);
+    let hard_stop = CancellationToken::new();
+    let (pipeline, shards) = Pipeline::start(
+        config.pipeline.clone(),
+        ingest.window.max(64),
+        store.clone(),
+        Arc::new(rules),
+        clock.clone(),
+        sink.clone(),
+        live.clone(),
+        config.mqtt.topic_root.clone(),
+        hard_stop.clone(),
+    );
+    let grace = Duration::from_secs(config.pipeline.shutdown_grace_secs);
+    let depths = pipeline.clone();
+    let ingest_task = tokio::spawn(ingest.run(pipeline, clock.clone(), shutdown.clone(), grace));
+    tracing::info!(client_id, host, port, mqtt5 = v5, topic_root = %config.mqtt.topic_root, "MQTT ingest started");
+
+    // 5. Upkeep: metrics histograms, gauges, expired dedup keys.
+    let upkeep = {
+        let (metrics, store, clock, sink) =
+            (metrics.clone(), store.clone(), clock.clone(), sink.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut n: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                metrics.run_upkeep();
+                metrics::gauge!(names::MQTT_UNACKED).set(sink.pending() as f64);
+                metrics::gauge!(names::MQTT_OLDEST_UNACKED)
+                    .set(sink.oldest_age().map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                for (i, d) in depths.depths().into_iter().enumerate() {
+                    telemetry::queue_depth(i, d);
+                }
+                n += 1;
+                if n % 12 == 0
+                    && let Err(e) = store.purge_dedup(clock.now()).await
+                {
+                    tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");
+                }
+            }
+        })
+    };
+
+    // 6. HTTP.
+    let ready_conn = conn.clone();
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        live,
+        metrics,
+        admin_token_sha256: token_hash,
+        ingest_ready: Arc::new(move || ready_conn.is_subscribed()),
+    };
+    let http_addr = http.local_addr()?;
+    let http_stop = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, dispatch::router(state))
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%http_addr, "Operator API listening");
+
+    // 7. Wait, then drain: intake stops, shards commit what they hold, acks go out.
+    shutdown.cancelled().await;
+    let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        let _ = ingest_task.await;
+        for s in shards {
+            let _ = s.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "Shutdown grace ran out; uncommitted messages stay unacked and will be redelivered"
+        );
+        hard_stop.cancel();
+    }
+    upkeep.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    store.close().await;
+    tracing::info!("Stopped");
+    Ok(())
+}
+
+async fn connect_store(
+    url: &str,
+    max: u32,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Store>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match Store::connect(url, max).await {
+            Ok(s) => return Ok(Some(s)),
+            Err(crate::store::StoreError::Db(e)) if !matches!(e, sqlx::Error::Configuration(_)) => {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Store unreachable; retrying");
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening the store {}", redact(url))),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Hides a password in a database URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// The admin token's hash: from the environment, else `$data_dir/admin-token`, generated on
+/// first start. Its path is printed so the operator can find it.
+fn admin_token(data_dir: &Path, from_env: Option<&str>) -> anyhow::Result<[u8; 32]> {
+    let token = match from_env {
+        Some(t) => t.to_owned(),
+        None => {
+            let path = data_dir.join("admin-token");
+            match std::fs::read_to_string(&path) {
+                Ok(t) if !t.trim().is_empty() => {
+                    tracing::info!(path = %path.display(), "Admin token reused");
+                    t.trim().to_owned()
+                }
+                _ => {
+                    std::fs::create_dir_all(data_dir)
+                        .with_context(|| format!("creating {}", data_dir.display()))?;
+                    let t = hex::encode(rand::random::<[u8; 24]>());
+                    write_private(&path, &t)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    tracing::info!(path = %path.display(), "Admin token generated");
+                    eprintln!("anxin: admin token written to {}", path.display());
+                    t
+                }
+            }
+        }
+    };
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}

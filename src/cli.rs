@@ -1,0 +1,31 @@
+//! Command line (CONTRACT.md): `anxin [run]`, `anxin check-config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// anxin: telemetry ingestion and alerting for home-care call centres.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the engine.
+    Run {
+        /// Engine config file (default config/anxin.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate the engine config and rules; print every problem with file and line.
+    CheckConfig {
+        /// Engine config file (default config/anxin.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}

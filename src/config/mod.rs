@@ -1,0 +1,546 @@
+//! Engine configuration: `config/anxin.toml`, environment overrides (CONTRACT.md), defaults in
+//! one place ([`Config::default`]). Loading collects every problem with file, line and key.
+
+pub mod reader;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use reader::{Ctx, Problem, Section};
+
+use crate::pipeline::rules::RuleSet;
+
+/// The default engine config path, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "config/anxin.toml";
+
+/// Where the engine's MQTT connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttTarget {
+    /// rumqttd in-process, listening on this address (MQTT 3.1.1).
+    Embedded(SocketAddr),
+    /// An external broker.
+    External {
+        /// Host name or address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl MqttTarget {
+    /// Parses `embedded`, `embedded://HOST:PORT` or `mqtt://host:port`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "embedded" {
+            return Ok(MqttTarget::Embedded(SocketAddr::from((
+                [127, 0, 0, 1],
+                1883,
+            ))));
+        }
+        if let Some(addr) = s.strip_prefix("embedded://") {
+            return addr
+                .parse()
+                .map(MqttTarget::Embedded)
+                .map_err(|_| format!("{s:?}: embedded://HOST:PORT needs an IP address and port"));
+        }
+        if s.starts_with("mqtts://") {
+            return Err(format!(
+                "{s:?}: TLS to the broker (mqtts://) is not built yet; use mqtt:// on a trusted network or a local TLS-terminating proxy"
+            ));
+        }
+        let rest = s.strip_prefix("mqtt://").ok_or_else(|| {
+            format!("{s:?}: expected embedded, embedded://HOST:PORT or mqtt://HOST:PORT")
+        })?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{s:?}: port {p:?} is not a number"))?,
+            ),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?}: no host"));
+        }
+        Ok(MqttTarget::External {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`; `None` means `sqlite://{data_dir}/anxin.db`.
+    pub url: Option<String>,
+    /// PostgreSQL pool size (SQLite always writes through one connection).
+    pub max_connections: u32,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Broker target.
+    pub target: MqttTarget,
+    /// Prefix of the canonical topics.
+    pub topic_root: String,
+    /// Persistent-session client id; `None` means `anxin-<hostname>`.
+    pub client_id: Option<String>,
+    /// MQTT protocol version towards an external broker: 5 (default) or 4 (3.1.1). The
+    /// embedded broker is always reached over 3.1.1, the protocol of its port.
+    pub protocol: u8,
+    /// MQTT 5 Receive Maximum: how many unacked messages the broker may have in flight to us.
+    /// Acks wait for commit, so this, not the commit latency alone, bounds throughput.
+    pub receive_maximum: u16,
+    /// MQTT 5 session expiry. Without one the broker drops the queue on disconnect.
+    pub session_expiry_secs: u32,
+    /// Keep-alive interval.
+    pub keep_alive_secs: u64,
+    /// Longest pause between reconnect attempts.
+    pub reconnect_max_backoff_ms: u64,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Number of shards; a device always maps to the same one (order per device).
+    pub shards: usize,
+    /// A batch closes at this many messages.
+    pub max_batch_messages: usize,
+    /// After the first message of a batch, wait at most this long for more (0 = commit what
+    /// has arrived; messages arriving during a commit form the next batch anyway).
+    pub max_batch_delay_ms: u64,
+    /// How long `(device, seq, ts)` keys are remembered.
+    pub dedup_window_secs: u64,
+    /// How long a payload without `seq`/`ts` is remembered as possibly redelivered.
+    pub redelivery_window_secs: u64,
+    /// Longest pause between retries of a failed commit.
+    pub commit_retry_max_backoff_ms: u64,
+    /// SIGTERM: how long to wait for the in-flight batches and owed acks.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Listen address of the operator API.
+    pub addr: SocketAddr,
+}
+
+/// The whole engine configuration, after defaults and environment overrides.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file, if one was read.
+    pub file: Option<PathBuf>,
+    /// Where the default SQLite file and generated secrets live.
+    pub data_dir: PathBuf,
+    /// The rules file.
+    pub rules_file: PathBuf,
+    /// Store settings.
+    pub store: StoreConfig,
+    /// MQTT settings.
+    pub mqtt: MqttConfig,
+    /// Pipeline settings.
+    pub pipeline: PipelineConfig,
+    /// HTTP settings.
+    pub http: HttpConfig,
+    /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            file: None,
+            data_dir: PathBuf::from("data"),
+            rules_file: PathBuf::from("config/rules.toml"),
+            store: StoreConfig {
+                url: None,
+                max_connections: 8,
+            },
+            mqtt: MqttConfig {
+                target: MqttTarget::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883))),
+                topic_root: "anxin/v1".into(),
+                client_id: None,
+                protocol: 5,
+                // PITFALLS 10: 500–1000 lifts the 20-message 3.1.1 default that would cap
+                // ack-after-commit at a few thousand msg/s.
+                receive_maximum: 1000,
+                // Seven days: long enough to ride out any outage we plan for.
+                session_expiry_secs: 7 * 24 * 3600,
+                keep_alive_secs: 30,
+                reconnect_max_backoff_ms: 5_000,
+            },
+            pipeline: PipelineConfig {
+                shards: 4,
+                max_batch_messages: 1000,
+                max_batch_delay_ms: 0,
+                dedup_window_secs: 24 * 3600,
+                redelivery_window_secs: 60,
+                commit_retry_max_backoff_ms: 5_000,
+                shutdown_grace_secs: 10,
+            },
+            http: HttpConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+            admin_token: None,
+        }
+    }
+}
+
+impl Config {
+    /// The store URL in force.
+    pub fn store_url(&self) -> String {
+        self.store
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("anxin.db").display()))
+    }
+
+    /// The client id in force.
+    pub fn client_id(&self) -> String {
+        self.mqtt.client_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("anxin-{host}")
+        })
+    }
+}
+
+/// A loaded, validated configuration and rule set.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Engine configuration.
+    pub config: Config,
+    /// Compiled rules.
+    pub rules: RuleSet,
+}
+
+/// Reads the engine config (`path`, or [`DEFAULT_CONFIG`] when it exists), applies the
+/// environment, reads the rules. Returns every problem found, not just the first.
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut config = Config::default();
+    let file = match path {
+        Some(p) => Some(p.to_owned()),
+        None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        None => None,
+    };
+    if let Some(file) = &file {
+        match std::fs::read_to_string(file) {
+            Ok(src) => problems.extend(read_engine(file, &src, &mut config)),
+            Err(e) => problems.push(Problem {
+                file: file.clone(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+        config.file = Some(file.clone());
+    }
+    problems.extend(apply_env(&mut config, env));
+    let rules = match std::fs::read_to_string(&config.rules_file) {
+        Ok(src) => match RuleSet::parse(&config.rules_file, &src) {
+            Ok(r) => Some(r),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(Problem {
+                file: config.rules_file.clone(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read the rules file: {e}"),
+            });
+            None
+        }
+    };
+    match rules {
+        Some(rules) if problems.is_empty() => Ok(Loaded { config, rules }),
+        _ => Err(problems),
+    }
+}
+
+/// Reads the process environment.
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
+    let doc = match toml_edit::Document::parse(src) {
+        Ok(d) => d,
+        Err(e) => {
+            let ctx = Ctx::new(file, src);
+            ctx.problem(
+                ctx.line_of(e.span()),
+                "-",
+                format!("not valid TOML: {}", e.message()),
+            );
+            return ctx.into_problems();
+        }
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let ctx = Ctx::new(file, src);
+    let mut root = Section::new(&ctx, doc.as_table(), String::new(), 1);
+    // Paths inside a config file are relative to that file's directory (CONTRACT.md).
+    config.rules_file = base.join("rules.toml");
+    if let Some((p, _)) = root.string("data_dir") {
+        config.data_dir = base.join(p);
+    }
+    if let Some((p, _)) = root.string("rules_file") {
+        config.rules_file = base.join(p);
+    }
+    if let Some(mut s) = root.table("store") {
+        if let Some((url, line)) = s.string("url") {
+            match check_store_url(&url) {
+                Ok(()) => config.store.url = Some(relative_sqlite(&url, base)),
+                Err(m) => s.problem(line, "url", m),
+            }
+        }
+        if let Some(n) = s.int("max_connections", 1..=256) {
+            config.store.max_connections = n as u32;
+        }
+        s.finish();
+    }
+    if let Some(mut s) = root.table("mqtt") {
+        let m = &mut config.mqtt;
+        if let Some((url, line)) = s.string("url") {
+            match MqttTarget::parse(&url) {
+                Ok(t) => m.target = t,
+                Err(e) => s.problem(line, "url", e),
+            }
+        }
+        if let Some((root_, line)) = s.string("topic_root") {
+            match check_topic_root(&root_) {
+                Ok(()) => m.topic_root = root_,
+                Err(e) => s.problem(line, "topic_root", e),
+            }
+        }
+        if let Some((id, line)) = s.string("client_id") {
+            if id.is_empty() || id.len() > 64 {
+                s.problem(line, "client_id", "must be 1..=64 characters");
+            } else {
+                m.client_id = Some(id);
+            }
+        }
+        if let Some(v) = s.int("protocol", 4..=5) {
+            m.protocol = v as u8;
+        }
+        if let Some(v) = s.int("receive_maximum", 1..=65_535) {
+            m.receive_maximum = v as u16;
+        }
+        if let Some(v) = s.int("session_expiry_secs", 60..=u32::MAX as i64) {
+            m.session_expiry_secs = v as u32;
+        }
+        if let Some(v) = s.int("keep_alive_secs", 5..=3600) {
+            m.keep_alive_secs = v as u64;
+        }
+        if let Some(v) = s.int("reconnect_max_backoff_ms", 10..=600_000) {
+            m.reconnect_max_backoff_ms = v as u64;
+        }
+        s.finish();
+    }
+    if let Some(mut s) = root.table("pipeline") {
+        let p = &mut config.pipeline;
+        if let Some(v) = s.int("shards", 1..=256) {
+            p.shards = v as usize;
+        }
+        if let Some(v) = s.int("max_batch_messages", 1..=100_000) {
+            p.max_batch_messages = v as usize;
+        }
+        if let Some(v) = s.int("max_batch_delay_ms", 0..=10_000) {
+            p.max_batch_delay_ms = v as u64;
+        }
+        if let Some(v) = s.int("dedup_window_secs", 60..=30 * 24 * 3600) {
+            p.dedup_window_secs = v as u64;
+        }
+        if let Some(v) = s.int("redelivery_window_secs", 1..=3600) {
+            p.redelivery_window_secs = v as u64;
+        }
+        if let Some(v) = s.int("commit_retry_max_backoff_ms", 10..=600_000) {
+            p.commit_retry_max_backoff_ms = v as u64;
+        }
+        if let Some(v) = s.int("shutdown_grace_secs", 1..=600) {
+            p.shutdown_grace_secs = v as u64;
+        }
+        s.finish();
+    }
+    if let Some(mut s) = root.table("http") {
+        if let Some((addr, line)) = s.string("addr") {
+            match addr.parse() {
+                Ok(a) => config.http.addr = a,
+                Err(_) => s.problem(line, "addr", format!("{addr:?} is not an IP:port address")),
+            }
+        }
+        s.finish();
+    }
+    root.finish();
+    drop(doc);
+    ctx.into_problems()
+}
+
+fn check_store_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite://")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(format!("{url:?}: expected sqlite://PATH or postgres://…"))
+    }
+}
+
+fn relative_sqlite(url: &str, base: &Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+            format!("sqlite://{}", base.join(path).display())
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn check_topic_root(root: &str) -> Result<(), String> {
+    if root.is_empty() || root.starts_with('/') || root.ends_with('/') || root.contains(['+', '#'])
+    {
+        Err(format!(
+            "{root:?}: a topic prefix without wildcards or leading/trailing '/'"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut bad = |key: &str, message: String| {
+        problems.push(Problem {
+            file: PathBuf::from("(environment)"),
+            line: 0,
+            key: key.into(),
+            message,
+        })
+    };
+    if let Some(v) = env("ANXIN_DATA_DIR") {
+        config.data_dir = PathBuf::from(v);
+    }
+    if let Some(v) = env("ANXIN_STORE_URL") {
+        match check_store_url(&v) {
+            Ok(()) => config.store.url = Some(v),
+            Err(m) => bad("ANXIN_STORE_URL", m),
+        }
+    }
+    if let Some(v) = env("ANXIN_MQTT_URL") {
+        match MqttTarget::parse(&v) {
+            Ok(t) => config.mqtt.target = t,
+            Err(m) => bad("ANXIN_MQTT_URL", m),
+        }
+    }
+    if let Some(v) = env("ANXIN_MQTT_TOPIC_ROOT") {
+        match check_topic_root(&v) {
+            Ok(()) => config.mqtt.topic_root = v,
+            Err(m) => bad("ANXIN_MQTT_TOPIC_ROOT", m),
+        }
+    }
+    if let Some(v) = env("ANXIN_MQTT_CLIENT_ID") {
+        config.mqtt.client_id = Some(v);
+    }
+    if let Some(v) = env("ANXIN_HTTP_ADDR") {
+        match v.parse() {
+            Ok(a) => config.http.addr = a,
+            Err(_) => bad(
+                "ANXIN_HTTP_ADDR",
+                format!("{v:?} is not an IP:port address"),
+            ),
+        }
+    }
+    if let Some(v) = env("ANXIN_ADMIN_TOKEN") {
+        if v.len() < 16 {
+            bad("ANXIN_ADMIN_TOKEN", "must be at least 16 characters".into());
+        } else {
+            config.admin_token = Some(v);
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_line_and_key() {
+        let src = "data_dir = 3\n[mqtt]\nurl = \"ftp://x\"\nreceive_maximum = 0\ncolour = \"red\"\n[pipeline]\nshards = \"four\"\n[nope]\n";
+        let mut c = Config::default();
+        let p = read_engine(Path::new("x/anxin.toml"), src, &mut c);
+        let got: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "data_dir"),
+                (3, "mqtt.url"),
+                (4, "mqtt.receive_maximum"),
+                (5, "mqtt.colour"),
+                (7, "pipeline.shards"),
+                (8, "nope"),
+            ]
+        );
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file() {
+        let src =
+            "data_dir = \"../var\"\nrules_file = \"r.toml\"\n[store]\nurl = \"sqlite://db/a.db\"\n";
+        let mut c = Config::default();
+        assert!(read_engine(Path::new("etc/anxin.toml"), src, &mut c).is_empty());
+        assert_eq!(c.data_dir, Path::new("etc/../var"));
+        assert_eq!(c.rules_file, Path::new("etc/r.toml"));
+        assert_eq!(c.store_url(), "sqlite://etc/db/a.db");
+    }
+
+    #[test]
+    fn the_environment_wins_and_is_checked() {
+        let mut c = Config::default();
+        let env = |k: &str| match k {
+            "ANXIN_MQTT_URL" => Some("mqtt://broker:1884".to_owned()),
+            "ANXIN_HTTP_ADDR" => Some("nope".to_owned()),
+            _ => None,
+        };
+        let p = apply_env(&mut c, &env);
+        assert_eq!(
+            c.mqtt.target,
+            MqttTarget::External {
+                host: "broker".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "ANXIN_HTTP_ADDR");
+        assert!(apply_env(&mut Config::default(), &no_env).is_empty());
+    }
+
+    #[test]
+    fn mqtt_targets_parse() {
+        assert_eq!(
+            MqttTarget::parse("embedded://127.0.0.1:1999"),
+            Ok(MqttTarget::Embedded("127.0.0.1:1999".parse().unwrap()))
+        );
+        assert!(
+            MqttTarget::parse("mqtts://x:8883")
+                .unwrap_err()
+                .contains("TLS")
+        );
+        assert!(MqttTarget::parse("http://x").is_err());
+    }
+}

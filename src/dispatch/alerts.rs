@@ -1,0 +1,122 @@
+//! Alert routes.
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Actor, ApiError, AppState};
+use crate::store::{AlertChange, AlertFilter};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    device_id: Option<String>,
+    kind: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+const STATUSES: [&str; 4] = ["open", "acknowledged", "dispatched", "resolved"];
+
+fn parse_cursor(c: &str) -> Option<(i64, i64, i64)> {
+    let mut it = c.split('.').map(|p| p.parse::<i64>().ok());
+    match (it.next()??, it.next()??, it.next()??, it.next()) {
+        (a, b, c, None) => Some((a, b, c)),
+        _ => None,
+    }
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(st) = &q.status
+        && !STATUSES.contains(&st.as_str())
+    {
+        return Err(ApiError::BadRequest(format!(
+            "status {st:?} is not one of {}",
+            STATUSES.join(", ")
+        )));
+    }
+    let after = match &q.cursor {
+        Some(c) => {
+            Some(parse_cursor(c).ok_or_else(|| ApiError::BadRequest(format!("bad cursor {c:?}")))?)
+        }
+        None => None,
+    };
+    let filter = AlertFilter {
+        status: q.status,
+        device_id: q.device_id,
+        kind: q.kind,
+        limit: q.limit.unwrap_or(500),
+        after,
+    };
+    let (items, next) = s.store.list_alerts(&filter).await?;
+    Ok(Json(json!({
+        "items": items,
+        "next": next.map(|(a, b, c)| format!("{a}.{b}.{c}")),
+    })))
+}
+
+pub(super) async fn get_one(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let (alert, timeline) = s.store.get_alert(id).await?;
+    let device = s.store.get_device(&alert.device_id).await?;
+    let mut v = serde_json::to_value(&alert).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    v["timeline"] = json!(timeline);
+    v["device"] = device.unwrap_or(Value::Null);
+    v["resident"] = Value::Null;
+    Ok(Json(v))
+}
+
+pub(super) async fn ack(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let alert = s.store.acknowledge(id, &actor.0, s.clock.now()).await?;
+    notify(&s, &alert, "acknowledged");
+    Ok(Json(json!(alert)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResolveBody {
+    outcome: String,
+    note: Option<String>,
+}
+
+pub(super) async fn resolve(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let alert = s
+        .store
+        .resolve(
+            id,
+            &actor.0,
+            s.clock.now(),
+            &body.outcome,
+            body.note.as_deref(),
+        )
+        .await?;
+    notify(&s, &alert, "resolved");
+    Ok(Json(json!(alert)))
+}
+
+fn notify(s: &AppState, a: &crate::store::Alert, action: &str) {
+    let _ = s.live.send(AlertChange {
+        alert_id: a.id,
+        device_id: a.device_id.clone(),
+        kind: a.kind.clone(),
+        severity: a.severity.clone(),
+        action: action.into(),
+    });
+}

@@ -1,0 +1,125 @@
+//! The operator API (axum): alerts, live feed, health, readiness and metrics (CONTRACT.md).
+
+mod alerts;
+mod error;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::clock::SharedClock;
+use crate::store::{AlertChange, Store};
+
+pub use error::ApiError;
+
+/// Answers whether the engine is ready to take traffic.
+pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Handler state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Injected time.
+    pub clock: SharedClock,
+    /// Alert changes after commit.
+    pub live: broadcast::Sender<AlertChange>,
+    /// Prometheus rendering.
+    pub metrics: PrometheusHandle,
+    /// SHA-256 of the admin bearer token (the token itself is never kept).
+    pub admin_token_sha256: [u8; 32],
+    /// Ingest readiness (listeners bound, MQTT subscribed).
+    pub ingest_ready: ReadyCheck,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/alerts", get(alerts::list))
+        .route("/api/alerts/{id}", get(alerts::get_one))
+        .route("/api/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/alerts/{id}/resolve", post(alerts::resolve))
+        .route("/api/stream", get(stream))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token {
+        Some(t) if Sha256::digest(t.as_bytes())[..] == s.admin_token_sha256[..] => {
+            req.extensions_mut().insert(Actor("admin".into()));
+            next.run(req).await
+        }
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let store_ok = tokio::time::timeout(Duration::from_secs(2), s.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let ingest_ok = (s.ingest_ready)();
+    let body = serde_json::json!({ "store": store_ok, "ingest": ingest_ok });
+    let code = if store_ok && ingest_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn stream(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = BroadcastStream::new(s.live.subscribe()).map(|msg| {
+        Ok(match msg {
+            Ok(change) => SseEvent::default()
+                .event("alert")
+                .json_data(&change)
+                .unwrap_or_else(|_| SseEvent::default().event("error")),
+            // A console that fell behind reloads from the store rather than slowing the
+            // pipeline down.
+            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
+                .event("resync")
+                .data(format!("{{\"missed\":{n}}}")),
+        })
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

@@ -1,0 +1,325 @@
+//! The event model: one [`Event`] per fact a device reported, whatever transport carried it.
+//!
+//! Fields are kept as a validated JSON map rather than one Rust struct per type: the schema
+//! table ([`EventType::fields`]) is the single source of truth for the canonical MQTT format,
+//! for rule validation (`check-config` rejects a rule on a field a type does not have) and for
+//! the HTTP output.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// A device id: `[A-Za-z0-9_.:-]{1,64}` (CONTRACT.md, Devices).
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// What a device reported. The names are the canonical `type` values of CONTRACT.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// The wearer pressed the SOS button.
+    Sos,
+    /// A fall was detected.
+    Fall,
+    /// Smoke detector state.
+    Smoke,
+    /// Combustible-gas / CO detector state.
+    Gas,
+    /// Water-leak sensor state.
+    Water,
+    /// Door contact state.
+    Door,
+    /// PIR motion.
+    Motion,
+    /// Vital-sign measurements.
+    Vitals,
+    /// A position fix.
+    Position,
+    /// Battery level.
+    Battery,
+    /// Wearable taken off or put on.
+    Removal,
+    /// Enclosure tamper.
+    Tamper,
+    /// Mains power lost or restored.
+    Power,
+    /// Device self-reported fault.
+    Fault,
+    /// The wearer cancelled an alarm on the device (timeline only; never resolves an alert).
+    Cancel,
+    /// Keep-alive.
+    Heartbeat,
+}
+
+/// The value constraint of one field of an event type.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldKind {
+    /// One of a fixed set of strings.
+    Enum(&'static [&'static str]),
+    /// A number within an inclusive range, in the unit the field name documents.
+    Number {
+        /// Smallest accepted value.
+        min: f64,
+        /// Largest accepted value.
+        max: f64,
+    },
+    /// A whole number within an inclusive range.
+    Integer {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// Free text up to a length.
+    Text {
+        /// Longest accepted text, in bytes.
+        max_len: usize,
+    },
+}
+
+/// One field of an event type's schema.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSpec {
+    /// The JSON key.
+    pub name: &'static str,
+    /// What values it takes.
+    pub kind: FieldKind,
+    /// Whether the object is rejected without it.
+    pub required: bool,
+}
+
+const fn req(name: &'static str, kind: FieldKind) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind,
+        required: true,
+    }
+}
+
+const fn opt(name: &'static str, kind: FieldKind) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind,
+        required: false,
+    }
+}
+
+const fn num(min: f64, max: f64) -> FieldKind {
+    FieldKind::Number { min, max }
+}
+
+// Ranges are physiological or physical plausibility bounds: a value outside them is a decoding
+// or unit error upstream, not a reading, and must not silently drive a threshold rule.
+const VITALS: &[FieldSpec] = &[
+    opt("heart_rate", num(0.0, 300.0)),
+    opt("systolic", num(0.0, 300.0)),
+    opt("diastolic", num(0.0, 300.0)),
+    opt("spo2", num(0.0, 100.0)),
+    opt("temperature", num(25.0, 45.0)),
+    opt("blood_glucose", num(0.0, 50.0)),
+    opt(
+        "steps",
+        FieldKind::Integer {
+            min: 0,
+            max: 10_000_000,
+        },
+    ),
+];
+
+const SMOKE: &[FieldSpec] = &[req("state", FieldKind::Enum(&["alarm", "clear", "test"]))];
+const GAS: &[FieldSpec] = &[
+    req("state", FieldKind::Enum(&["alarm", "clear"])),
+    opt("gas", FieldKind::Enum(&["methane", "co", "lpg"])),
+];
+const WATER: &[FieldSpec] = &[req("state", FieldKind::Enum(&["leak", "dry"]))];
+const DOOR: &[FieldSpec] = &[req("state", FieldKind::Enum(&["open", "closed"]))];
+const MOTION: &[FieldSpec] = &[opt("room", FieldKind::Text { max_len: 64 })];
+const POSITION: &[FieldSpec] = &[
+    req("lat", num(-90.0, 90.0)),
+    req("lon", num(-180.0, 180.0)),
+    opt("accuracy_m", num(0.0, 1_000_000.0)),
+    req("source", FieldKind::Enum(&["gps", "wifi", "lbs"])),
+];
+const BATTERY: &[FieldSpec] = &[req("percent", num(0.0, 100.0))];
+const REMOVAL: &[FieldSpec] = &[req("state", FieldKind::Enum(&["removed", "worn"]))];
+const POWER: &[FieldSpec] = &[req("state", FieldKind::Enum(&["lost", "restored"]))];
+const FAULT: &[FieldSpec] = &[req("code", FieldKind::Text { max_len: 128 })];
+
+impl EventType {
+    /// Every type, in CONTRACT.md order.
+    pub const ALL: [EventType; 16] = [
+        EventType::Sos,
+        EventType::Fall,
+        EventType::Smoke,
+        EventType::Gas,
+        EventType::Water,
+        EventType::Door,
+        EventType::Motion,
+        EventType::Vitals,
+        EventType::Position,
+        EventType::Battery,
+        EventType::Removal,
+        EventType::Tamper,
+        EventType::Power,
+        EventType::Fault,
+        EventType::Cancel,
+        EventType::Heartbeat,
+    ];
+
+    /// The canonical `type` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::Sos => "sos",
+            EventType::Fall => "fall",
+            EventType::Smoke => "smoke",
+            EventType::Gas => "gas",
+            EventType::Water => "water",
+            EventType::Door => "door",
+            EventType::Motion => "motion",
+            EventType::Vitals => "vitals",
+            EventType::Position => "position",
+            EventType::Battery => "battery",
+            EventType::Removal => "removal",
+            EventType::Tamper => "tamper",
+            EventType::Power => "power",
+            EventType::Fault => "fault",
+            EventType::Cancel => "cancel",
+            EventType::Heartbeat => "heartbeat",
+        }
+    }
+
+    /// Parses a canonical `type` string.
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// The fields this type carries (CONTRACT.md, "the canonical anxin JSON format").
+    pub fn fields(self) -> &'static [FieldSpec] {
+        match self {
+            EventType::Sos
+            | EventType::Fall
+            | EventType::Tamper
+            | EventType::Cancel
+            | EventType::Heartbeat => &[],
+            EventType::Smoke => SMOKE,
+            EventType::Gas => GAS,
+            EventType::Water => WATER,
+            EventType::Door => DOOR,
+            EventType::Motion => MOTION,
+            EventType::Vitals => VITALS,
+            EventType::Position => POSITION,
+            EventType::Battery => BATTERY,
+            EventType::Removal => REMOVAL,
+            EventType::Power => POWER,
+            EventType::Fault => FAULT,
+        }
+    }
+
+    /// The field spec named `name`, if this type has it.
+    pub fn field(self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields().iter().find(|f| f.name == name)
+    }
+
+    /// Alarm types that are never refused or suppressed, whatever policy applies (DESIGN.md).
+    pub fn is_life_safety(self) -> bool {
+        matches!(
+            self,
+            EventType::Sos | EventType::Fall | EventType::Smoke | EventType::Gas
+        )
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where an event came from, kept with it for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// `mqtt` or `tcp`.
+    pub transport: &'static str,
+    /// `canonical` for the anxin JSON format, else the protocol family or profile.
+    pub protocol: String,
+    /// The MQTT topic or the peer address.
+    pub origin: String,
+}
+
+/// One fact reported by one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The reporting device.
+    pub device_id: String,
+    /// What happened.
+    pub event_type: EventType,
+    /// Validated fields, per [`EventType::fields`].
+    pub fields: Map<String, Value>,
+    /// The device's own clock, when it sent one. Display and duplicate detection only.
+    pub device_time: Option<DateTime<Utc>>,
+    /// The device's message counter, when it sent one. Duplicate detection only.
+    pub seq: Option<i64>,
+    /// When anxin received the message carrying it. Timers use this; device clocks drift.
+    pub received_at: DateTime<Utc>,
+    /// Transport and protocol.
+    pub source: Source,
+    /// Identifies a redelivered copy of this event (see `pipeline::dedup`).
+    pub dedup_key: DedupKey,
+}
+
+/// How a redelivered copy of an event is recognised (DESIGN.md guarantee 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupKey {
+    /// The device sent `seq` and/or `ts`: the pair identifies the event for the dedup window.
+    Device(String),
+    /// Neither was sent: a hash of the payload, valid for the short redelivery window only.
+    Payload(String),
+}
+
+impl DedupKey {
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            DedupKey::Device(s) | DedupKey::Payload(s) => s,
+        }
+    }
+}
+
+impl Event {
+    /// A field as a number, for rule conditions.
+    pub fn number(&self, name: &str) -> Option<f64> {
+        self.fields.get(name).and_then(Value::as_f64)
+    }
+
+    /// A field as text, for rule conditions.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).and_then(Value::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_follow_the_contract_pattern() {
+        assert!(valid_device_id("d1"));
+        assert!(valid_device_id("860000000000001"));
+        assert!(valid_device_id("a.b:c-d_e"));
+        assert!(!valid_device_id(""));
+        assert!(!valid_device_id("has space"));
+        assert!(!valid_device_id("slash/inside"));
+        assert!(!valid_device_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn every_type_name_round_trips() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.name()), Some(t));
+        }
+        assert_eq!(EventType::parse("SOS"), None);
+    }
+}

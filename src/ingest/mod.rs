@@ -1,0 +1,4 @@
+//! Ingest: transports that receive device data and hand it to the pipeline.
+
+pub mod embedded;
+pub mod mqtt;

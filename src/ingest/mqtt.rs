@@ -1,0 +1,474 @@
+//! MQTT ingest with rumqttc: QoS 1, persistent session, manual acks after commit.
+//!
+//! The poll task only forwards publishes to the pipeline; it never waits on the database
+//! (keep-alive and reconnection run inside `poll()`, PITFALLS 6). Acks are released by the
+//! [`AckTracker`] in receive order for the committed prefix and sent by a separate ack task,
+//! tagged with the connection generation they belong to: a connection error bumps the
+//! generation before anything else happens, so an ack owed on a dead connection is dropped
+//! and the broker's redelivered copy is acked instead (PITFALLS 5).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{counter, gauge};
+use rumqttc::v5::mqttbytes::v5 as v5b;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::MqttConfig;
+use crate::pipeline::acks::{AckToken, AckTracker};
+use crate::pipeline::{AckSink, Delivery, Pipeline};
+use crate::protocol::canonical::MAX_PAYLOAD_BYTES;
+use crate::telemetry::names;
+
+/// Largest packet we accept: the canonical payload limit plus topic and header room
+/// (rumqttc's default of 10 KiB would silently drop larger payloads, PITFALLS 11).
+const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 4 * 1024;
+
+/// A received publish, kept so it can be acked later.
+#[derive(Debug)]
+pub enum AckHandle {
+    /// MQTT 3.1.1.
+    V4(rumqttc::Publish),
+    /// MQTT 5.
+    V5(v5b::Publish),
+}
+
+#[derive(Clone)]
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+enum EventLoop {
+    V4(rumqttc::EventLoop),
+    V5(rumqttc::v5::EventLoop),
+}
+
+enum Polled {
+    ConnAck {
+        session_present: bool,
+    },
+    SubAck {
+        ok: bool,
+    },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        handle: AckHandle,
+    },
+    PubAckSent,
+    Other,
+}
+
+impl Client {
+    fn try_ack(&self, h: &AckHandle) -> Result<(), String> {
+        match (self, h) {
+            (Client::V4(c), AckHandle::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Client::V5(c), AckHandle::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            _ => Err("ack handle of the other protocol version".into()),
+        }
+    }
+
+    fn try_subscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl EventLoop {
+    async fn poll(&mut self) -> Result<Polled, String> {
+        match self {
+            EventLoop::V4(el) => {
+                use rumqttc::{Event, Incoming, Outgoing};
+                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                    Event::Incoming(Incoming::ConnAck(c)) => Polled::ConnAck {
+                        session_present: c.session_present,
+                    },
+                    Event::Incoming(Incoming::SubAck(s)) => Polled::SubAck {
+                        ok: s
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+                    },
+                    Event::Incoming(Incoming::Publish(p)) => Polled::Publish {
+                        topic: p.topic.clone(),
+                        payload: p.payload.clone(),
+                        handle: AckHandle::V4(p),
+                    },
+                    Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
+                    _ => Polled::Other,
+                })
+            }
+            EventLoop::V5(el) => {
+                use rumqttc::Outgoing;
+                use rumqttc::v5::Event;
+                use v5b::Packet;
+                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                    Event::Incoming(Packet::ConnAck(c)) => Polled::ConnAck {
+                        session_present: c.session_present,
+                    },
+                    Event::Incoming(Packet::SubAck(s)) => Polled::SubAck {
+                        ok: s
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, v5b::SubscribeReasonCode::Success(_))),
+                    },
+                    Event::Incoming(Packet::Publish(p)) => Polled::Publish {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.clone(),
+                        handle: AckHandle::V5(p),
+                    },
+                    Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
+                    _ => Polled::Other,
+                })
+            }
+        }
+    }
+
+    /// Drops any ack still queued for the dead connection (rumqttc keeps other requests).
+    fn clean(&mut self) {
+        match self {
+            EventLoop::V4(el) => el.clean(),
+            EventLoop::V5(el) => el.clean(),
+        }
+    }
+}
+
+/// Connection state shared by the poll task, the ack task and the shards.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Bumped on every connection error, before reconnecting.
+    generation: Mutex<u64>,
+    /// Whether the broker resumed our session on the current generation's connection.
+    resumed: AtomicBool,
+    /// Connected and subscription acknowledged.
+    subscribed: AtomicBool,
+    /// Tokens the ack task has handled (acked or dropped as stale).
+    handled: AtomicU64,
+    /// Acks handed to rumqttc on a live connection.
+    requested: AtomicU64,
+    /// PUBACKs rumqttc reports as written.
+    written: AtomicU64,
+}
+
+impl ConnState {
+    fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connected and subscribed (readiness).
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+}
+
+/// The pipeline's view of MQTT acks.
+#[derive(Debug)]
+pub struct MqttSink {
+    tracker: AckTracker<AckHandle>,
+    conn: Arc<ConnState>,
+}
+
+impl AckSink for MqttSink {
+    fn resolve(&self, positions: &[u64], ack: bool) {
+        self.tracker.resolve(positions.iter().copied(), ack);
+    }
+
+    fn redelivered(&self, generation: u64) -> bool {
+        generation < self.conn.generation() && self.conn.resumed.load(Ordering::Acquire)
+    }
+}
+
+impl MqttSink {
+    /// Received and not yet released.
+    pub fn pending(&self) -> usize {
+        self.tracker.pending()
+    }
+
+    /// Age of the oldest unreleased message.
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.tracker.oldest_age()
+    }
+}
+
+/// Everything needed to run MQTT ingest.
+pub struct MqttIngest {
+    client: Client,
+    eventloop: EventLoop,
+    acks_rx: mpsc::UnboundedReceiver<AckToken<AckHandle>>,
+    sink: Arc<MqttSink>,
+    conn: Arc<ConnState>,
+    filter: String,
+    max_backoff: Duration,
+    /// How many messages the broker may have in flight to us.
+    pub window: usize,
+}
+
+impl MqttIngest {
+    /// Prepares a client for `host:port`. `v5` selects MQTT 5 (with Receive Maximum and a
+    /// session expiry); otherwise MQTT 3.1.1 with clean session off.
+    pub fn new(
+        cfg: &MqttConfig,
+        client_id: &str,
+        host: &str,
+        port: u16,
+        v5: bool,
+        window_if_v4: usize,
+    ) -> MqttIngest {
+        let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
+        // The request channel carries acks and subscribes; room for the whole window keeps the
+        // ack task from ever waiting on it (PITFALLS 6).
+        let (client, eventloop, window) = if v5 {
+            let window = cfg.receive_maximum as usize;
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, host, port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_start(false)
+                // Without an expiry a v5 broker drops the session, and its queue, on disconnect
+                // (PITFALLS 2).
+                .set_session_expiry_interval(Some(cfg.session_expiry_secs))
+                .set_receive_maximum(Some(cfg.receive_maximum))
+                .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
+                .set_manual_acks(true);
+            let (c, el) = rumqttc::v5::AsyncClient::new(o, window * 2 + 64);
+            (Client::V5(c), EventLoop::V5(el), window)
+        } else {
+            let mut o = rumqttc::MqttOptions::new(client_id, host, port);
+            o.set_keep_alive(keep_alive)
+                .set_clean_session(false)
+                .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+                .set_manual_acks(true);
+            let (c, el) = rumqttc::AsyncClient::new(o, window_if_v4 * 2 + 64);
+            (Client::V4(c), EventLoop::V4(el), window_if_v4)
+        };
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(ConnState::default());
+        *conn.generation.lock().unwrap_or_else(|e| e.into_inner()) = 1;
+        let sink = Arc::new(MqttSink {
+            tracker: AckTracker::new(acks_tx),
+            conn: conn.clone(),
+        });
+        MqttIngest {
+            client,
+            eventloop,
+            acks_rx,
+            sink,
+            conn,
+            filter: format!("{}/devices/+/events", cfg.topic_root),
+            max_backoff: Duration::from_millis(cfg.reconnect_max_backoff_ms),
+            window,
+        }
+    }
+
+    /// The sink shards resolve messages through.
+    pub fn sink(&self) -> Arc<MqttSink> {
+        self.sink.clone()
+    }
+
+    /// Connection state (readiness).
+    pub fn conn(&self) -> Arc<ConnState> {
+        self.conn.clone()
+    }
+
+    /// Runs until `stop` is cancelled and everything received has been committed and acked
+    /// (or `grace` ran out). The pipeline handle is dropped at `stop` so shards drain.
+    pub async fn run(
+        self,
+        pipeline: Pipeline,
+        clock: SharedClock,
+        stop: CancellationToken,
+        grace: Duration,
+    ) {
+        let MqttIngest {
+            client,
+            mut eventloop,
+            acks_rx,
+            sink,
+            conn,
+            filter,
+            max_backoff,
+            ..
+        } = self;
+        let released_counter = sink.clone();
+        let ack_task = tokio::spawn(run_acks(client.clone(), acks_rx, conn.clone()));
+        let mut pipeline = Some(pipeline);
+        let mut backoff = Duration::from_millis(100);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let polled = if let Some(d) = deadline {
+                let flushed = released_counter.pending() == 0
+                    && conn.handled.load(Ordering::Acquire) == released_counter.tracker.released()
+                    && conn.written.load(Ordering::Acquire)
+                        >= conn.requested.load(Ordering::Acquire);
+                if flushed || tokio::time::Instant::now() >= d {
+                    if !flushed {
+                        tracing::warn!(
+                            unacked = released_counter.pending(),
+                            "Shutdown grace ran out; unacked messages will be redelivered by the broker"
+                        );
+                    }
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(50), eventloop.poll()).await {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                }
+            } else {
+                tokio::select! {
+                    r = eventloop.poll() => r,
+                    _ = stop.cancelled() => {
+                        tracing::info!("Stopping MQTT intake; committing what was received and sending owed acks");
+                        // Shards drain their queues and exit once every sender is gone.
+                        pipeline = None;
+                        deadline = Some(tokio::time::Instant::now() + grace);
+                        continue;
+                    }
+                }
+            };
+            match polled {
+                Ok(Polled::ConnAck { session_present }) => {
+                    backoff = Duration::from_millis(100);
+                    conn.resumed.store(session_present, Ordering::Release);
+                    counter!(names::MQTT_CONNECTS).increment(1);
+                    tracing::info!(
+                        session_present,
+                        generation = conn.generation(),
+                        "Connected to MQTT broker"
+                    );
+                    // Subscribe on every CONNACK: the broker may have lost the session, and
+                    // rumqttc never re-subscribes by itself (PITFALLS 3).
+                    if let Err(e) = client.try_subscribe(&filter) {
+                        tracing::error!(error = %e, "Cannot queue the subscription");
+                    }
+                }
+                Ok(Polled::SubAck { ok }) => {
+                    if ok {
+                        conn.subscribed.store(true, Ordering::Release);
+                        gauge!(names::MQTT_READY).set(1.0);
+                        tracing::info!(filter = %filter, "Subscribed");
+                    } else {
+                        tracing::error!(filter = %filter, "The broker refused the subscription");
+                    }
+                }
+                Ok(Polled::Publish {
+                    topic,
+                    payload,
+                    handle,
+                }) => {
+                    counter!(names::MQTT_RECEIVED).increment(1);
+                    let Some(p) = &pipeline else {
+                        // Stopping: not registered, never acked; the broker redelivers it.
+                        continue;
+                    };
+                    let generation = conn.generation();
+                    let pos = sink.tracker.register(AckToken { generation, handle });
+                    let d = Delivery {
+                        pos,
+                        generation,
+                        topic,
+                        payload,
+                        received_at: clock.now(),
+                    };
+                    if p.submit(d).await.is_err() {
+                        tracing::error!("Pipeline stopped unexpectedly; message left unacked");
+                    }
+                }
+                Ok(Polled::PubAckSent) => {
+                    conn.written.fetch_add(1, Ordering::AcqRel);
+                    counter!(names::MQTT_ACKED).increment(1);
+                }
+                Ok(Polled::Other) => {}
+                Err(e) => {
+                    {
+                        // Bump first: from here on, acks for the old connection are dropped.
+                        let mut g = conn.generation.lock().unwrap_or_else(|e| e.into_inner());
+                        *g += 1;
+                        conn.resumed.store(false, Ordering::Release);
+                    }
+                    // Any ack that slipped into rumqttc's queue before the bump goes too.
+                    eventloop.clean();
+                    conn.subscribed.store(false, Ordering::Release);
+                    // Acks queued for the dead connection will never be written.
+                    conn.written
+                        .store(conn.requested.load(Ordering::Acquire), Ordering::Release);
+                    gauge!(names::MQTT_READY).set(0.0);
+                    counter!(names::MQTT_ERRORS).increment(1);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connection error; reconnecting");
+                    if deadline.is_some() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+        client.try_disconnect();
+        // Let rumqttc write the DISCONNECT so the broker keeps the session cleanly.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Ok(ev) = eventloop.poll().await {
+                if let Polled::PubAckSent = ev {
+                    counter!(names::MQTT_ACKED).increment(1);
+                }
+            }
+        })
+        .await;
+        ack_task.abort();
+        drop(pipeline);
+    }
+}
+
+async fn run_acks(
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<AckToken<AckHandle>>,
+    conn: Arc<ConnState>,
+) {
+    while let Some(token) = rx.recv().await {
+        loop {
+            let sent = {
+                // Holding the generation lock across the check and the enqueue means a
+                // connection error cannot slip between them (the poll task bumps under it).
+                let g = conn.generation.lock().unwrap_or_else(|e| e.into_inner());
+                if token.generation != *g {
+                    counter!(names::MQTT_STALE_ACKS).increment(1);
+                    Some(false)
+                } else {
+                    match client.try_ack(&token.handle) {
+                        Ok(()) => Some(true),
+                        Err(_) => None,
+                    }
+                }
+            };
+            match sent {
+                Some(acked) => {
+                    if acked {
+                        conn.requested.fetch_add(1, Ordering::AcqRel);
+                    }
+                    conn.handled.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+                // The request channel is full (it has room for twice the window, so only a
+                // stalled event loop gets here): wait for it to drain.
+                None => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}

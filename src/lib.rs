@@ -1,0 +1,22 @@
+//! anxin (安心): telemetry ingestion and alerting for home-care call centres.
+//!
+//! The data path, in module order (see ARCHITECTURE.md):
+//!
+//! - [`ingest`] — transports: MQTT (rumqttc, manual acks after commit), embedded broker;
+//! - [`protocol`] — pure decoders: bytes/JSON + receive time → [`event::Event`]s or rejections;
+//! - [`pipeline`] — shards by device, group commit, rules, ack release in receive order;
+//! - [`store`] — SQLite or PostgreSQL behind one façade, one transaction per batch;
+//! - [`dispatch`] — the operator API: alerts, live feed, health, metrics;
+//! - [`config`], [`telemetry`], [`clock`], [`app`] (wiring), [`cli`].
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod event;
+pub mod ingest;
+pub mod pipeline;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,93 @@
+//! The `anxin` binary: parse the command line, load the config, run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anxin::cli::{Cli, Command};
+use anxin::clock::SystemClock;
+use anxin::config;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    anxin::telemetry::init_tracing();
+    match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::CheckConfig { config: path } => {
+            match config::load(path.as_deref(), &config::process_env) {
+                Ok(l) => {
+                    println!(
+                        "config OK: {} rule(s), store {}, mqtt {:?}",
+                        l.rules.rules.len(),
+                        l.config.store_url(),
+                        l.config.mqtt.target
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("{} problem(s) found", problems.len());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { config: path } => {
+            let loaded = match config::load(path.as_deref(), &config::process_env) {
+                Ok(l) => l,
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!(
+                        "not starting: {} config problem(s); `anxin check-config` lists them",
+                        problems.len()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("anxin: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let addr = loaded.config.http.addr;
+    let http = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the operator API on {addr} (set ANXIN_HTTP_ADDR to move it)")
+    })?;
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        signals.cancel();
+    });
+    anxin::app::run(loaded, Arc::new(SystemClock), http, shutdown).await
+}

@@ -1,0 +1,290 @@
+//! The pipeline: route each message by device to a shard (order per device, devices in
+//! parallel), decode, evaluate rules, commit a batch in one transaction, then release acks.
+//!
+//! Queues: each shard's queue holds at least the broker's in-flight window, so the hand-off
+//! from the poll task does not wait while the broker keeps to its window; if a broker
+//! overshoots (Mosquitto 2.0.11's quota bug), the hand-off waits — back-pressure, never a drop.
+
+pub mod acks;
+pub mod rules;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::SharedClock;
+use crate::config::PipelineConfig;
+use crate::protocol::canonical;
+use crate::store::{AlertChange, RuleHit, Store, WriteBatch, WriteItem};
+use crate::telemetry;
+use rules::RuleSet;
+
+/// One received MQTT message on its way to a shard.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Receive position in the ack tracker.
+    pub pos: u64,
+    /// Connection generation it arrived on.
+    pub generation: u64,
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// Receive time (injected clock).
+    pub received_at: DateTime<Utc>,
+}
+
+/// Where shards report resolved messages: the transport's ack tracker.
+pub trait AckSink: Send + Sync + std::fmt::Debug {
+    /// Messages at `positions` are resolved; `ack` says whether to ack them.
+    fn resolve(&self, positions: &[u64], ack: bool);
+    /// Whether a message of `generation` will be redelivered by the broker (the connection it
+    /// came on is gone and the broker resumed our session), so a held copy can be let go.
+    fn redelivered(&self, generation: u64) -> bool;
+}
+
+/// Shared by every shard.
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    rules: Arc<RuleSet>,
+    clock: SharedClock,
+    sink: Arc<dyn AckSink>,
+    live: broadcast::Sender<AlertChange>,
+    topic_root: String,
+    cfg: PipelineConfig,
+}
+
+/// The running pipeline's input side.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    senders: Vec<mpsc::Sender<Delivery>>,
+    topic_root: String,
+}
+
+impl Pipeline {
+    /// Starts `cfg.shards` shard tasks, each with a queue of `queue_capacity`. Shards stop when
+    /// every [`Pipeline`] clone is dropped and their queues are drained, or at `hard_stop`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        cfg: PipelineConfig,
+        queue_capacity: usize,
+        store: Store,
+        rules: Arc<RuleSet>,
+        clock: SharedClock,
+        sink: Arc<dyn AckSink>,
+        live: broadcast::Sender<AlertChange>,
+        topic_root: String,
+        hard_stop: CancellationToken,
+    ) -> (Pipeline, Vec<JoinHandle<()>>) {
+        let shared = Arc::new(Shared {
+            store,
+            rules,
+            clock,
+            sink,
+            live,
+            topic_root: topic_root.clone(),
+            cfg: cfg.clone(),
+        });
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for id in 0..cfg.shards.max(1) {
+            let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+            senders.push(tx);
+            tasks.push(tokio::spawn(run_shard(
+                id,
+                rx,
+                shared.clone(),
+                hard_stop.clone(),
+            )));
+        }
+        (
+            Pipeline {
+                senders,
+                topic_root,
+            },
+            tasks,
+        )
+    }
+
+    /// The shard of a topic: by device id, so one device's messages stay in order.
+    pub fn shard_of(&self, topic: &str) -> usize {
+        let key = canonical::device_from_topic(&self.topic_root, topic).unwrap_or(topic);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % self.senders.len() as u64) as usize
+    }
+
+    /// Hands a message to its shard. Waits only when the shard's queue is full, which the
+    /// broker's window prevents; returns the delivery back if the pipeline has stopped.
+    pub async fn submit(&self, d: Delivery) -> Result<(), Delivery> {
+        let shard = self.shard_of(&d.topic);
+        let tx = &self.senders[shard];
+        match tx.try_send(d) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(d)) => {
+                telemetry::handoff_waited(shard);
+                tx.send(d).await.map_err(|e| e.0)
+            }
+            Err(mpsc::error::TrySendError::Closed(d)) => Err(d),
+        }
+    }
+
+    /// Messages queued in each shard.
+    pub fn depths(&self) -> Vec<usize> {
+        self.senders
+            .iter()
+            .map(|s| s.max_capacity() - s.capacity())
+            .collect()
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    mut rx: mpsc::Receiver<Delivery>,
+    shared: Arc<Shared>,
+    hard_stop: CancellationToken,
+) {
+    let max = shared.cfg.max_batch_messages;
+    let delay = Duration::from_millis(shared.cfg.max_batch_delay_ms);
+    let mut batch: Vec<Delivery> = Vec::with_capacity(max);
+    loop {
+        let first = tokio::select! {
+            d = rx.recv() => d,
+            _ = hard_stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        // Natural batching: whatever arrived while the last commit ran joins this one.
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        if !delay.is_zero() && batch.len() < max {
+            let deadline = tokio::time::Instant::now() + delay;
+            while batch.len() < max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(d)) => batch.push(d),
+                    _ => break,
+                }
+            }
+        }
+        telemetry::queue_depth(id, rx.len());
+        if !process(&shared, &mut batch, &hard_stop).await {
+            break;
+        }
+        batch.clear();
+    }
+}
+
+/// Decodes, evaluates and commits one batch, retrying the commit until it succeeds; the
+/// messages stay unacked meanwhile, so the broker keeps them. Returns false at hard stop.
+async fn process(
+    shared: &Shared,
+    batch: &mut Vec<Delivery>,
+    hard_stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let max_backoff = Duration::from_millis(shared.cfg.commit_retry_max_backoff_ms);
+    loop {
+        // A message whose connection is gone and whose session the broker resumed comes back
+        // as a fresh copy; committing the old one too would only make work for dedup.
+        let stale: Vec<u64> = batch
+            .iter()
+            .filter(|d| shared.sink.redelivered(d.generation))
+            .map(|d| d.pos)
+            .collect();
+        if !stale.is_empty() {
+            batch.retain(|d| !stale.contains(&d.pos));
+            shared.sink.resolve(&stale, false);
+            if batch.is_empty() {
+                return true;
+            }
+        }
+        let write = build(shared, batch);
+        test_hooks::before_commit().await;
+        let started = std::time::Instant::now();
+        match shared.store.commit_batch(&write, shared.clock.now()).await {
+            Ok(outcome) => {
+                telemetry::batch_committed(batch.len(), started.elapsed(), &outcome);
+                let positions: Vec<u64> = batch.iter().map(|d| d.pos).collect();
+                shared.sink.resolve(&positions, true);
+                for change in outcome.changes {
+                    // No receiver is fine: nobody is watching the live feed.
+                    let _ = shared.live.send(change);
+                }
+                return true;
+            }
+            Err(e) => {
+                telemetry::commit_failed(&e, batch.len(), backoff);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = hard_stop.cancelled() => return false,
+                }
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
+    let mut items = Vec::with_capacity(batch.len());
+    for d in batch {
+        let decoded = canonical::decode(&shared.topic_root, &d.topic, &d.payload, d.received_at);
+        for item in decoded.items {
+            match item {
+                Ok(event) => {
+                    let hits = shared
+                        .rules
+                        .matching(&event)
+                        .map(|r| RuleHit {
+                            rule: r.name.clone(),
+                            kind: r.kind.clone(),
+                            severity: r.severity,
+                            title: r.title.clone(),
+                        })
+                        .collect();
+                    items.push(WriteItem::Event { event, hits });
+                }
+                Err(rejection) => {
+                    telemetry::rejected(&d.topic, &rejection);
+                    items.push(WriteItem::Rejected {
+                        rejection,
+                        origin: d.topic.clone(),
+                        received_at: d.received_at,
+                    });
+                }
+            }
+        }
+    }
+    WriteBatch {
+        items,
+        dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
+        redelivery_window: chrono::Duration::seconds(shared.cfg.redelivery_window_secs as i64),
+    }
+}
+
+/// Hooks for crash tests, compiled only with the `test-hooks` feature.
+mod test_hooks {
+    /// With `ANXIN_TEST_HOLD_COMMIT=PATH`, the first commit writes PATH and then never
+    /// happens: a test can SIGKILL the engine between receipt and commit, deterministically.
+    #[cfg(feature = "test-hooks")]
+    pub async fn before_commit() {
+        if let Ok(path) = std::env::var("ANXIN_TEST_HOLD_COMMIT") {
+            tracing::warn!(marker = %path, "Test hook: holding the commit until killed");
+            let _ = std::fs::write(&path, b"holding");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub async fn before_commit() {}
+}

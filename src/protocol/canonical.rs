@@ -1,0 +1,446 @@
+//! The canonical anxin JSON format over MQTT (CONTRACT.md): topic
+//! `{root}/devices/{device_id}/events`, payload one object or an array of objects.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{RejectReason, Rejection};
+use crate::event::{DedupKey, Event, EventType, FieldKind, Source, valid_device_id};
+
+/// CONTRACT.md: canonical payloads are at most 64 KiB.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// The outcome of decoding one MQTT message: events and rejections in payload order.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// The device named by the topic, when the topic was valid.
+    pub device_id: Option<String>,
+    /// One entry per object (or one rejection for the whole message).
+    pub items: Vec<Result<Event, Rejection>>,
+}
+
+/// Extracts the device id from `{root}/devices/{device_id}/events`.
+pub fn device_from_topic<'t>(root: &str, topic: &'t str) -> Result<&'t str, Rejection> {
+    let bad = |detail: String| Rejection {
+        device_id: None,
+        reason: RejectReason::BadTopic,
+        detail,
+        raw: Vec::new(),
+    };
+    let rest = topic
+        .strip_prefix(root)
+        .and_then(|r| r.strip_prefix("/devices/"))
+        .ok_or_else(|| bad(format!("topic {topic:?} is not under {root}/devices/")))?;
+    let id = rest
+        .strip_suffix("/events")
+        .ok_or_else(|| bad(format!("topic {topic:?} does not end in /events")))?;
+    if !valid_device_id(id) {
+        return Err(Rejection {
+            device_id: None,
+            reason: RejectReason::BadDeviceId,
+            detail: format!("device id {id:?} in topic breaks [A-Za-z0-9_.:-]{{1,64}}"),
+            raw: Vec::new(),
+        });
+    }
+    Ok(id)
+}
+
+/// Decodes one message. Never fails as a whole: every problem becomes a [`Rejection`] so it
+/// can be stored and acked, since a malformed message can never succeed on redelivery.
+pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc>) -> Decoded {
+    let whole = |device_id: Option<String>, reason, detail: String| Decoded {
+        device_id: device_id.clone(),
+        items: vec![Err(Rejection {
+            device_id,
+            reason,
+            detail,
+            raw: payload.to_vec(),
+        })],
+    };
+    let device_id = match device_from_topic(root, topic) {
+        Ok(id) => id.to_owned(),
+        Err(mut r) => {
+            r.raw = payload.to_vec();
+            return Decoded {
+                device_id: None,
+                items: vec![Err(r)],
+            };
+        }
+    };
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return whole(
+            Some(device_id),
+            RejectReason::PayloadTooLarge,
+            format!(
+                "payload is {} bytes, the maximum is {MAX_PAYLOAD_BYTES}",
+                payload.len()
+            ),
+        );
+    }
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return whole(
+                Some(device_id),
+                RejectReason::MalformedJson,
+                format!("payload is not JSON: {e}"),
+            );
+        }
+    };
+    let source = Source {
+        transport: "mqtt",
+        protocol: "canonical".into(),
+        origin: topic.to_owned(),
+    };
+    // Identical-payload redelivery detection hashes the message once; array elements add
+    // their index so two equal objects in one array stay two events.
+    let digest = hex::encode(&Sha256::digest(payload)[..12]);
+    let mut out = Decoded {
+        device_id: Some(device_id.clone()),
+        items: Vec::new(),
+    };
+    match value {
+        Value::Object(obj) => out.items.push(decode_object(
+            &device_id,
+            obj,
+            &source,
+            received_at,
+            &digest,
+            0,
+        )),
+        Value::Array(items) if items.is_empty() => {
+            return whole(
+                Some(device_id),
+                RejectReason::EmptyArray,
+                "payload is an empty array".into(),
+            );
+        }
+        Value::Array(items) => {
+            for (i, item) in items.into_iter().enumerate() {
+                out.items.push(match item {
+                    Value::Object(obj) => {
+                        decode_object(&device_id, obj, &source, received_at, &digest, i)
+                    }
+                    other => Err(Rejection {
+                        device_id: Some(device_id.clone()),
+                        reason: RejectReason::NotAnObject,
+                        detail: format!("array element {i} is {}, not an object", kind_of(&other)),
+                        raw: other.to_string().into_bytes(),
+                    }),
+                });
+            }
+        }
+        other => {
+            return whole(
+                Some(device_id),
+                RejectReason::NotAnObject,
+                format!(
+                    "payload is {}, not an object or array of objects",
+                    kind_of(&other)
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn decode_object(
+    device_id: &str,
+    mut obj: Map<String, Value>,
+    source: &Source,
+    received_at: DateTime<Utc>,
+    digest: &str,
+    index: usize,
+) -> Result<Event, Rejection> {
+    let raw = |o: &Map<String, Value>| Value::Object(o.clone()).to_string().into_bytes();
+    let reject = |reason, detail: String, raw: Vec<u8>| Rejection {
+        device_id: Some(device_id.to_owned()),
+        reason,
+        detail,
+        raw,
+    };
+    let event_type = match obj.get("type") {
+        None => {
+            return Err(reject(
+                RejectReason::MissingType,
+                "object has no \"type\"".into(),
+                raw(&obj),
+            ));
+        }
+        Some(Value::String(s)) => match EventType::parse(s) {
+            Some(t) => t,
+            None => {
+                return Err(reject(
+                    RejectReason::UnknownType,
+                    format!("unknown type {s:?}"),
+                    raw(&obj),
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(reject(
+                RejectReason::UnknownType,
+                format!("\"type\" is {}, not a string", kind_of(other)),
+                raw(&obj),
+            ));
+        }
+    };
+    let device_time = match obj.get("ts") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(e) => {
+                return Err(reject(
+                    RejectReason::BadField,
+                    format!("\"ts\" {s:?} is not RFC 3339: {e}"),
+                    raw(&obj),
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(reject(
+                RejectReason::BadField,
+                format!("\"ts\" is {}, not an RFC 3339 string", kind_of(other)),
+                raw(&obj),
+            ));
+        }
+    };
+    let seq = match obj.get("seq") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(n) if n >= 0 => Some(n),
+            _ => {
+                return Err(reject(
+                    RejectReason::BadField,
+                    format!("\"seq\" is {v}, not a non-negative integer"),
+                    raw(&obj),
+                ));
+            }
+        },
+    };
+    let mut fields = Map::new();
+    for spec in event_type.fields() {
+        match obj.remove(spec.name) {
+            None | Some(Value::Null) if spec.required => {
+                return Err(reject(
+                    RejectReason::BadField,
+                    format!("{event_type} needs \"{}\"", spec.name),
+                    raw(&obj),
+                ));
+            }
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                if let Err(why) = check_field(spec.kind, &v) {
+                    return Err(reject(
+                        RejectReason::BadField,
+                        format!("{event_type} field \"{}\" {why}", spec.name),
+                        raw(&obj),
+                    ));
+                }
+                fields.insert(spec.name.to_owned(), v);
+            }
+        }
+    }
+    if event_type == EventType::Vitals && fields.is_empty() {
+        return Err(reject(
+            RejectReason::BadField,
+            "vitals carries none of heart_rate, systolic, diastolic, spo2, temperature, blood_glucose, steps".into(),
+            raw(&obj),
+        ));
+    }
+    let dedup_key = if seq.is_some() || device_time.is_some() {
+        DedupKey::Device(format!(
+            "s{}|t{}",
+            seq.map(|s| s.to_string()).unwrap_or_default(),
+            device_time
+                .map(|t| t.timestamp_millis().to_string())
+                .unwrap_or_default()
+        ))
+    } else {
+        DedupKey::Payload(format!("h{digest}:{index}"))
+    };
+    Ok(Event {
+        device_id: device_id.to_owned(),
+        event_type,
+        fields,
+        device_time,
+        seq,
+        received_at,
+        source: source.clone(),
+        dedup_key,
+    })
+}
+
+fn check_field(kind: FieldKind, v: &Value) -> Result<(), String> {
+    match kind {
+        FieldKind::Enum(allowed) => match v.as_str() {
+            Some(s) if allowed.contains(&s) => Ok(()),
+            _ => Err(format!("is {v}, expected one of {}", allowed.join(", "))),
+        },
+        FieldKind::Number { min, max } => match v.as_f64() {
+            Some(n) if (min..=max).contains(&n) => Ok(()),
+            Some(n) => Err(format!("is {n}, outside {min}..={max}")),
+            None => Err(format!("is {v}, not a number")),
+        },
+        FieldKind::Integer { min, max } => match v.as_i64() {
+            Some(n) if (min..=max).contains(&n) => Ok(()),
+            Some(n) => Err(format!("is {n}, outside {min}..={max}")),
+            None => Err(format!("is {v}, not a whole number")),
+        },
+        FieldKind::Text { max_len } => match v.as_str() {
+            Some(s) if !s.is_empty() && s.len() <= max_len => Ok(()),
+            Some(_) => Err(format!("must be 1..={max_len} bytes")),
+            None => Err(format!("is {v}, not a string")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+    }
+
+    fn dec(payload: &str) -> Decoded {
+        decode(
+            "anxin/v1",
+            "anxin/v1/devices/d1/events",
+            payload.as_bytes(),
+            at(),
+        )
+    }
+
+    #[test]
+    fn a_bare_sos_becomes_one_event_with_a_payload_key() {
+        let d = dec(r#"{"type":"sos"}"#);
+        assert_eq!(d.device_id.as_deref(), Some("d1"));
+        let e = d.items[0].as_ref().unwrap();
+        assert_eq!(e.event_type, EventType::Sos);
+        assert!(matches!(e.dedup_key, DedupKey::Payload(_)));
+    }
+
+    #[test]
+    fn seq_and_ts_make_a_device_key() {
+        let d = dec(r#"{"type":"sos","seq":7,"ts":"2026-11-23T10:00:00.250+08:00"}"#);
+        let e = d.items[0].as_ref().unwrap();
+        assert_eq!(e.seq, Some(7));
+        assert_eq!(
+            e.dedup_key,
+            DedupKey::Device(format!(
+                "s7|t{}",
+                DateTime::parse_from_rfc3339("2026-11-23T02:00:00.250Z")
+                    .unwrap()
+                    .timestamp_millis()
+            ))
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_one_rejection_with_the_raw_bytes() {
+        let d = dec("{not json");
+        let r = d.items[0].as_ref().unwrap_err();
+        assert_eq!(r.reason, RejectReason::MalformedJson);
+        assert_eq!(r.raw, b"{not json");
+    }
+
+    #[test]
+    fn unknown_type_is_named_in_the_detail() {
+        let d = dec(r#"{"type":"teleport"}"#);
+        let r = d.items[0].as_ref().unwrap_err();
+        assert_eq!(r.reason, RejectReason::UnknownType);
+        assert!(r.detail.contains("teleport"));
+    }
+
+    #[test]
+    fn a_mixed_array_keeps_the_valid_objects() {
+        let d = dec(
+            r#"[{"type":"heartbeat"},{"type":"nope"},3,{"type":"smoke","state":"alarm"},{"type":"smoke","state":"fire"}]"#,
+        );
+        let kinds: Vec<_> = d
+            .items
+            .iter()
+            .map(|i| match i {
+                Ok(e) => e.event_type.name().to_owned(),
+                Err(r) => r.reason.as_str().to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "heartbeat",
+                "unknown_type",
+                "not_an_object",
+                "smoke",
+                "bad_field"
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_objects_in_one_array_get_distinct_payload_keys() {
+        let d = dec(r#"[{"type":"motion"},{"type":"motion"}]"#);
+        let a = d.items[0].as_ref().unwrap();
+        let b = d.items[1].as_ref().unwrap();
+        assert_ne!(a.dedup_key, b.dedup_key);
+    }
+
+    #[test]
+    fn fields_are_range_checked() {
+        let bad = dec(r#"{"type":"vitals","heart_rate":900}"#);
+        assert!(
+            bad.items[0]
+                .as_ref()
+                .unwrap_err()
+                .detail
+                .contains("heart_rate")
+        );
+        let empty = dec(r#"{"type":"vitals"}"#);
+        assert!(empty.items[0].is_err());
+        let ok = dec(r#"{"type":"vitals","heart_rate":130,"spo2":97}"#);
+        assert_eq!(
+            ok.items[0].as_ref().unwrap().number("heart_rate"),
+            Some(130.0)
+        );
+    }
+
+    #[test]
+    fn topics_outside_the_root_or_with_bad_ids_are_refused() {
+        let d = decode("anxin/v1", "other/devices/d1/events", b"{}", at());
+        assert_eq!(
+            d.items[0].as_ref().unwrap_err().reason,
+            RejectReason::BadTopic
+        );
+        let d = decode("anxin/v1", "anxin/v1/devices/a b/events", b"{}", at());
+        assert_eq!(
+            d.items[0].as_ref().unwrap_err().reason,
+            RejectReason::BadDeviceId
+        );
+    }
+
+    #[test]
+    fn oversized_payloads_are_refused_before_parsing() {
+        let big = format!(
+            r#"{{"type":"fault","code":"{}"}}"#,
+            "x".repeat(MAX_PAYLOAD_BYTES)
+        );
+        let d = dec(&big);
+        assert_eq!(
+            d.items[0].as_ref().unwrap_err().reason,
+            RejectReason::PayloadTooLarge
+        );
+    }
+}

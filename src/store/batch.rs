@@ -1,0 +1,347 @@
+//! The write path: one transaction per batch (group commit). Everything a batch of messages
+//! produced — events, duplicate bookkeeping, alerts, timeline entries, rejections — commits
+//! together or not at all, so acks can follow the commit (DESIGN.md guarantee 1).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, on_pool};
+use crate::clock::to_millis;
+use crate::event::{DedupKey, Event, EventType};
+use crate::pipeline::rules::Severity;
+use crate::protocol::Rejection;
+
+/// SQLite allows 32 766 bound parameters per statement; PostgreSQL 65 535. Ten columns per
+/// row keeps a chunk well under both.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// A rule an event triggered (evaluated before the transaction: rules are pure).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleHit {
+    /// Rule name.
+    pub rule: String,
+    /// Alert kind.
+    pub kind: String,
+    /// Alert severity.
+    pub severity: Severity,
+    /// Alert title.
+    pub title: String,
+}
+
+/// One thing to write, in receive order.
+#[derive(Debug, Clone)]
+pub enum WriteItem {
+    /// An accepted event and the rules it triggered.
+    Event {
+        /// The event.
+        event: Event,
+        /// Rules it triggered.
+        hits: Vec<RuleHit>,
+    },
+    /// A refused message or array element.
+    Rejected {
+        /// What was refused and why.
+        rejection: Rejection,
+        /// Topic or peer.
+        origin: String,
+        /// When it arrived.
+        received_at: DateTime<Utc>,
+    },
+}
+
+/// A batch to commit.
+#[derive(Debug, Clone)]
+pub struct WriteBatch {
+    /// Items in receive order.
+    pub items: Vec<WriteItem>,
+    /// How long `(device, seq, ts)` keys are kept.
+    pub dedup_window: Duration,
+    /// How long payload-hash keys are kept.
+    pub redelivery_window: Duration,
+}
+
+/// What happened to an alert in a batch, for the live feed and metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AlertChange {
+    /// The alert.
+    pub alert_id: i64,
+    /// Its device.
+    pub device_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its severity.
+    pub severity: String,
+    /// `opened`, `counted`, `duplicate`, `cancelled_on_device`, `acknowledged`, `resolved`.
+    pub action: String,
+}
+
+/// The result of a committed batch.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutcome {
+    /// Events stored.
+    pub accepted: usize,
+    /// Events recognised as redeliveries and not stored again.
+    pub duplicates: usize,
+    /// Rejections stored.
+    pub rejected: usize,
+    /// Alert changes, in order.
+    pub changes: Vec<AlertChange>,
+}
+
+impl Store {
+    /// Commits a batch in one transaction; on error nothing of it is stored.
+    pub async fn commit_batch(
+        &self,
+        batch: &WriteBatch,
+        now: DateTime<Utc>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let committed_at = to_millis(now);
+        let mut out = BatchOutcome::default();
+
+        // Unique (device, key) pairs with their expiry; a pair twice in one statement would
+        // make PostgreSQL's ON CONFLICT DO UPDATE fail, and is a duplicate anyway.
+        let mut keys: Vec<(String, String, i64, i64)> = Vec::new();
+        let mut seen_keys = HashSet::new();
+        let mut devices: HashMap<&str, i64> = HashMap::new();
+        for item in &batch.items {
+            if let WriteItem::Event { event, .. } = item {
+                let window = match event.dedup_key {
+                    DedupKey::Device(_) => batch.dedup_window,
+                    DedupKey::Payload(_) => batch.redelivery_window,
+                };
+                let received = to_millis(event.received_at);
+                if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {
+                    keys.push((
+                        event.device_id.clone(),
+                        event.dedup_key.as_str().to_owned(),
+                        received,
+                        to_millis(event.received_at + window),
+                    ));
+                }
+                let last = devices.entry(&event.device_id).or_insert(received);
+                *last = (*last).max(received);
+            }
+        }
+        let mut devices: Vec<(&str, i64)> = devices.into_iter().collect();
+        // A stable order keeps concurrent shard transactions from deadlocking on PostgreSQL.
+        devices.sort_unstable();
+
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+
+            // 1. Which keys are new: inserted, or overwriting an expired row.
+            let mut fresh: HashSet<(String, String)> = HashSet::new();
+            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, expires_at) ");
+                q.push_values(chunk, |mut b, (d, k, seen, exp)| {
+                    b.push_bind(d.clone()).push_bind(k.clone()).push_bind(*seen).push_bind(*exp);
+                });
+                q.push(
+                    " ON CONFLICT (device_id, key) DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at \
+                     WHERE dedup.expires_at < excluded.seen_at RETURNING device_id, key",
+                );
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    fresh.insert((row.try_get("device_id")?, row.try_get("key")?));
+                }
+            }
+
+            // 2. Devices seen.
+            for chunk in devices.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO devices (id, first_seen, last_seen) ");
+                q.push_values(chunk, |mut b, (d, at)| {
+                    b.push_bind((*d).to_owned()).push_bind(*at).push_bind(*at);
+                });
+                q.push(
+                    " ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen \
+                     THEN excluded.last_seen ELSE devices.last_seen END",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+
+            // 3. Events, in order. Plain events go in multi-row inserts; events that touch an
+            //    alert are written one at a time so the timeline can name the event id.
+            let mut plain: Vec<&Event> = Vec::new();
+            let mut rejected: Vec<(&Rejection, &str, i64)> = Vec::new();
+            for item in &batch.items {
+                match item {
+                    WriteItem::Rejected { rejection, origin, received_at } => {
+                        rejected.push((rejection, origin.as_str(), to_millis(*received_at)));
+                    }
+                    WriteItem::Event { event, hits } => {
+                        let new = fresh.remove(&(event.device_id.clone(), event.dedup_key.as_str().to_owned()));
+                        if !new {
+                            out.duplicates += 1;
+                            // A redelivery goes on the timeline of what it would have counted on,
+                            // without counting.
+                            for hit in hits {
+                                let id: Option<i64> = sqlx::query_scalar(
+                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
+                                )
+                                .bind(&event.device_id)
+                                .bind(&hit.rule)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if let Some(id) = id {
+                                    timeline!(tx, id, committed_at, "duplicate", event, None::<i64>);
+                                    out.changes.push(change(id, event, hit, "duplicate"));
+                                }
+                            }
+                            continue;
+                        }
+                        out.accepted += 1;
+                        if hits.is_empty() && event.event_type != EventType::Cancel {
+                            plain.push(event);
+                            continue;
+                        }
+                        let event_id: i64 = sqlx::query_scalar(
+                            "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                        )
+                        .bind(&event.device_id)
+                        .bind(event.event_type.name())
+                        .bind(serde_json::Value::Object(event.fields.clone()).to_string())
+                        .bind(event.device_time.map(to_millis))
+                        .bind(event.seq)
+                        .bind(to_millis(event.received_at))
+                        .bind(committed_at)
+                        .bind(&event.source.protocol)
+                        .bind(&event.source.origin)
+                        .bind(event.dedup_key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if event.event_type == EventType::Cancel {
+                            // The wearer cancelled on the device: recorded, never resolving.
+                            let open: Vec<(i64, String, String)> = sqlx::query_as(
+                                "SELECT id, kind, severity FROM alerts WHERE device_id = $1 AND status <> 'resolved' ORDER BY id",
+                            )
+                            .bind(&event.device_id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                            for (id, kind, severity) in open {
+                                timeline!(tx, id, committed_at, "cancelled_on_device", event, Some(event_id));
+                                out.changes.push(AlertChange {
+                                    alert_id: id,
+                                    device_id: event.device_id.clone(),
+                                    kind,
+                                    severity,
+                                    action: "cancelled_on_device".into(),
+                                });
+                            }
+                        }
+                        for hit in hits {
+                            let received = to_millis(event.received_at);
+                            // Conditional on still being unresolved: an operator may have just
+                            // resolved it, and then this press must open a new alert.
+                            let counted: Option<i64> = sqlx::query_scalar(
+                                "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $4 \
+                                 WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
+                            )
+                            .bind(&event.device_id)
+                            .bind(&hit.rule)
+                            .bind(received)
+                            .bind(committed_at)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            let (id, action) = match counted {
+                                Some(id) => (id, "counted"),
+                                None => {
+                                    let id: i64 = sqlx::query_scalar(
+                                        "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
+                                         escalation_level, opened_at, updated_at, last_event_at) \
+                                         VALUES ($1, NULL, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $8) RETURNING id",
+                                    )
+                                    .bind(&event.device_id)
+                                    .bind(&hit.rule)
+                                    .bind(&hit.kind)
+                                    .bind(hit.severity.as_str())
+                                    .bind(hit.severity.rank())
+                                    .bind(&hit.title)
+                                    .bind(committed_at)
+                                    .bind(received)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                                    (id, "opened")
+                                }
+                            };
+                            timeline!(tx, id, committed_at, if action == "opened" { "opened" } else { "event" }, event, Some(event_id));
+                            out.changes.push(change(id, event, hit, action));
+                        }
+                    }
+                }
+            }
+            for chunk in plain.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) ",
+                );
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.device_id.clone())
+                        .push_bind(e.event_type.name())
+                        .push_bind(serde_json::Value::Object(e.fields.clone()).to_string())
+                        .push_bind(e.device_time.map(to_millis))
+                        .push_bind(e.seq)
+                        .push_bind(to_millis(e.received_at))
+                        .push_bind(committed_at)
+                        .push_bind(e.source.protocol.clone())
+                        .push_bind(e.source.origin.clone())
+                        .push_bind(e.dedup_key.as_str().to_owned());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in rejected.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO rejected (device_id, origin, reason, detail, raw, received_at) ",
+                );
+                q.push_values(chunk, |mut b, (r, origin, at)| {
+                    b.push_bind(r.device_id.clone())
+                        .push_bind((*origin).to_owned())
+                        .push_bind(r.reason.as_str())
+                        .push_bind(r.detail.clone())
+                        .push_bind(r.raw.clone())
+                        .push_bind(*at);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            out.rejected = rejected.len();
+            tx.commit().await?;
+        });
+        Ok(out)
+    }
+}
+
+fn change(id: i64, event: &Event, hit: &RuleHit, action: &str) -> AlertChange {
+    AlertChange {
+        alert_id: id,
+        device_id: event.device_id.clone(),
+        kind: hit.kind.clone(),
+        severity: hit.severity.as_str().to_owned(),
+        action: action.to_owned(),
+    }
+}
+
+/// Appends an engine entry to an alert's timeline (a macro so it compiles for both
+/// transaction types without a wall of sqlx trait bounds).
+macro_rules! timeline {
+    ($tx:expr, $alert_id:expr, $at:expr, $action:expr, $event:expr, $event_id:expr) => {{
+        let event: &Event = $event;
+        let detail = serde_json::json!({
+            "event_id": $event_id,
+            "type": event.event_type.name(),
+            "fields": event.fields,
+            "seq": event.seq,
+            "device_time": event.device_time,
+            "received_at": event.received_at,
+        })
+        .to_string();
+        sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'engine', $3, $4)")
+            .bind($alert_id)
+            .bind($at)
+            .bind($action)
+            .bind(detail)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+use timeline;

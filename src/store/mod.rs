@@ -1,0 +1,537 @@
+//! The store façade: domain methods over SQLite or PostgreSQL, chosen by URL at start-up.
+//!
+//! Both backends run the same SQL text where the dialects agree (`$N` placeholders work on
+//! both; `ON CONFLICT`, partial unique indexes and `RETURNING` too), so each method body is
+//! written once and compiled for each pool by [`on_pool!`]. Schema differences live in the
+//! two migrations folders.
+
+mod batch;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+
+pub use batch::{AlertChange, BatchOutcome, RuleHit, WriteBatch, WriteItem};
+
+use crate::clock::{from_millis, to_millis};
+
+/// Store failures. Domain variants carry the id involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such alert.
+    #[error("alert {0} not found")]
+    NotFound(i64),
+    /// The alert is not in a state that allows the step.
+    #[error("alert {id} is {status}; {step} is not allowed")]
+    Conflict {
+        /// The alert.
+        id: i64,
+        /// Its current status.
+        status: String,
+        /// The refused step.
+        step: &'static str,
+    },
+    /// The request is not valid.
+    #[error("{0}")]
+    Validation(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A connection pool of either backend.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// SQLite: one writer connection (WAL), the embedded default.
+    Sqlite(SqlitePool),
+    /// PostgreSQL: production.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the typed pool and `Db` aliased to its database type.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Sqlite;
+                $body
+            }
+            Store::Postgres($pool) => {
+                #[allow(dead_code)]
+                type Db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// An alert as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Alert {
+    /// Id.
+    pub id: i64,
+    /// Device that raised it.
+    pub device_id: String,
+    /// Resident, when the device is assigned to one.
+    pub resident_id: Option<String>,
+    /// Rule name.
+    pub rule: String,
+    /// What opened it.
+    pub kind: String,
+    /// `critical`, `high`, `medium`, `low`.
+    pub severity: String,
+    /// Operator-facing title.
+    pub title: String,
+    /// `open`, `acknowledged`, `dispatched`, `resolved`.
+    pub status: String,
+    /// Presses/matches counted while open.
+    pub count: i64,
+    /// Raised by escalation; never a new alert.
+    pub escalation_level: i64,
+    /// When it opened.
+    pub opened_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Receive time of the last counted event.
+    pub last_event_at: DateTime<Utc>,
+    /// When acknowledged.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged.
+    pub acknowledged_by: Option<String>,
+    /// When resolved.
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// Who resolved.
+    pub resolved_by: Option<String>,
+    /// Resolution outcome.
+    pub outcome: Option<String>,
+    /// Resolution note.
+    pub note: Option<String>,
+}
+
+/// One timeline entry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TimelineEntry {
+    /// Id, increasing.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `engine` or the operator.
+    pub actor: String,
+    /// `opened`, `event`, `duplicate`, `cancelled_on_device`, `acknowledged`, `resolved`.
+    pub action: String,
+    /// JSON text with the details.
+    pub detail: serde_json::Value,
+}
+
+/// Filters of `GET /api/alerts`.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// `open` means every unresolved status; otherwise an exact status.
+    pub status: Option<String>,
+    /// Only this device.
+    pub device_id: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Page size.
+    pub limit: i64,
+    /// Continue after this (severity_rank, opened_at, id).
+    pub after: Option<(i64, i64, i64)>,
+}
+
+/// Resolution outcomes (CONTRACT.md).
+pub const OUTCOMES: [&str; 5] = [
+    "false_alarm",
+    "resolved_by_phone",
+    "carer_visited",
+    "ambulance_called",
+    "other",
+];
+
+const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note";
+
+fn alert_from_row<R: Row>(r: &R) -> Result<(Alert, i64), sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let t = |c: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        Ok(r.try_get::<Option<i64>, _>(c)?.map(from_millis))
+    };
+    Ok((
+        Alert {
+            id: r.try_get("id")?,
+            device_id: r.try_get("device_id")?,
+            resident_id: r.try_get("resident_id")?,
+            rule: r.try_get("rule")?,
+            kind: r.try_get("kind")?,
+            severity: r.try_get("severity")?,
+            title: r.try_get("title")?,
+            status: r.try_get("status")?,
+            count: r.try_get("count")?,
+            escalation_level: r.try_get("escalation_level")?,
+            opened_at: from_millis(r.try_get("opened_at")?),
+            updated_at: from_millis(r.try_get("updated_at")?),
+            last_event_at: from_millis(r.try_get("last_event_at")?),
+            acknowledged_at: t("acknowledged_at")?,
+            acknowledged_by: r.try_get("acknowledged_by")?,
+            resolved_at: t("resolved_at")?,
+            resolved_by: r.try_get("resolved_by")?,
+            outcome: r.try_get("outcome")?,
+            note: r.try_get("note")?,
+        },
+        r.try_get("severity_rank")?,
+    ))
+}
+
+impl Store {
+    /// Connects by URL scheme and runs the backend's migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // NORMAL in WAL mode survives a process crash; only an OS crash or power loss
+                // can lose the last commits, the same window the broker's own persistence has.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .and_then(|p| p.split('?').next())
+                && let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Validation(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            // One connection: SQLite has one writer anyway, and a single connection keeps
+            // readers from seeing a half-migrated or busy database.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            Store::Sqlite(pool)
+        } else {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await?;
+            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            Store::Postgres(pool)
+        };
+        Ok(store)
+    }
+
+    /// Which backend, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Answers when the database does (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// Deletes dedup keys that expired before `now`.
+    pub async fn purge_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let n = on_pool!(self, pool => {
+            sqlx::query("DELETE FROM dedup WHERE expires_at < $1")
+                .bind(to_millis(now))
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// Alerts, most urgent first: severity, then oldest first, then id.
+    pub async fn list_alerts(
+        &self,
+        f: &AlertFilter,
+    ) -> Result<(Vec<Alert>, Option<(i64, i64, i64)>), StoreError> {
+        let limit = f.limit.clamp(1, 5000);
+        let rows = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::<Db>::new(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE 1=1"));
+            match f.status.as_deref() {
+                Some("open") => {
+                    q.push(" AND status <> 'resolved'");
+                }
+                Some(s) => {
+                    q.push(" AND status = ").push_bind(s.to_owned());
+                }
+                None => {}
+            }
+            if let Some(d) = &f.device_id {
+                q.push(" AND device_id = ").push_bind(d.clone());
+            }
+            if let Some(k) = &f.kind {
+                q.push(" AND kind = ").push_bind(k.clone());
+            }
+            if let Some((rank, opened, id)) = f.after {
+                q.push(" AND (severity_rank > ").push_bind(rank)
+                    .push(" OR (severity_rank = ").push_bind(rank)
+                    .push(" AND (opened_at > ").push_bind(opened)
+                    .push(" OR (opened_at = ").push_bind(opened)
+                    .push(" AND id > ").push_bind(id).push("))))");
+            }
+            q.push(" ORDER BY severity_rank, opened_at, id LIMIT ").push_bind(limit + 1);
+            let rows = q.build().fetch_all(pool).await?;
+            rows.iter().map(alert_from_row).collect::<Result<Vec<_>, _>>()?
+        });
+        let mut alerts: Vec<(Alert, i64)> = rows;
+        let next = if alerts.len() as i64 > limit {
+            alerts.truncate(limit as usize);
+            alerts
+                .last()
+                .map(|(a, rank)| (*rank, to_millis(a.opened_at), a.id))
+        } else {
+            None
+        };
+        Ok((alerts.into_iter().map(|(a, _)| a).collect(), next))
+    }
+
+    /// One alert and its timeline.
+    pub async fn get_alert(&self, id: i64) -> Result<(Alert, Vec<TimelineEntry>), StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            let (alert, _) = alert_from_row(&row)?;
+            let rows = sqlx::query(
+                "SELECT id, at, actor, action, detail FROM alert_timeline WHERE alert_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let mut timeline = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let detail: String = r.try_get("detail")?;
+                timeline.push(TimelineEntry {
+                    id: r.try_get("id")?,
+                    at: from_millis(r.try_get("at")?),
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
+                });
+            }
+            Ok((alert, timeline))
+        })
+    }
+
+    /// open → acknowledged, conditionally: two operators cannot both take the alert.
+    pub async fn acknowledge(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Alert, StoreError> {
+        self.transition(id, actor, now, "acknowledge", None, None)
+            .await
+    }
+
+    /// any unresolved status → resolved, with an outcome.
+    pub async fn resolve(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        outcome: &str,
+        note: Option<&str>,
+    ) -> Result<Alert, StoreError> {
+        if !OUTCOMES.contains(&outcome) {
+            return Err(StoreError::Validation(format!(
+                "outcome {outcome:?} is not one of {}",
+                OUTCOMES.join(", ")
+            )));
+        }
+        self.transition(id, actor, now, "resolve", Some(outcome), note)
+            .await
+    }
+
+    async fn transition(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        step: &'static str,
+        outcome: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<Alert, StoreError> {
+        let at = to_millis(now);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = if step == "acknowledge" {
+                sqlx::query(
+                    "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2, acknowledged_by = $3, updated_at = $2 \
+                     WHERE id = $1 AND status = 'open'",
+                )
+                .bind(id)
+                .bind(at)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = $3, outcome = $4, note = $5, updated_at = $2 \
+                     WHERE id = $1 AND status <> 'resolved'",
+                )
+                .bind(id)
+                .bind(at)
+                .bind(actor)
+                .bind(outcome)
+                .bind(note)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            };
+            if done == 0 {
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM alerts WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Err(match status {
+                    None => StoreError::NotFound(id),
+                    Some(status) => StoreError::Conflict { id, status, step },
+                });
+            }
+            let detail = serde_json::json!({ "outcome": outcome, "note": note }).to_string();
+            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id)
+                .bind(at)
+                .bind(actor)
+                .bind(if step == "acknowledge" { "acknowledged" } else { "resolved" })
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(alert_from_row(&row)?.0)
+        })
+    }
+
+    /// Counts rows of a table, for tests, benches and the load report.
+    pub async fn count(&self, table: Table) -> Result<i64, StoreError> {
+        let sql = match table {
+            Table::Events => "SELECT COUNT(*) FROM events",
+            Table::Rejected => "SELECT COUNT(*) FROM rejected",
+            Table::Alerts => "SELECT COUNT(*) FROM alerts",
+            Table::Devices => "SELECT COUNT(*) FROM devices",
+        };
+        let n: i64 = on_pool!(self, pool => sqlx::query_scalar(sql).fetch_one(pool).await?);
+        Ok(n)
+    }
+
+    /// Rejected rows (reason, detail, raw), newest last, for tests and inspection.
+    pub async fn rejected(&self, limit: i64) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query("SELECT reason, detail, raw FROM rejected ORDER BY id DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("reason")?, r.try_get("detail")?, r.try_get("raw")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows.into_iter().rev().collect())
+    }
+
+    /// Per-event (device, seq, received_at, committed_at, device_ts) in commit order, for the
+    /// load report (latency, order per device).
+    pub async fn event_timings(&self) -> Result<Vec<EventTiming>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query("SELECT device_id, seq, device_ts, received_at, committed_at FROM events ORDER BY id")
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(EventTiming {
+                        device_id: r.try_get("device_id")?,
+                        seq: r.try_get("seq")?,
+                        device_ts: r.try_get("device_ts")?,
+                        received_at: r.try_get("received_at")?,
+                        committed_at: r.try_get("committed_at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        Ok(rows)
+    }
+}
+
+/// Tables that [`Store::count`] can count.
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    /// Accepted events.
+    Events,
+    /// Rejections.
+    Rejected,
+    /// Alerts.
+    Alerts,
+    /// Devices seen.
+    Devices,
+}
+
+/// Timing columns of one stored event (milliseconds since the epoch).
+#[derive(Debug, Clone)]
+pub struct EventTiming {
+    /// Device.
+    pub device_id: String,
+    /// Device sequence.
+    pub seq: Option<i64>,
+    /// Device time.
+    pub device_ts: Option<i64>,
+    /// Engine receive time.
+    pub received_at: i64,
+    /// Commit time.
+    pub committed_at: i64,
+}
+
+impl Store {
+    /// A device as JSON (`id`, `first_seen`, `last_seen`), if it was ever seen.
+    pub async fn get_device(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row: Option<(String, i64, i64)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, first_seen, last_seen FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(|(id, first, last)| {
+            serde_json::json!({ "id": id, "first_seen": from_millis(first), "last_seen": from_millis(last) })
+        }))
+    }
+}

@@ -1,0 +1,172 @@
+//! Logs and metrics. Each notable event is one function that writes the log line and updates
+//! the metric together; names are constants here so they stay consistent.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::Rejection;
+use crate::store::{BatchOutcome, StoreError};
+
+/// Metric names.
+pub mod names {
+    /// MQTT publishes received.
+    pub const MQTT_RECEIVED: &str = "anxin_mqtt_messages_received_total";
+    /// MQTT publishes acked after commit.
+    pub const MQTT_ACKED: &str = "anxin_mqtt_messages_acked_total";
+    /// Acks not sent because their connection is gone (the broker redelivers).
+    pub const MQTT_STALE_ACKS: &str = "anxin_mqtt_stale_acks_dropped_total";
+    /// Connections established.
+    pub const MQTT_CONNECTS: &str = "anxin_mqtt_connects_total";
+    /// Connection errors.
+    pub const MQTT_ERRORS: &str = "anxin_mqtt_connection_errors_total";
+    /// 1 while connected and subscribed.
+    pub const MQTT_READY: &str = "anxin_mqtt_subscribed";
+    /// Received, not yet acked.
+    pub const MQTT_UNACKED: &str = "anxin_mqtt_unacked_messages";
+    /// Age of the oldest unacked message.
+    pub const MQTT_OLDEST_UNACKED: &str = "anxin_mqtt_oldest_unacked_age_seconds";
+    /// Refusals by reason.
+    pub const REJECTED: &str = "anxin_ingest_rejected_total";
+    /// Events stored.
+    pub const ACCEPTED: &str = "anxin_ingest_events_accepted_total";
+    /// Events recognised as redeliveries.
+    pub const DUPLICATES: &str = "anxin_ingest_duplicates_total";
+    /// Messages per committed batch.
+    pub const BATCH_SIZE: &str = "anxin_pipeline_batch_messages";
+    /// Commit latency.
+    pub const COMMIT_SECONDS: &str = "anxin_store_commit_seconds";
+    /// Failed commits (retried).
+    pub const COMMIT_ERRORS: &str = "anxin_store_commit_errors_total";
+    /// Messages waiting in a shard queue.
+    pub const QUEUE_DEPTH: &str = "anxin_pipeline_queue_depth";
+    /// Times the hand-off to a shard had to wait (broker exceeded its window).
+    pub const HANDOFF_WAITS: &str = "anxin_pipeline_handoff_waits_total";
+    /// Alerts opened.
+    pub const ALERTS_OPENED: &str = "anxin_alerts_opened_total";
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The process-wide Prometheus recorder (PITFALLS 15: install once, share the handle).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(names::COMMIT_SECONDS.into()),
+                    &[
+                        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::BATCH_SIZE.into()),
+                        &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+                    )
+                })
+                .expect("bucket lists are non-empty");
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed (an embedding application's): render ours
+                // from a private recorder so /metrics still answers.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Rate limit for repetitive warnings: at most `PER_WINDOW` lines per key per window, then a
+/// summary of how many were suppressed.
+const PER_WINDOW: u32 = 10;
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn allow_log(key: &'static str) -> Option<u64> {
+    static STATE: OnceLock<Mutex<HashMap<&'static str, (Instant, u32, u64)>>> = OnceLock::new();
+    let mut map = STATE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    let entry = map.entry(key).or_insert((now, 0, 0));
+    if now.duration_since(entry.0) > WINDOW {
+        let suppressed = entry.2;
+        *entry = (now, 1, 0);
+        return Some(suppressed);
+    }
+    if entry.1 < PER_WINDOW {
+        entry.1 += 1;
+        Some(0)
+    } else {
+        entry.2 += 1;
+        None
+    }
+}
+
+/// A message or array element was refused.
+pub fn rejected(origin: &str, r: &Rejection) {
+    counter!(names::REJECTED, "reason" => r.reason.as_str()).increment(1);
+    if let Some(suppressed) = allow_log(r.reason.as_str()) {
+        tracing::warn!(
+            device = r.device_id.as_deref().unwrap_or("-"),
+            topic = origin,
+            reason = r.reason.as_str(),
+            suppressed_since_last = suppressed,
+            "Rejected input: {}",
+            r.detail
+        );
+    }
+}
+
+/// A batch committed.
+pub fn batch_committed(messages: usize, took: Duration, o: &BatchOutcome) {
+    histogram!(names::BATCH_SIZE).record(messages as f64);
+    histogram!(names::COMMIT_SECONDS).record(took.as_secs_f64());
+    counter!(names::ACCEPTED).increment(o.accepted as u64);
+    counter!(names::DUPLICATES).increment(o.duplicates as u64);
+    for c in &o.changes {
+        if c.action == "opened" {
+            counter!(names::ALERTS_OPENED, "kind" => c.kind.clone(), "severity" => c.severity.clone())
+                .increment(1);
+            tracing::info!(alert = c.alert_id, device = %c.device_id, kind = %c.kind, severity = %c.severity, "Alert opened");
+        }
+    }
+}
+
+/// A commit failed; it will be retried after `backoff`.
+pub fn commit_failed(e: &StoreError, messages: usize, backoff: Duration) {
+    counter!(names::COMMIT_ERRORS).increment(1);
+    if let Some(suppressed) = allow_log("commit_failed") {
+        tracing::error!(error = %e, messages, retry_in_ms = backoff.as_millis() as u64, suppressed_since_last = suppressed,
+            "Commit failed; messages stay unacked and the commit is retried");
+    }
+}
+
+/// A shard's queue depth after taking a batch.
+pub fn queue_depth(shard: usize, depth: usize) {
+    gauge!(names::QUEUE_DEPTH, "shard" => shard.to_string()).set(depth as f64);
+}
+
+/// The hand-off to a shard waited.
+pub fn handoff_waited(shard: usize) {
+    counter!(names::HANDOFF_WAITS).increment(1);
+    if let Some(suppressed) = allow_log("handoff") {
+        tracing::warn!(
+            shard,
+            suppressed_since_last = suppressed,
+            "Shard queue full: the broker sent more than its in-flight window; pausing intake"
+        );
+    }
+}
