@@ -1,0 +1,537 @@
+//! Shared harness for the black-box tests: the real `anxin` binary, a private Mosquitto started
+//! from the shipped config, per-test PostgreSQL databases, a TCP proxy that can cut the
+//! database away, and polling helpers (never a bare sleep to wait for a result).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The value of a service URL variable. With `CI=true` a missing one fails the test; elsewhere
+/// the test is skipped with a note.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{var} is not set; CI must provide it (.ci/run sets it)")
+        }
+        _ => {
+            eprintln!("skipping: {var} is not set");
+            None
+        }
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding port 0")
+}
+
+/// A short random hex id for names that must not collide between parallel runs.
+pub fn unique() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Polls `f` until it returns `Some`, failing after [`DEADLINE`].
+pub async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Publishes one QoS 1 message with `mosquitto_pub` (it returns after the broker's PUBACK).
+pub fn publish(port: u16, topic: &str, payload: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .output()
+        .expect("mosquitto_pub is installed (Debian package mosquitto-clients)");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Mosquitto private to the test, started from the shipped `config/mosquitto.conf` with only
+/// the port, the persistence directory and the user changed.
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts it and waits until it accepts connections.
+    pub async fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
+        )
+        .unwrap();
+        let mut conf = String::new();
+        for line in shipped.lines() {
+            if line.starts_with("listener ") {
+                conf.push_str(&format!("listener {port} 127.0.0.1\n"));
+            } else if line.starts_with("persistence_location ") {
+                conf.push_str(&format!("persistence_location {}/\n", dir.path().display()));
+            } else {
+                conf.push_str(line);
+                conf.push('\n');
+            }
+        }
+        // Running as root, Mosquitto would drop to its own user, which cannot write the
+        // test's temporary directory.
+        if unsafe { libc::geteuid() } == 0 {
+            conf.push_str("user root\n");
+        }
+        let path = dir.path().join("mosquitto.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed");
+        poll("mosquitto to listen", || async move {
+            TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_bin() -> PathBuf {
+    for p in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+/// A PostgreSQL database private to one test, dropped at the end.
+pub struct TempDb {
+    admin: String,
+    /// Its name.
+    pub name: String,
+    /// Its URL.
+    pub url: String,
+}
+
+impl TempDb {
+    /// Creates `anxin_test_<random>` through the admin URL.
+    pub async fn create(admin: &str) -> TempDb {
+        let name = format!("anxin_test_{}", unique());
+        let pool = sqlx::PgPool::connect(admin)
+            .await
+            .expect("admin connection");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let url = match admin.rfind('/') {
+            Some(i) if admin[..i].contains("://") && !admin[i..].contains('@') => {
+                let (base, rest) = admin.split_at(i);
+                let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+                format!("{base}/{name}{query}")
+            }
+            _ => format!("{}/{name}", admin.trim_end_matches('/')),
+        };
+        TempDb {
+            admin: admin.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// The URL with host and port replaced, e.g. to go through a [`Proxy`].
+    pub fn url_via(&self, port: u16) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let (auth, tail) = match rest.rsplit_once('@') {
+            Some((a, t)) => (format!("{a}@"), t),
+            None => (String::new(), rest),
+        };
+        let path = &tail[tail.find('/').unwrap_or(tail.len())..];
+        format!("{scheme}://{auth}127.0.0.1:{port}{path}")
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&pool)
+                    .await;
+                    pool.close().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A TCP proxy to `upstream` that the test can cut (close every connection and refuse new
+/// ones) and restore: the database "goes away" without touching the shared server.
+pub struct Proxy {
+    /// Local port to connect to.
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
+}
+
+impl Proxy {
+    /// Starts proxying 127.0.0.1:<port> → `upstream`.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (c, cs) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                cs.lock().unwrap().push(task.abort_handle());
+            }
+        })
+        .abort_handle();
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// The real engine binary, in its own data directory, on free ports.
+pub struct Engine {
+    child: Option<Child>,
+    /// Operator API address.
+    pub http: SocketAddr,
+    /// Admin bearer token.
+    pub token: String,
+    /// Topic root used by this engine.
+    pub root: String,
+    env: Vec<(String, String)>,
+    /// Data directory (kept across restarts).
+    pub dir: Arc<tempfile::TempDir>,
+    client: reqwest::Client,
+    starts: u32,
+}
+
+/// How to start an [`Engine`].
+#[derive(Clone, Default)]
+pub struct EngineOpts {
+    /// `ANXIN_MQTT_URL`; default: embedded on a free port.
+    pub mqtt_url: Option<String>,
+    /// `ANXIN_STORE_URL`; default: SQLite in the data directory.
+    pub store_url: Option<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Engine {
+    /// Starts the engine and waits for `/readyz`.
+    pub async fn start(opts: EngineOpts) -> Engine {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mqtt_url = opts
+            .mqtt_url
+            .unwrap_or_else(|| format!("embedded://127.0.0.1:{}", free_port()));
+        let root = format!("t{}/v1", unique());
+        let token = format!("test-token-{}", unique());
+        let mut env = vec![
+            (
+                "ANXIN_DATA_DIR".to_owned(),
+                dir.path().display().to_string(),
+            ),
+            ("ANXIN_MQTT_URL".to_owned(), mqtt_url),
+            ("ANXIN_MQTT_TOPIC_ROOT".to_owned(), root.clone()),
+            (
+                "ANXIN_MQTT_CLIENT_ID".to_owned(),
+                format!("anxin-test-{}", unique()),
+            ),
+            ("ANXIN_ADMIN_TOKEN".to_owned(), token.clone()),
+        ];
+        if let Some(s) = opts.store_url {
+            env.push(("ANXIN_STORE_URL".to_owned(), s));
+        }
+        env.extend(opts.env);
+        let mut e = Engine {
+            child: None,
+            http: "127.0.0.1:0".parse().unwrap(),
+            token,
+            root,
+            env,
+            dir,
+            client: reqwest::Client::new(),
+            starts: 0,
+        };
+        e.spawn(&[]);
+        e.wait_ready().await;
+        e
+    }
+
+    /// The embedded or external broker port from `ANXIN_MQTT_URL`.
+    pub fn mqtt_port(&self) -> u16 {
+        let url = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "ANXIN_MQTT_URL")
+            .unwrap()
+            .1;
+        url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// `{root}/devices/{device}/events`.
+    pub fn topic(&self, device: &str) -> String {
+        format!("{}/devices/{device}/events", self.root)
+    }
+
+    /// Publishes to this engine's broker.
+    pub fn publish(&self, device: &str, payload: &str) {
+        publish(self.mqtt_port(), &self.topic(device), payload);
+    }
+
+    /// (Re)starts the process with the same data, broker session and database, plus `extra` env.
+    pub fn spawn(&mut self, extra: &[(&str, &str)]) {
+        self.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.starts += 1;
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("engine-{}.log", self.starts)))
+                .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_anxin"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/anxin.toml"))
+            .env("ANXIN_HTTP_ADDR", self.http.to_string())
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawning anxin"));
+    }
+
+    /// The engine's log of its current run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("engine-{}.log", self.starts)))
+            .unwrap_or_default()
+    }
+
+    /// Waits for `/readyz` 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.http);
+        let client = self.client.clone();
+        let log = self.dir.path().join(format!("engine-{}.log", self.starts));
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "engine not ready; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// GET an API path with the token.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST an API path with the token and a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("http://{}{path}", self.http))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /api/alerts?{query}` items.
+    pub async fn alerts(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/alerts?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("http://{}/metrics", self.http))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until the metric reaches `at_least`.
+    pub async fn wait_metric(&self, prefix: &str, at_least: f64) {
+        poll(&format!("{prefix} >= {at_least}"), || async move {
+            (self.metric(prefix).await >= at_least).then_some(())
+        })
+        .await
+    }
+
+    /// SIGKILL: no chance to commit or ack anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = c.kill();
+                panic!("engine did not exit after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
