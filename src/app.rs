@@ -105,7 +105,7 @@ pub async fn run(
                     telemetry::queue_depth(i, d);
                 }
                 n += 1;
-                if n % 12 == 0
+                if n.is_multiple_of(12)
                     && let Err(e) = store.purge_dedup(clock.now()).await
                 {
                     tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");

@@ -93,8 +93,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 const PER_WINDOW: u32 = 10;
 const WINDOW: Duration = Duration::from_secs(10);
 
+/// Per key: window start, lines logged in it, lines suppressed in it.
+type LogBudget = HashMap<&'static str, (Instant, u32, u64)>;
+
 fn allow_log(key: &'static str) -> Option<u64> {
-    static STATE: OnceLock<Mutex<HashMap<&'static str, (Instant, u32, u64)>>> = OnceLock::new();
+    static STATE: OnceLock<Mutex<LogBudget>> = OnceLock::new();
     let mut map = STATE
         .get_or_init(Default::default)
         .lock()

@@ -44,10 +44,13 @@ enum Client {
 }
 
 enum EventLoop {
-    V4(rumqttc::EventLoop),
-    V5(rumqttc::v5::EventLoop),
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
 }
 
+// Publish dominates the traffic, so boxing it would cost an allocation per message for
+// nothing; the small variants are rare.
+#[allow(clippy::large_enum_variant)]
 enum Polled {
     ConnAck {
         session_present: bool,
@@ -247,7 +250,7 @@ impl MqttIngest {
                 .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
                 .set_manual_acks(true);
             let (c, el) = rumqttc::v5::AsyncClient::new(o, window * 2 + 64);
-            (Client::V5(c), EventLoop::V5(el), window)
+            (Client::V5(c), EventLoop::V5(Box::new(el)), window)
         } else {
             let mut o = rumqttc::MqttOptions::new(client_id, host, port);
             o.set_keep_alive(keep_alive)
@@ -255,7 +258,7 @@ impl MqttIngest {
                 .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
                 .set_manual_acks(true);
             let (c, el) = rumqttc::AsyncClient::new(o, window_if_v4 * 2 + 64);
-            (Client::V4(c), EventLoop::V4(el), window_if_v4)
+            (Client::V4(c), EventLoop::V4(Box::new(el)), window_if_v4)
         };
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(ConnState::default());

@@ -313,6 +313,7 @@ pub struct Engine {
     /// Topic root used by this engine.
     pub root: String,
     env: Vec<(String, String)>,
+    config: PathBuf,
     /// Data directory (kept across restarts).
     pub dir: Arc<tempfile::TempDir>,
     client: reqwest::Client,
@@ -328,6 +329,8 @@ pub struct EngineOpts {
     pub store_url: Option<String>,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Engine config file; default: the shipped `config/anxin.toml`.
+    pub config: Option<PathBuf>,
 }
 
 impl Engine {
@@ -362,6 +365,9 @@ impl Engine {
             token,
             root,
             env,
+            config: opts
+                .config
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("config/anxin.toml")),
             dir,
             client: reqwest::Client::new(),
             starts: 0,
@@ -402,7 +408,7 @@ impl Engine {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_anxin"));
         cmd.arg("run")
             .arg("--config")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/anxin.toml"))
+            .arg(&self.config)
             .env("ANXIN_HTTP_ADDR", self.http.to_string())
             .env("RUST_LOG", "info,rumqttd=warn")
             .stdout(Stdio::null())
@@ -533,5 +539,46 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Publishes every (topic, payload) at QoS 1 through one rumqttc connection and returns once
+/// the broker acked them all.
+pub async fn publish_many(port: u16, messages: Vec<(String, String)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+    let mut o = MqttOptions::new(format!("anxin-test-pub-{}", unique()), "127.0.0.1", port);
+    o.set_max_packet_size(70 * 1024, 70 * 1024)
+        .set_inflight(200);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    let total = messages.len();
+    let sender = tokio::spawn(async move {
+        for (t, p) in messages {
+            client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+        }
+        client
+    });
+    let mut acked = 0;
+    let start = Instant::now();
+    while acked < total {
+        assert!(
+            start.elapsed() < DEADLINE * 4,
+            "publisher got {acked}/{total} acks"
+        );
+        match tokio::time::timeout(DEADLINE, el.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+            Err(_) => panic!("publisher stalled at {acked}/{total}"),
+        }
+    }
+    let client = sender.await.unwrap();
+    let _ = client.disconnect().await;
+}
+
+impl Engine {
+    /// Removes a variable from the environment of later (re)starts.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
     }
 }
