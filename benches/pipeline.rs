@@ -1,1 +1,132 @@
-fn main() {}
+//! Criterion benches for the hot path: decoding canonical payloads, evaluating the shipped
+//! rules, and group-committing batches to SQLite (the embedded default). Run:
+//! `cargo bench --bench pipeline`. The end-to-end load figures come from `benches/load.sh`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use anxin::pipeline::rules::RuleSet;
+use anxin::protocol::canonical;
+use anxin::store::{RuleHit, Store, WriteBatch, WriteItem};
+use chrono::{DateTime, Duration, Utc};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const PAYLOADS: [&str; 6] = [
+    r#"{"type":"heartbeat","seq":1,"ts":"2026-11-23T10:00:00Z"}"#,
+    r#"{"type":"vitals","heart_rate":72,"spo2":97,"temperature":36.6,"seq":2,"ts":"2026-11-23T10:00:01Z"}"#,
+    r#"{"type":"position","lat":31.23,"lon":121.47,"accuracy_m":15,"source":"gps","seq":3,"ts":"2026-11-23T10:00:02Z"}"#,
+    r#"{"type":"battery","percent":81,"seq":4,"ts":"2026-11-23T10:00:03Z"}"#,
+    r#"{"type":"door","state":"open","seq":5,"ts":"2026-11-23T10:00:04Z"}"#,
+    r#"{"type":"sos","seq":6,"ts":"2026-11-23T10:00:05Z"}"#,
+];
+
+fn at() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+}
+
+fn rules() -> RuleSet {
+    RuleSet::parse(
+        Path::new("config/rules.toml"),
+        include_str!("../config/rules.toml"),
+    )
+    .unwrap()
+}
+
+fn decode_and_rules(c: &mut Criterion) {
+    let rules = rules();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(PAYLOADS.len() as u64));
+    g.bench_function("canonical_6_payloads", |b| {
+        b.iter(|| {
+            for p in PAYLOADS {
+                black_box(canonical::decode(
+                    "anxin/v1",
+                    "anxin/v1/devices/dev-000123/events",
+                    p.as_bytes(),
+                    at(),
+                ));
+            }
+        })
+    });
+    g.bench_function("canonical_plus_rules_6_payloads", |b| {
+        b.iter(|| {
+            for p in PAYLOADS {
+                let d = canonical::decode(
+                    "anxin/v1",
+                    "anxin/v1/devices/dev-000123/events",
+                    p.as_bytes(),
+                    at(),
+                );
+                for e in d.items.iter().flatten() {
+                    black_box(rules.matching(e).count());
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
+    let items = (0..n)
+        .map(|i| {
+            // Routine traffic: vitals within range, so no alert work; realistic for the bulk.
+            let p = format!(
+                r#"{{"type":"vitals","heart_rate":{},"seq":{},"ts":"2026-11-23T10:00:00Z"}}"#,
+                60 + i % 40,
+                round * n + i
+            );
+            let topic = format!("anxin/v1/devices/dev-{:05}/events", i % 1000);
+            let event = canonical::decode("anxin/v1", &topic, p.as_bytes(), at())
+                .items
+                .remove(0)
+                .unwrap();
+            let hits = rules
+                .matching(&event)
+                .map(|r| RuleHit {
+                    rule: r.name.clone(),
+                    kind: r.kind.clone(),
+                    severity: r.severity,
+                    title: r.title.clone(),
+                })
+                .collect();
+            WriteItem::Event { event, hits }
+        })
+        .collect();
+    WriteBatch {
+        items,
+        dedup_window: Duration::hours(24),
+        redelivery_window: Duration::seconds(60),
+    }
+}
+
+fn commit(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = rt
+        .block_on(Store::connect(
+            &format!("sqlite://{}/bench.db", dir.path().display()),
+            1,
+        ))
+        .unwrap();
+    let rules = rules();
+    let mut g = c.benchmark_group("commit_sqlite");
+    g.sample_size(20);
+    for n in [1usize, 100, 1000] {
+        g.throughput(Throughput::Elements(n as u64));
+        let mut round = 0;
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter_batched(
+                || {
+                    round += 1;
+                    batch(&rules, n, round)
+                },
+                |wb| rt.block_on(store.commit_batch(&wb, at())).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode_and_rules, commit);
+criterion_main!(benches);

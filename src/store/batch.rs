@@ -196,6 +196,8 @@ impl Store {
                             plain.push(event);
                             continue;
                         }
+                        // Ids follow receive order: what queued up before this event goes first.
+                        insert_plain!(tx, plain, committed_at);
                         let event_id: i64 = sqlx::query_scalar(
                             "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
@@ -272,24 +274,7 @@ impl Store {
                     }
                 }
             }
-            for chunk in plain.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) ",
-                );
-                q.push_values(chunk, |mut b, e| {
-                    b.push_bind(e.device_id.clone())
-                        .push_bind(e.event_type.name())
-                        .push_bind(serde_json::Value::Object(e.fields.clone()).to_string())
-                        .push_bind(e.device_time.map(to_millis))
-                        .push_bind(e.seq)
-                        .push_bind(to_millis(e.received_at))
-                        .push_bind(committed_at)
-                        .push_bind(e.source.protocol.clone())
-                        .push_bind(e.source.origin.clone())
-                        .push_bind(e.dedup_key.as_str().to_owned());
-                });
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_plain!(tx, plain, committed_at);
             for chunk in rejected.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
                     "INSERT INTO rejected (device_id, origin, reason, detail, raw, received_at) ",
@@ -320,6 +305,32 @@ fn change(id: i64, event: &Event, hit: &RuleHit, action: &str) -> AlertChange {
         action: action.to_owned(),
     }
 }
+
+/// Writes the queued plain events in multi-row statements and empties the queue.
+macro_rules! insert_plain {
+    ($tx:expr, $plain:expr, $at:expr) => {{
+            for chunk in $plain.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) ",
+                );
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.device_id.clone())
+                        .push_bind(e.event_type.name())
+                        .push_bind(serde_json::Value::Object(e.fields.clone()).to_string())
+                        .push_bind(e.device_time.map(to_millis))
+                        .push_bind(e.seq)
+                        .push_bind(to_millis(e.received_at))
+                        .push_bind($at)
+                        .push_bind(e.source.protocol.clone())
+                        .push_bind(e.source.origin.clone())
+                        .push_bind(e.dedup_key.as_str().to_owned());
+                });
+                q.build().execute(&mut *$tx).await?;
+            }
+        $plain.clear();
+    }};
+}
+use insert_plain;
 
 /// Appends an engine entry to an alert's timeline (a macro so it compiles for both
 /// transaction types without a wall of sqlx trait bounds).
