@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End-to-end load measurement for BENCHMARKS.md:
+#   anxin-sim → Mosquitto (the shipped config/mosquitto.conf, private, on a free port)
+#             → anxin (ack after commit) → PostgreSQL (a fresh database per run).
+# For each MQTT version it measures, on the same broker and payloads:
+#   - the backlog drain rate of a bare rumqttc subscriber that acks on receipt (the baseline),
+#   - the backlog drain rate of the engine (first receive → last commit, from the database),
+# and, with the engine live, the publish → commit latency (device ts → committed_at) at the
+# highest publisher rate and at a fixed rate. It also checks events stored = published and
+# per-device order. Usage: benches/load.sh  (env: COUNT, DEVICES, RATE, ANXIN_TEST_POSTGRES_URL)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${COUNT:-50000}
+DEVICES=${DEVICES:-1000}
+RATE=${RATE:-2000}
+PG_ADMIN=${ANXIN_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PG_BASE=${PG_ADMIN%/*}
+
+cargo build --release -q
+SIM=target/release/anxin-sim
+ANXIN=target/release/anxin
+tmp=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cleanup() {
+    [ -n "${ENGINE_PID:-}" ] && kill "$ENGINE_PID" 2>/dev/null || true
+    [ -n "${MQ_PID:-}" ] && kill "$MQ_PID" 2>/dev/null || true
+    for db in $DBS; do psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
+    rm -rf "$tmp"
+}
+DBS=""
+trap cleanup EXIT
+
+MQ_PORT=$(free_port)
+sed -e "s#^listener .*#listener $MQ_PORT 127.0.0.1#" -e "s#^persistence_location .*#persistence_location $tmp/#" \
+    config/mosquitto.conf > "$tmp/mosquitto.conf"
+[ "$(id -u)" = 0 ] && echo "user root" >> "$tmp/mosquitto.conf"
+# MOSQ_OVERRIDE: extra lines for experiments (e.g. "autosave_interval 1800"); later lines win.
+[ -n "${MOSQ_OVERRIDE:-}" ] && printf '%b\n' "$MOSQ_OVERRIDE" >> "$tmp/mosquitto.conf"
+mosquitto -c "$tmp/mosquitto.conf" 2> "$tmp/mosquitto.log" &
+MQ_PID=$!
+sleep 0.5
+MQ_URL="mqtt://127.0.0.1:$MQ_PORT"
+echo "mosquitto $(mosquitto -h | head -1 | awk '{print $3}') on $MQ_PORT (shipped config); $COUNT messages, $DEVICES devices"
+
+new_db() {
+    local db="anxin_bench_$RANDOM$RANDOM"
+    psql -q "$PG_ADMIN" -c "CREATE DATABASE $db" >/dev/null
+    DBS="$DBS $db"
+    echo "$PG_BASE/$db"
+}
+q() { psql -qtA "$1" -c "$2"; }
+
+start_engine() { # $1 protocol, $2 store url, $3 client id, $4 log
+    cat > "$tmp/anxin.toml" <<TOML
+rules_file = "$PWD/config/rules.toml"
+[mqtt]
+protocol = $1
+TOML
+    ANXIN_MQTT_URL=$MQ_URL ANXIN_STORE_URL=$2 ANXIN_MQTT_CLIENT_ID=$3 ANXIN_DATA_DIR=$tmp \
+    ANXIN_HTTP_ADDR=127.0.0.1:$(free_port) ANXIN_ADMIN_TOKEN=bench-token-0123456789 RUST_LOG=warn \
+        "$ANXIN" run --config "$tmp/anxin.toml" 2> "$4" &
+    ENGINE_PID=$!
+    for _ in $(seq 1 200); do grep -q . <(q "$2" "SELECT 1 FROM _sqlx_migrations LIMIT 1" 2>/dev/null) && break; sleep 0.05; done
+    sleep 1 # the subscription follows the migrations within milliseconds
+}
+stop_engine() { kill -TERM "$ENGINE_PID"; wait "$ENGINE_PID" || true; ENGINE_PID=""; }
+wait_events() { # $1 url, $2 count
+    for _ in $(seq 1 1200); do [ "$(q "$1" "SELECT count(*) FROM events")" -ge "$2" ] && return 0; sleep 0.1; done
+    echo "timed out: $(q "$1" "SELECT count(*) FROM events") of $2 stored"; return 1
+}
+report() { # $1 url, $2 label
+    local url=$1
+    q "$url" "SELECT '$2: stored ' || count(*) || ', drain ' || round(count(*) * 1000.0 / greatest(max(committed_at) - min(received_at), 1)) || ' msg/s (first receive → last commit ' || (max(committed_at) - min(received_at)) || ' ms), publish→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, receive→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms' FROM events"
+    local bad; bad=$(q "$url" "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY device_id ORDER BY id) AS prev FROM events) t WHERE prev IS NOT NULL AND seq <> prev + 1")
+    echo "$2: per-device order violations: $bad"
+}
+
+for proto in ${PROTOS:-5 4}; do
+    window=$([ $proto = 5 ] && echo "Receive Maximum 1000" || echo "Mosquitto's 3.1.1 window (max_inflight_messages 20)")
+    echo "== MQTT $proto, $window =="
+    # Baseline: a bare subscriber, same protocol and window, acking on receipt.
+    $SIM --url "$MQ_URL" drain --subscribe-only --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 >/dev/null
+    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | head -1 | sed 's/^/publisher: /'
+    $SIM --url "$MQ_URL" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | head -1 | sed 's/^/baseline: /'
+    # The engine draining the same backlog.
+    url=$(new_db)
+    start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
+    stop_engine
+    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" >/dev/null
+    start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
+    wait_events "$url" "$COUNT"
+    report "$url" "engine backlog, MQTT $proto"
+    stop_engine
+done
+
+echo "== live: engine (MQTT 5) consuming while the simulator publishes =="
+for rate in 0 "$RATE"; do
+    url=$(new_db)
+    start_engine 5 "$url" "live$rate-$$" "$tmp/live.log"
+    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate "$rate" --count "$COUNT" --client-id "pub-$$" | head -1 | sed "s/^/publisher (--rate $rate): /"
+    wait_events "$url" "$COUNT"
+    report "$url" "engine live, --rate $rate"
+    stop_engine
+done
+grep -h "Outgoing messages are being dropped" "$tmp/mosquitto.log" | head -3 || true
