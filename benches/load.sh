@@ -50,13 +50,13 @@ new_db() {
 }
 q() { psql -qtA "$1" -c "$2"; }
 
-start_engine() { # $1 protocol, $2 store url, $3 client id, $4 log
+start_engine() { # $1 protocol, $2 store url, $3 client id, $4 log; topic root in $ROOT
     cat > "$tmp/anxin.toml" <<TOML
 rules_file = "$PWD/config/rules.toml"
 [mqtt]
 protocol = $1
 TOML
-    ANXIN_MQTT_URL=$MQ_URL ANXIN_STORE_URL=$2 ANXIN_MQTT_CLIENT_ID=$3 ANXIN_DATA_DIR=$tmp \
+    ANXIN_MQTT_URL=$MQ_URL ANXIN_MQTT_TOPIC_ROOT=$ROOT ANXIN_STORE_URL=$2 ANXIN_MQTT_CLIENT_ID=$3 ANXIN_DATA_DIR=$tmp \
     ANXIN_HTTP_ADDR=127.0.0.1:$(free_port) ANXIN_ADMIN_TOKEN=bench-token-0123456789 RUST_LOG=warn \
         "$ANXIN" run --config "$tmp/anxin.toml" 2> "$4" &
     ENGINE_PID=$!
@@ -78,15 +78,19 @@ report() { # $1 url, $2 label
 for proto in ${PROTOS:-5 4}; do
     window=$([ $proto = 5 ] && echo "Receive Maximum 1000" || echo "Mosquitto's 3.1.1 window (max_inflight_messages 20)")
     echo "== MQTT $proto, $window =="
+    # Each phase has its own topic root, so the persistent sessions of earlier phases (which
+    # stay subscribed) do not make the broker queue this phase's messages for them too.
+    ROOT="base$proto-$$/v1"
     # Baseline: a bare subscriber, same protocol and window, acking on receipt.
-    $SIM --url "$MQ_URL" drain --subscribe-only --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 >/dev/null
-    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | head -1 | sed 's/^/publisher: /'
-    $SIM --url "$MQ_URL" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | head -1 | sed 's/^/baseline: /'
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --subscribe-only --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 >/dev/null
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | head -1 | sed 's/^/publisher: /'
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | head -1 | sed 's/^/baseline: /'
     # The engine draining the same backlog.
+    ROOT="engine$proto-$$/v1"
     url=$(new_db)
     start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
     stop_engine
-    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" >/dev/null
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" >/dev/null
     start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
     wait_events "$url" "$COUNT"
     report "$url" "engine backlog, MQTT $proto"
@@ -95,9 +99,10 @@ done
 
 echo "== live: engine (MQTT 5) consuming while the simulator publishes =="
 for rate in 0 "$RATE"; do
+    ROOT="live$rate-$$/v1"
     url=$(new_db)
     start_engine 5 "$url" "live$rate-$$" "$tmp/live.log"
-    $SIM --url "$MQ_URL" load --devices "$DEVICES" --rate "$rate" --count "$COUNT" --client-id "pub-$$" | head -1 | sed "s/^/publisher (--rate $rate): /"
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate "$rate" --count "$COUNT" --client-id "pub-$$" | head -1 | sed "s/^/publisher (--rate $rate): /"
     wait_events "$url" "$COUNT"
     report "$url" "engine live, --rate $rate"
     stop_engine

@@ -266,8 +266,12 @@ pub struct Event {
     pub received_at: DateTime<Utc>,
     /// Transport and protocol.
     pub source: Source,
-    /// Identifies a redelivered copy of this event (see `pipeline::dedup`).
+    /// Identifies a redelivered copy of this event (see ARCHITECTURE.md, "Duplicates").
     pub dedup_key: DedupKey,
+    /// The transport says it sent this message before (MQTT DUP). Not proof of a duplicate —
+    /// the first copy may never have been committed — but it lets a payload-hash key match
+    /// for the whole dedup window instead of only the short redelivery window.
+    pub redelivered: bool,
 }
 
 /// How a redelivered copy of an event is recognised (DESIGN.md guarantee 2).

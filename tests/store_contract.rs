@@ -198,6 +198,9 @@ macro_rules! contract {
 }
 
 contract! {
+    a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window
+        => sqlite_a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window,
+           postgres_a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window;
     an_sos_opens_one_critical_alert_and_records_the_event_and_device
         => sqlite_an_sos_opens_one_critical_alert_and_records_the_event_and_device,
            postgres_an_sos_opens_one_critical_alert_and_records_the_event_and_device;
@@ -703,6 +706,53 @@ async fn a_payload_without_seq_or_ts_is_a_duplicate_only_within_the_redelivery_w
     fx.advance(Duration::seconds(59));
     let redelivered = fx.send("pendant-1", press).await;
     assert_eq!(outcome_counts(&redelivered), (0, 1, 0));
+    assert_eq!(fx.alert(id).await.0.count, 3);
+}
+
+/// 4b. The engine was down for minutes after committing a bare SOS and before acking it: the
+///     broker redelivers it flagged DUP, past the 60 s redelivery window. The flag lets the
+///     payload hash match for the whole dedup window; an unflagged identical payload at the
+///     same time is a new press, and a flagged copy of something never committed counts.
+async fn a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window(
+    store: Store,
+) {
+    let fx = Fx::new(store);
+    let press = r#"{"type":"fall"}"#;
+    let flagged = |items: Vec<WriteItem>| -> Vec<WriteItem> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                WriteItem::Event { mut event, hits } => {
+                    event.redelivered = true;
+                    WriteItem::Event { event, hits }
+                }
+                other => other,
+            })
+            .collect()
+    };
+    let first = fx.send("pendant-9", press).await;
+    let id = first.changes[0].alert_id;
+
+    fx.advance(Duration::minutes(10));
+    let redelivered = fx.commit(flagged(fx.message("pendant-9", press))).await;
+    assert_eq!(
+        outcome_counts(&redelivered),
+        (0, 1, 0),
+        "DUP copy 10 min later"
+    );
+    assert_eq!(fx.alert(id).await.0.count, 1);
+
+    let unflagged = fx.send("pendant-9", press).await;
+    assert_eq!(outcome_counts(&unflagged), (1, 0, 0), "a real second press");
+    assert_eq!(fx.alert(id).await.0.count, 2);
+
+    // A DUP copy whose first delivery was never committed is a press, not a duplicate.
+    let never_seen = fx
+        .commit(flagged(
+            fx.message("pendant-9", r#"{"type":"fall","note":1}"#),
+        ))
+        .await;
+    assert_eq!(outcome_counts(&never_seen), (1, 0, 0));
     assert_eq!(fx.alert(id).await.0.count, 3);
 }
 

@@ -23,12 +23,15 @@ CREATE TABLE events (
 );
 CREATE INDEX events_device ON events (device_id, id);
 
--- Recently seen event keys, for recognising redeliveries (DESIGN.md guarantee 2). Rows expire;
--- an expired row is overwritten by the next event with the same key.
+-- Recently seen event keys, for recognising redeliveries (DESIGN.md guarantee 2). A key
+-- matches until valid_until ((device, seq, ts) keys: the dedup window; payload hashes: the
+-- short redelivery window, or the dedup window for a copy the broker flagged DUP); after
+-- that the next event with the key overwrites the row. Rows are purged after expires_at.
 CREATE TABLE dedup (
     device_id   TEXT NOT NULL,
     key         TEXT NOT NULL,
     seen_at     BIGINT NOT NULL,
+    valid_until BIGINT NOT NULL,
     expires_at  BIGINT NOT NULL,
     PRIMARY KEY (device_id, key)
 );

@@ -61,6 +61,7 @@ enum Polled {
     Publish {
         topic: String,
         payload: Bytes,
+        dup: bool,
         handle: AckHandle,
     },
     PubAckSent,
@@ -113,6 +114,7 @@ impl EventLoop {
                     Event::Incoming(Incoming::Publish(p)) => Polled::Publish {
                         topic: p.topic.clone(),
                         payload: p.payload.clone(),
+                        dup: p.dup,
                         handle: AckHandle::V4(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -136,6 +138,7 @@ impl EventLoop {
                     Event::Incoming(Packet::Publish(p)) => Polled::Publish {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.clone(),
+                        dup: p.dup,
                         handle: AckHandle::V5(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -372,6 +375,7 @@ impl MqttIngest {
                 Ok(Polled::Publish {
                     topic,
                     payload,
+                    dup,
                     handle,
                 }) => {
                     counter!(names::MQTT_RECEIVED).increment(1);
@@ -387,6 +391,7 @@ impl MqttIngest {
                         topic,
                         payload,
                         received_at: clock.now(),
+                        dup,
                     };
                     if p.submit(d).await.is_err() {
                         tracing::error!("Pipeline stopped unexpectedly; message left unacked");

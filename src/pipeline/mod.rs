@@ -38,6 +38,8 @@ pub struct Delivery {
     pub payload: Bytes,
     /// Receive time (injected clock).
     pub received_at: DateTime<Utc>,
+    /// The broker flagged it as sent before (MQTT DUP).
+    pub dup: bool,
 }
 
 /// Where shards report resolved messages: the transport's ack tracker.
@@ -241,7 +243,8 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
         let decoded = canonical::decode(&shared.topic_root, &d.topic, &d.payload, d.received_at);
         for item in decoded.items {
             match item {
-                Ok(event) => {
+                Ok(mut event) => {
+                    event.redelivered = d.dup;
                     let hits = shared
                         .rules
                         .matching(&event)

@@ -280,6 +280,7 @@ fn decode_object(
         received_at,
         source: source.clone(),
         dedup_key,
+        redelivered: false,
     })
 }
 

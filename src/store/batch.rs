@@ -103,14 +103,15 @@ impl Store {
 
         // Unique (device, key) pairs with their expiry; a pair twice in one statement would
         // make PostgreSQL's ON CONFLICT DO UPDATE fail, and is a duplicate anyway.
-        let mut keys: Vec<(String, String, i64, i64)> = Vec::new();
+        // (device, key, seen, valid_until, expires, broker-flagged redelivery of a hash key)
+        let mut keys: Vec<(String, String, i64, i64, i64, bool)> = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut devices: HashMap<&str, i64> = HashMap::new();
         for item in &batch.items {
             if let WriteItem::Event { event, .. } = item {
-                let window = match event.dedup_key {
-                    DedupKey::Device(_) => batch.dedup_window,
-                    DedupKey::Payload(_) => batch.redelivery_window,
+                let (valid, dup_hash) = match event.dedup_key {
+                    DedupKey::Device(_) => (batch.dedup_window, false),
+                    DedupKey::Payload(_) => (batch.redelivery_window, event.redelivered),
                 };
                 let received = to_millis(event.received_at);
                 if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {
@@ -118,7 +119,9 @@ impl Store {
                         event.device_id.clone(),
                         event.dedup_key.as_str().to_owned(),
                         received,
-                        to_millis(event.received_at + window),
+                        to_millis(event.received_at + valid),
+                        to_millis(event.received_at + batch.dedup_window),
+                        dup_hash,
                     ));
                 }
                 let last = devices.entry(&event.device_id).or_insert(received);
@@ -132,19 +135,26 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
 
-            // 1. Which keys are new: inserted, or overwriting an expired row.
+            // 1. Which keys are new: inserted, or overwriting a row no longer valid. A payload
+            //    hash the broker flagged DUP matches for the whole dedup window (a redelivery
+            //    after a long outage); an unflagged one only within the redelivery window.
             let mut fresh: HashSet<(String, String)> = HashSet::new();
-            for chunk in keys.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, expires_at) ");
-                q.push_values(chunk, |mut b, (d, k, seen, exp)| {
-                    b.push_bind(d.clone()).push_bind(k.clone()).push_bind(*seen).push_bind(*exp);
-                });
-                q.push(
-                    " ON CONFLICT (device_id, key) DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at \
-                     WHERE dedup.expires_at < excluded.seen_at RETURNING device_id, key",
-                );
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    fresh.insert((row.try_get("device_id")?, row.try_get("key")?));
+            let (flagged, plain_keys): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.5);
+            for (rows, horizon) in [(plain_keys, "valid_until"), (flagged, "expires_at")] {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, valid_until, expires_at) ");
+                    q.push_values(chunk, |mut b, (d, k, seen, valid, exp, _)| {
+                        b.push_bind(d.clone()).push_bind(k.clone()).push_bind(*seen).push_bind(*valid).push_bind(*exp);
+                    });
+                    q.push(
+                        " ON CONFLICT (device_id, key) DO UPDATE SET seen_at = excluded.seen_at, valid_until = excluded.valid_until, \
+                         expires_at = excluded.expires_at WHERE dedup.",
+                    )
+                    .push(horizon)
+                    .push(" < excluded.seen_at RETURNING device_id, key");
+                    for row in q.build().fetch_all(&mut *tx).await? {
+                        fresh.insert((row.try_get("device_id")?, row.try_get("key")?));
+                    }
                 }
             }
 
