@@ -90,7 +90,7 @@ pub async fn run(
             (metrics.clone(), store.clone(), clock.clone(), sink.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut n: u64 = 0;
             loop {
                 tokio::select! {
@@ -99,13 +99,14 @@ pub async fn run(
                 }
                 metrics.run_upkeep();
                 metrics::gauge!(names::MQTT_UNACKED).set(sink.pending() as f64);
+                metrics::gauge!(names::MQTT_UNACKED_PEAK).set(sink.peak() as f64);
                 metrics::gauge!(names::MQTT_OLDEST_UNACKED)
                     .set(sink.oldest_age().map(|d| d.as_secs_f64()).unwrap_or(0.0));
                 for (i, d) in depths.depths().into_iter().enumerate() {
                     telemetry::queue_depth(i, d);
                 }
                 n += 1;
-                if n.is_multiple_of(12)
+                if n.is_multiple_of(60)
                     && let Err(e) = store.purge_dedup(clock.now()).await
                 {
                     tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");

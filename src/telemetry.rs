@@ -27,6 +27,8 @@ pub mod names {
     pub const MQTT_READY: &str = "anxin_mqtt_subscribed";
     /// Received, not yet acked.
     pub const MQTT_UNACKED: &str = "anxin_mqtt_unacked_messages";
+    /// Most messages held unacked at once since start (the broker's real window).
+    pub const MQTT_UNACKED_PEAK: &str = "anxin_mqtt_unacked_messages_peak";
     /// Age of the oldest unacked message.
     pub const MQTT_OLDEST_UNACKED: &str = "anxin_mqtt_oldest_unacked_age_seconds";
     /// Refusals by reason.

@@ -37,6 +37,16 @@ pub enum AckHandle {
     V5(v5b::Publish),
 }
 
+impl AckHandle {
+    /// QoS 0 messages are never acknowledged; counting them as owed would stall shutdown.
+    fn needs_ack(&self) -> bool {
+        match self {
+            AckHandle::V4(p) => p.qos != rumqttc::QoS::AtMostOnce,
+            AckHandle::V5(p) => p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Client {
     V4(rumqttc::AsyncClient),
@@ -211,6 +221,11 @@ impl MqttSink {
     /// Age of the oldest unreleased message.
     pub fn oldest_age(&self) -> Option<Duration> {
         self.tracker.oldest_age()
+    }
+
+    /// Most messages held unacked at once since start.
+    pub fn peak(&self) -> usize {
+        self.tracker.peak()
     }
 }
 
@@ -467,7 +482,7 @@ async fn run_acks(
             };
             match sent {
                 Some(acked) => {
-                    if acked {
+                    if acked && token.handle.needs_ack() {
                         conn.requested.fetch_add(1, Ordering::AcqRel);
                     }
                     conn.handled.fetch_add(1, Ordering::AcqRel);

@@ -34,6 +34,8 @@ struct Inner<H> {
     queue: VecDeque<Slot<H>>,
     /// Tokens sent to the ack task so far.
     released: u64,
+    /// Most messages ever held unreleased at once: shows the window the broker really keeps.
+    peak: usize,
 }
 
 /// Orders acks. `H` is the transport's handle type.
@@ -59,6 +61,7 @@ impl<H> AckTracker<H> {
                 head: 0,
                 queue: VecDeque::new(),
                 released: 0,
+                peak: 0,
             }),
             out,
         }
@@ -78,6 +81,7 @@ impl<H> AckTracker<H> {
             ack: false,
             received: Instant::now(),
         });
+        inner.peak = inner.peak.max(inner.queue.len());
         pos
     }
 
@@ -111,6 +115,11 @@ impl<H> AckTracker<H> {
     /// Tokens sent to the ack task so far.
     pub fn released(&self) -> u64 {
         self.lock().released
+    }
+
+    /// Most messages held unreleased at once since start.
+    pub fn peak(&self) -> usize {
+        self.lock().peak
     }
 
     /// Messages received and not yet released.

@@ -444,4 +444,78 @@ mod tests {
             RejectReason::PayloadTooLarge
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| Value::from(n)),
+                any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)),
+                prop_oneof![
+                    Just("sos".to_owned()),
+                    Just("vitals".to_owned()),
+                    Just("smoke".to_owned()),
+                    Just("alarm".to_owned()),
+                    Just("2026-11-23T10:00:00Z".to_owned()),
+                    ".{0,12}"
+                ]
+                .prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("type".to_owned()),
+                            Just("seq".to_owned()),
+                            Just("ts".to_owned()),
+                            Just("state".to_owned()),
+                            Just("heart_rate".to_owned()),
+                            "[a-z]{1,8}"
+                        ],
+                        inner,
+                        0..6
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic_and_every_refusal_keeps_raw_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let d = decode("anxin/v1", "anxin/v1/devices/d1/events", &bytes, at());
+                prop_assert!(!d.items.is_empty());
+                for item in d.items {
+                    if let Err(r) = item {
+                        prop_assert!(!r.detail.is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_json_yields_one_result_per_array_element(v in json_value()) {
+                let bytes = v.to_string().into_bytes();
+                let d = decode("anxin/v1", "anxin/v1/devices/d1/events", &bytes, at());
+                let expected = match &v {
+                    Value::Array(a) if !a.is_empty() => a.len(),
+                    _ => 1,
+                };
+                prop_assert_eq!(d.items.len(), expected);
+                for item in &d.items {
+                    if let Ok(e) = item {
+                        for (k, _) in &e.fields {
+                            prop_assert!(e.event_type.field(k).is_some(), "field {} kept for {}", k, e.event_type);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
