@@ -40,7 +40,7 @@ mosquitto -c "$tmp/mosquitto.conf" 2> "$tmp/mosquitto.log" &
 MQ_PID=$!
 sleep 0.5
 MQ_URL="mqtt://127.0.0.1:$MQ_PORT"
-echo "mosquitto $(mosquitto -h | head -1 | awk '{print $3}') on $MQ_PORT (shipped config); $COUNT messages, $DEVICES devices"
+echo "mosquitto $(mosquitto -h | sed -n 1p | awk '{print $3}') on $MQ_PORT (shipped config); $COUNT messages, $DEVICES devices"
 
 new_db() {
     local db="anxin_bench_$RANDOM$RANDOM"
@@ -86,8 +86,8 @@ for proto in ${PROTOS:-5 4}; do
     ROOT="base$proto-$$/v1"
     # Baseline: a bare subscriber, same protocol and window, acking on receipt.
     $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --subscribe-only --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 >/dev/null
-    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | head -1 | sed 's/^/publisher: /'
-    $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | head -1 | sed 's/^/baseline: /'
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | sed -n 1p | sed 's/^/publisher: /'
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | sed -n 1p | sed 's/^/baseline: /'
     # The engine draining the same backlog.
     ROOT="engine$proto-$$/v1"
     url=$(new_db)
@@ -101,11 +101,11 @@ for proto in ${PROTOS:-5 4}; do
 done
 
 echo "== live: engine (MQTT 5) consuming while the simulator publishes =="
-for rate in 0 "$RATE"; do
+for rate in ${LIVE_RATES:-0 $RATE}; do
     ROOT="live$rate-$$/v1"
     url=$(new_db)
     start_engine 5 "$url" "live$rate-$$" "$tmp/live.log"
-    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate "$rate" --count "$COUNT" --client-id "pub-$$" | head -1 | sed "s/^/publisher (--rate $rate): /"
+    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate "$rate" --count "$COUNT" --client-id "pub-$$" | sed -n 1p | sed "s/^/publisher (--rate $rate): /"
     wait_events "$url" "$COUNT"
     report "$url" "engine live, --rate $rate"
     stop_engine
@@ -115,7 +115,7 @@ EMB=$(free_port)
 ROOT="emb-$$/v1"
 url=$(new_db)
 ENGINE_MQTT="embedded://127.0.0.1:$EMB" start_engine 4 "$url" "emb-$$" "$tmp/emb.log"
-$SIM --url "mqtt://127.0.0.1:$EMB" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | head -1 | sed "s/^/publisher: /"
+$SIM --url "mqtt://127.0.0.1:$EMB" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | sed -n 1p | sed "s/^/publisher: /"
 wait_events "$url" "$COUNT"
 report "$url" "engine live, embedded broker"
 stop_engine
