@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anxin::pipeline::rules::RuleSet;
 use anxin::protocol::canonical;
-use anxin::store::{RuleHit, Store, WriteBatch, WriteItem};
+use anxin::store::{Store, WriteBatch, WriteItem};
 use chrono::{DateTime, Duration, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
@@ -80,15 +80,7 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
                 .items
                 .remove(0)
                 .unwrap();
-            let hits = rules
-                .matching(&event)
-                .map(|r| RuleHit {
-                    rule: r.name.clone(),
-                    kind: r.kind.clone(),
-                    severity: r.severity,
-                    title: r.title.clone(),
-                })
-                .collect();
+            let hits = rules.hits(&event);
             WriteItem::Event { event, hits }
         })
         .collect();

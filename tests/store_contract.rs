@@ -309,15 +309,7 @@ impl Fx {
     }
 
     fn hits(&self, event: &Event) -> Vec<RuleHit> {
-        self.rules
-            .matching(event)
-            .map(|r| RuleHit {
-                rule: r.name.clone(),
-                kind: r.kind.clone(),
-                severity: r.severity,
-                title: r.title.clone(),
-            })
-            .collect()
+        self.rules.hits(event)
     }
 
     /// Decodes one MQTT message received now into write items.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::protocol::canonical;
-use crate::store::{AlertChange, RuleHit, Store, WriteBatch, WriteItem};
+use crate::store::{AlertChange, Store, WriteBatch, WriteItem};
 use crate::telemetry;
 use rules::RuleSet;
 
@@ -245,16 +245,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
             match item {
                 Ok(mut event) => {
                     event.redelivered = d.dup;
-                    let hits = shared
-                        .rules
-                        .matching(&event)
-                        .map(|r| RuleHit {
-                            rule: r.name.clone(),
-                            kind: r.kind.clone(),
-                            severity: r.severity,
-                            title: r.title.clone(),
-                        })
-                        .collect();
+                    let hits = shared.rules.hits(&event);
                     items.push(WriteItem::Event { event, hits });
                 }
                 Err(rejection) => {

@@ -164,6 +164,18 @@ impl RuleSet {
         self.rules.iter().filter(move |r| r.matches(e))
     }
 
+    /// What `e` triggers, as the store records it.
+    pub fn hits(&self, e: &Event) -> Vec<crate::store::RuleHit> {
+        self.matching(e)
+            .map(|r| crate::store::RuleHit {
+                rule: r.name.clone(),
+                kind: r.kind.clone(),
+                severity: r.severity,
+                title: r.title.clone(),
+            })
+            .collect()
+    }
+
     /// Parses and validates a rules file, reporting every problem.
     pub fn parse(file: &Path, src: &str) -> Result<RuleSet, Vec<Problem>> {
         let doc = match toml_edit::Document::parse(src) {
