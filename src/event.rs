@@ -52,6 +52,9 @@ pub enum EventType {
     Cancel,
     /// Keep-alive.
     Heartbeat,
+    /// An alarm the device raised without saying which (or a vendor-specific one), with its
+    /// code: never dropped, so an operator can look.
+    Alarm,
 }
 
 /// The value constraint of one field of an event type.
@@ -77,6 +80,13 @@ pub enum FieldKind {
     Text {
         /// Longest accepted text, in bytes.
         max_len: usize,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// A JSON array kept as reported (raw Wi-Fi access points, cell towers), up to a size.
+    List {
+        /// Most elements accepted.
+        max_items: usize,
     },
 }
 
@@ -137,20 +147,36 @@ const GAS: &[FieldSpec] = &[
 const WATER: &[FieldSpec] = &[req("state", FieldKind::Enum(&["leak", "dry"]))];
 const DOOR: &[FieldSpec] = &[req("state", FieldKind::Enum(&["open", "closed"]))];
 const MOTION: &[FieldSpec] = &[opt("room", FieldKind::Text { max_len: 64 })];
+// `lat`/`lon` come together; a `gps` fix must have them, a Wi-Fi or cell report may carry
+// only the raw access points or towers for later lookup (checked by the decoder).
 const POSITION: &[FieldSpec] = &[
-    req("lat", num(-90.0, 90.0)),
-    req("lon", num(-180.0, 180.0)),
+    opt("lat", num(-90.0, 90.0)),
+    opt("lon", num(-180.0, 180.0)),
     opt("accuracy_m", num(0.0, 1_000_000.0)),
     req("source", FieldKind::Enum(&["gps", "wifi", "lbs"])),
+    opt("valid", FieldKind::Bool),
+    opt("speed_kmh", num(0.0, 2000.0)),
+    opt("course_deg", num(0.0, 360.0)),
+    opt("altitude_m", num(-1000.0, 20000.0)),
+    opt("satellites", FieldKind::Integer { min: 0, max: 255 }),
+    opt("wifi", FieldKind::List { max_items: 64 }),
+    opt("cells", FieldKind::List { max_items: 64 }),
 ];
-const BATTERY: &[FieldSpec] = &[req("percent", num(0.0, 100.0))];
+// At least one of these (checked by the decoder): a level in percent, the device's own
+// low-battery flag, or a voltage.
+const BATTERY: &[FieldSpec] = &[
+    opt("percent", num(0.0, 100.0)),
+    opt("level", FieldKind::Enum(&["low", "normal"])),
+    opt("voltage_v", num(0.0, 100.0)),
+];
+const ALARM: &[FieldSpec] = &[req("code", FieldKind::Text { max_len: 64 })];
 const REMOVAL: &[FieldSpec] = &[req("state", FieldKind::Enum(&["removed", "worn"]))];
 const POWER: &[FieldSpec] = &[req("state", FieldKind::Enum(&["lost", "restored"]))];
 const FAULT: &[FieldSpec] = &[req("code", FieldKind::Text { max_len: 128 })];
 
 impl EventType {
     /// Every type, in CONTRACT.md order.
-    pub const ALL: [EventType; 16] = [
+    pub const ALL: [EventType; 17] = [
         EventType::Sos,
         EventType::Fall,
         EventType::Smoke,
@@ -167,6 +193,7 @@ impl EventType {
         EventType::Fault,
         EventType::Cancel,
         EventType::Heartbeat,
+        EventType::Alarm,
     ];
 
     /// The canonical `type` string.
@@ -188,6 +215,7 @@ impl EventType {
             EventType::Fault => "fault",
             EventType::Cancel => "cancel",
             EventType::Heartbeat => "heartbeat",
+            EventType::Alarm => "alarm",
         }
     }
 
@@ -215,6 +243,7 @@ impl EventType {
             EventType::Removal => REMOVAL,
             EventType::Power => POWER,
             EventType::Fault => FAULT,
+            EventType::Alarm => ALARM,
         }
     }
 
@@ -229,6 +258,29 @@ impl EventType {
             self,
             EventType::Sos | EventType::Fall | EventType::Smoke | EventType::Gas
         )
+    }
+
+    /// Checks the rules across fields that the per-field table cannot express; `Err` names
+    /// the problem.
+    pub fn check_fields(self, fields: &Map<String, Value>) -> Result<(), String> {
+        match self {
+            EventType::Vitals if fields.is_empty() => Err(
+                "vitals carries none of heart_rate, systolic, diastolic, spo2, temperature, blood_glucose, steps".into(),
+            ),
+            EventType::Battery if fields.is_empty() => {
+                Err("battery carries none of percent, level, voltage_v".into())
+            }
+            EventType::Position => {
+                match (fields.contains_key("lat"), fields.contains_key("lon")) {
+                    (true, false) | (false, true) => Err("position needs both lat and lon".into()),
+                    (false, false) if fields.get("source").and_then(Value::as_str) == Some("gps") => {
+                        Err("a gps position needs lat and lon".into())
+                    }
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -268,6 +320,10 @@ pub struct Event {
     pub source: Source,
     /// Identifies a redelivered copy of this event (see ARCHITECTURE.md, "Duplicates").
     pub dedup_key: DedupKey,
+    /// A status level the device keeps repeating (a watch status bit, a JT/T 808 alarm word)
+    /// that was already active in its previous report: recorded as "still active", never a
+    /// new press.
+    pub still_active: bool,
     /// The transport says it sent this message before (MQTT DUP). Not proof of a duplicate —
     /// the first copy may never have been committed — but it lets a payload-hash key match
     /// for the whole dedup window instead of only the short redelivery window.
@@ -293,6 +349,34 @@ impl DedupKey {
 }
 
 impl Event {
+    /// An event with no fields yet, keyed by `dedup_key`; add fields with [`Event::with`].
+    pub fn new(
+        device_id: impl Into<String>,
+        event_type: EventType,
+        received_at: DateTime<Utc>,
+        source: Source,
+        dedup_key: DedupKey,
+    ) -> Event {
+        Event {
+            device_id: device_id.into(),
+            event_type,
+            fields: Map::new(),
+            device_time: None,
+            seq: None,
+            received_at,
+            source,
+            dedup_key,
+            still_active: false,
+            redelivered: false,
+        }
+    }
+
+    /// Sets a field (decoders are trusted to follow [`EventType::fields`]; tests check them).
+    pub fn with(mut self, name: &str, value: impl Into<Value>) -> Event {
+        self.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
     /// A field as a number, for rule conditions.
     pub fn number(&self, name: &str) -> Option<f64> {
         self.fields.get(name).and_then(Value::as_f64)

@@ -87,6 +87,8 @@ pub enum Literal {
     Number(f64),
     /// For enum and text fields (only `==` / `!=`).
     Text(String),
+    /// For true/false fields (only `==` / `!=`).
+    Bool(bool),
 }
 
 /// `field op value`; an event without the field does not match.
@@ -111,6 +113,14 @@ impl Condition {
                     Op::Ge => lhs >= *rhs,
                     Op::Lt => lhs < *rhs,
                     Op::Le => lhs <= *rhs,
+                },
+                None => false,
+            },
+            Literal::Bool(rhs) => match e.fields.get(&self.field).and_then(|v| v.as_bool()) {
+                Some(lhs) => match self.op {
+                    Op::Eq => lhs == *rhs,
+                    Op::Ne => lhs != *rhs,
+                    _ => false,
                 },
                 None => false,
             },
@@ -319,6 +329,25 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
                     None
                 }
             },
+            FieldKind::Bool => match value.as_bool() {
+                Some(b) => Some(Literal::Bool(b)),
+                None => {
+                    c.problem(
+                        vl,
+                        "value",
+                        format!("{field} is true or false; found {}", value.type_name()),
+                    );
+                    None
+                }
+            },
+            FieldKind::List { .. } => {
+                c.problem(
+                    fl,
+                    "field",
+                    format!("{field} is a list and cannot be compared"),
+                );
+                None
+            }
             FieldKind::Text { .. } => match value.as_str() {
                 Some(v) => Some(Literal::Text(v.to_owned())),
                 None => {
@@ -331,7 +360,7 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
                 }
             },
         };
-        if let Some(Literal::Text(_)) = literal
+        if let Some(Literal::Text(_) | Literal::Bool(_)) = literal
             && !matches!(op, Op::Eq | Op::Ne)
         {
             c.problem(ol, "op", format!("{field} is not a number: use == or !="));

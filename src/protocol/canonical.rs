@@ -253,12 +253,8 @@ fn decode_object(
             }
         }
     }
-    if event_type == EventType::Vitals && fields.is_empty() {
-        return Err(reject(
-            RejectReason::BadField,
-            "vitals carries none of heart_rate, systolic, diastolic, spo2, temperature, blood_glucose, steps".into(),
-            raw(&obj),
-        ));
+    if let Err(why) = event_type.check_fields(&fields) {
+        return Err(reject(RejectReason::BadField, why, raw(&obj)));
     }
     let dedup_key = if seq.is_some() || device_time.is_some() {
         DedupKey::Device(format!(
@@ -280,6 +276,7 @@ fn decode_object(
         received_at,
         source: source.clone(),
         dedup_key,
+        still_active: false,
         redelivered: false,
     })
 }
@@ -299,6 +296,15 @@ fn check_field(kind: FieldKind, v: &Value) -> Result<(), String> {
             Some(n) if (min..=max).contains(&n) => Ok(()),
             Some(n) => Err(format!("is {n}, outside {min}..={max}")),
             None => Err(format!("is {v}, not a whole number")),
+        },
+        FieldKind::Bool => match v {
+            Value::Bool(_) => Ok(()),
+            _ => Err(format!("is {v}, not true or false")),
+        },
+        FieldKind::List { max_items } => match v.as_array() {
+            Some(a) if a.len() <= max_items => Ok(()),
+            Some(a) => Err(format!("has {} items, at most {max_items}", a.len())),
+            None => Err(format!("is {v}, not an array")),
         },
         FieldKind::Text { max_len } => match v.as_str() {
             Some(s) if !s.is_empty() && s.len() <= max_len => Ok(()),

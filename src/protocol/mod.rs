@@ -2,6 +2,7 @@
 //! the receive time is an argument. That is what makes vectors, benches and fuzzing cheap.
 
 pub mod canonical;
+pub mod tcp;
 
 /// Why a message or one object of it was refused. The label values of
 /// `anxin_ingest_rejected_total{reason}`; keep them low-cardinality and stable.

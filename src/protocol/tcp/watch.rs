@@ -1,0 +1,32 @@
+//! The `watch` family: framer and decoder (not built yet: the framer drops everything so the
+//! listener stays off until it is).
+
+use bytes::BytesMut;
+
+use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
+
+/// Splits a `watch` byte stream into frames.
+#[derive(Debug, Default)]
+pub struct WatchFramer;
+
+impl Framer for WatchFramer {
+    fn next_frame(&mut self, buf: &mut BytesMut) -> Option<RawFrame> {
+        if buf.is_empty() {
+            return None;
+        }
+        let bytes = buf.len();
+        buf.clear();
+        Some(RawFrame::Skipped {
+            bytes,
+            reason: "unsupported",
+        })
+    }
+}
+
+/// Decodes one `watch` frame.
+pub fn decode(_frame: &[u8], _session: &mut Session, _ctx: &Ctx) -> FrameOutput {
+    FrameOutput {
+        error: Some(("unsupported", "the watch decoder is not built yet".into())),
+        ..Default::default()
+    }
+}
