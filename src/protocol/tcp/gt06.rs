@@ -7,7 +7,9 @@ use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
 
 /// Splits a `gt06` byte stream into frames.
 #[derive(Debug, Default)]
-pub struct Gt06Framer;
+pub struct Gt06Framer {
+    dropped: u64,
+}
 
 impl Framer for Gt06Framer {
     fn next_frame(&mut self, buf: &mut BytesMut) -> Option<RawFrame> {
@@ -16,6 +18,7 @@ impl Framer for Gt06Framer {
         }
         let bytes = buf.len();
         buf.clear();
+        self.dropped += bytes as u64;
         Some(RawFrame::Skipped {
             bytes,
             reason: "unsupported",

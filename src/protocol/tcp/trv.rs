@@ -7,7 +7,9 @@ use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
 
 /// Splits a `trv` byte stream into frames.
 #[derive(Debug, Default)]
-pub struct TrvFramer;
+pub struct TrvFramer {
+    dropped: u64,
+}
 
 impl Framer for TrvFramer {
     fn next_frame(&mut self, buf: &mut BytesMut) -> Option<RawFrame> {
@@ -16,6 +18,7 @@ impl Framer for TrvFramer {
         }
         let bytes = buf.len();
         buf.clear();
+        self.dropped += bytes as u64;
         Some(RawFrame::Skipped {
             bytes,
             reason: "unsupported",
