@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::{Loaded, MqttTarget};
 use crate::dispatch::{self, AppState};
-use crate::ingest::embedded;
 use crate::ingest::mqtt::MqttIngest;
+use crate::ingest::{embedded, tcp};
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::{self, names};
+use tokio_util::task::TaskTracker;
 
 /// Runs the engine until `shutdown` is cancelled, then stops intake, commits what was
 /// received, sends the owed acks and returns. `http` is already bound (tests bind port 0).
@@ -40,7 +41,23 @@ pub async fn run(
     // 2. Admin token.
     let token_hash = admin_token(&config.data_dir, config.admin_token.as_deref())?;
 
-    // 3. MQTT: the embedded broker first, then our client.
+    // 3. Device listeners: bound before anything is received, so a taken port fails start-up.
+    let mut tcp_listeners = Vec::new();
+    for (proto, addr) in &config.tcp.listen {
+        let Some(addr) = addr else { continue };
+        let l = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen for {} devices on {addr}; move it or turn it off with ANXIN_TCP_LISTEN={}=HOST:PORT or ={}=off",
+                proto.name(),
+                proto.name(),
+                proto.name()
+            )
+        })?;
+        tracing::info!(family = proto.name(), addr = %l.local_addr()?, "Device listener bound");
+        tcp_listeners.push((*proto, l));
+    }
+
+    // 4. MQTT: the embedded broker first, then our client.
     let client_id = config.client_id();
     let (host, port, v5, window) = match &config.mqtt.target {
         MqttTarget::Embedded(addr) => {
@@ -65,7 +82,7 @@ pub async fn run(
     let conn = ingest.conn();
     let sink = ingest.sink();
 
-    // 4. Pipeline.
+    // 5. Pipeline.
     let (live, _) = broadcast::channel(1024);
     let hard_stop = CancellationToken::new();
     let (pipeline, shards) = Pipeline::start(
@@ -81,10 +98,28 @@ pub async fn run(
     );
     let grace = Duration::from_secs(config.pipeline.shutdown_grace_secs);
     let depths = pipeline.clone();
+    let tcp_tasks = TaskTracker::new();
+    let limits = tcp::Limits {
+        idle_timeout: Duration::from_secs(config.tcp.idle_timeout_secs),
+        max_connections: config.tcp.max_connections,
+        max_frames_per_sec: config.tcp.max_frames_per_sec,
+    };
+    for (proto, listener) in tcp_listeners {
+        tcp_tasks.spawn(tcp::serve(
+            listener,
+            proto,
+            pipeline.clone(),
+            clock.clone(),
+            limits.clone(),
+            shutdown.clone(),
+            tcp_tasks.clone(),
+        ));
+    }
+    tcp_tasks.close();
     let ingest_task = tokio::spawn(ingest.run(pipeline, clock.clone(), shutdown.clone(), grace));
     tracing::info!(client_id, host, port, mqtt5 = v5, topic_root = %config.mqtt.topic_root, "MQTT ingest started");
 
-    // 5. Upkeep: metrics histograms, gauges, expired dedup keys.
+    // 6. Upkeep: metrics histograms, gauges, expired dedup keys.
     let upkeep = {
         let (metrics, store, clock, sink) =
             (metrics.clone(), store.clone(), clock.clone(), sink.clone());
@@ -115,7 +150,7 @@ pub async fn run(
         })
     };
 
-    // 6. HTTP.
+    // 7. HTTP.
     let ready_conn = conn.clone();
     let state = AppState {
         store: store.clone(),
@@ -134,9 +169,11 @@ pub async fn run(
     });
     tracing::info!(%http_addr, "Operator API listening");
 
-    // 7. Wait, then drain: intake stops, shards commit what they hold, acks go out.
+    // 8. Wait, then drain: intake stops, shards commit what they hold, acks go out. Shards
+    //    finish once every pipeline handle is dropped: MQTT's and each connection's.
     shutdown.cancelled().await;
     let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        tcp_tasks.wait().await;
         let _ = ingest_task.await;
         for s in shards {
             let _ = s.await;

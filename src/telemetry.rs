@@ -47,6 +47,18 @@ pub mod names {
     pub const QUEUE_DEPTH: &str = "anxin_pipeline_queue_depth";
     /// Times the hand-off to a shard had to wait (broker exceeded its window).
     pub const HANDOFF_WAITS: &str = "anxin_pipeline_handoff_waits_total";
+    /// Open device connections, by family.
+    pub const TCP_CONNECTIONS: &str = "anxin_tcp_connections";
+    /// Connections refused at the connection limit.
+    pub const TCP_REFUSED: &str = "anxin_tcp_connections_refused_total";
+    /// Frames received, by family.
+    pub const TCP_FRAMES: &str = "anxin_tcp_frames_total";
+    /// Frames a decoder had a problem with, by family and reason.
+    pub const TCP_DECODE_ERRORS: &str = "anxin_tcp_decode_errors_total";
+    /// Bytes skipped by a framer to resynchronise, by family and reason.
+    pub const TCP_SKIPPED_BYTES: &str = "anxin_tcp_skipped_bytes_total";
+    /// Times a connection's reads were paused by its frame-rate limit.
+    pub const TCP_THROTTLED: &str = "anxin_tcp_throttled_total";
     /// Alerts opened.
     pub const ALERTS_OPENED: &str = "anxin_alerts_opened_total";
 }
@@ -174,4 +186,66 @@ pub fn handoff_waited(shard: usize) {
             "Shard queue full: the broker sent more than its in-flight window; pausing intake"
         );
     }
+}
+
+/// A connection was refused at the connection limit.
+pub fn tcp_refused(family: &'static str, peer: std::net::SocketAddr, limit: usize) {
+    if let Some(suppressed) = allow_log("tcp_refused") {
+        tracing::warn!(family, %peer, limit, suppressed_since_last = suppressed, "Connection refused: listener at its connection limit");
+    }
+}
+
+/// A framer skipped bytes to resynchronise.
+pub fn tcp_skipped(
+    family: &'static str,
+    peer: &str,
+    device: Option<&str>,
+    bytes: usize,
+    reason: &'static str,
+) {
+    counter!(names::TCP_SKIPPED_BYTES, "family" => family, "reason" => reason)
+        .increment(bytes as u64);
+    if let Some(suppressed) = allow_log("tcp_skipped") {
+        tracing::warn!(
+            family,
+            peer,
+            device = device.unwrap_or("-"),
+            bytes,
+            reason,
+            suppressed_since_last = suppressed,
+            "Skipped bytes in the device stream"
+        );
+    }
+}
+
+/// A decoder reported a problem with a frame.
+pub fn tcp_decode_error(
+    family: &'static str,
+    peer: &str,
+    device: Option<&str>,
+    reason: &'static str,
+    detail: &str,
+) {
+    counter!(names::TCP_DECODE_ERRORS, "family" => family, "reason" => reason).increment(1);
+    if let Some(suppressed) = allow_log(reason) {
+        tracing::warn!(
+            family,
+            peer,
+            device = device.unwrap_or("-"),
+            reason,
+            suppressed_since_last = suppressed,
+            "Frame decode problem: {detail}"
+        );
+    }
+}
+
+/// A device connection ended.
+pub fn tcp_closed(family: &'static str, peer: &str, device: Option<&str>, why: &str) {
+    tracing::debug!(
+        family,
+        peer,
+        device = device.unwrap_or("-"),
+        why,
+        "Device connection closed"
+    );
 }

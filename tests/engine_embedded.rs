@@ -256,6 +256,7 @@ async fn the_embedded_broker_refuses_a_taken_port_with_a_clear_message() {
             format!("127.0.0.1:{}", common::free_port()),
         )
         .env("ANXIN_ADMIN_TOKEN", "test-token-0123456789")
+        .env("ANXIN_TCP_LISTEN", "watch=off,gt06=off,jt808=off,trv=off")
         .output()
         .unwrap();
     assert!(!out.status.success());

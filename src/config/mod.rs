@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use reader::{Ctx, Problem, Section};
 
+use crate::protocol::tcp::Protocol;
+
 use crate::pipeline::rules::RuleSet;
 
 /// The default engine config path, relative to the working directory.
@@ -120,6 +122,48 @@ pub struct PipelineConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// `[tcp]`: the 4G device listeners.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Listen address per family; `None` = off.
+    pub listen: Vec<(Protocol, Option<SocketAddr>)>,
+    /// Close a device connection that sent nothing for this long. Watches send a keep-alive
+    /// every 5–10 minutes, so the default leaves room for two missed ones.
+    pub idle_timeout_secs: u64,
+    /// Open connections allowed per listener.
+    pub max_connections: usize,
+    /// Frames per second one connection may send before its reads are paused.
+    pub max_frames_per_sec: u32,
+}
+
+/// Parses `watch=127.0.0.1:5093,gt06=off` (CONTRACT.md `ANXIN_TCP_LISTEN`); families not
+/// named keep their setting.
+pub fn parse_tcp_listen(
+    s: &str,
+    listen: &mut [(Protocol, Option<SocketAddr>)],
+) -> Result<(), String> {
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected FAMILY=HOST:PORT or FAMILY=off"))?;
+        let proto = Protocol::parse(name.trim())
+            .ok_or_else(|| format!("{name:?} is not a family (watch, gt06, jt808, trv)"))?;
+        let addr = match addr.trim() {
+            "off" => None,
+            a => Some(
+                a.parse()
+                    .map_err(|_| format!("{a:?} is not an IP:port address"))?,
+            ),
+        };
+        for (p, slot) in listen.iter_mut() {
+            if *p == proto {
+                *slot = addr;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `[http]`.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -144,6 +188,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// HTTP settings.
     pub http: HttpConfig,
+    /// 4G TCP listeners.
+    pub tcp: TcpConfig,
     /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
 }
@@ -182,6 +228,16 @@ impl Default for Config {
             },
             http: HttpConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            },
+            tcp: TcpConfig {
+                // Devices connect over the mobile network, so the listeners face outwards.
+                listen: Protocol::ALL
+                    .into_iter()
+                    .map(|p| (p, Some(SocketAddr::from(([0, 0, 0, 0], p.default_port())))))
+                    .collect(),
+                idle_timeout_secs: 900,
+                max_connections: 20_000,
+                max_frames_per_sec: 20,
             },
             admin_token: None,
         }
@@ -373,6 +429,30 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         }
         s.finish();
     }
+    if let Some(mut s) = root.table("tcp") {
+        let t = &mut config.tcp;
+        if let Some(v) = s.int("idle_timeout_secs", 10..=86_400) {
+            t.idle_timeout_secs = v as u64;
+        }
+        if let Some(v) = s.int("max_connections", 1..=1_000_000) {
+            t.max_connections = v as usize;
+        }
+        if let Some(v) = s.int("max_frames_per_sec", 1..=100_000) {
+            t.max_frames_per_sec = v as u32;
+        }
+        if let Some(mut l) = s.table("listen") {
+            for p in Protocol::ALL {
+                if let Some((addr, line)) = l.string(p.name()) {
+                    match parse_tcp_listen(&format!("{}={addr}", p.name()), &mut t.listen) {
+                        Ok(()) => {}
+                        Err(e) => l.problem(line, p.name(), e),
+                    }
+                }
+            }
+            l.finish();
+        }
+        s.finish();
+    }
     if let Some(mut s) = root.table("http") {
         if let Some((addr, line)) = s.string("addr") {
             match addr.parse() {
@@ -460,6 +540,11 @@ fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<P
                 format!("{v:?} is not an IP:port address"),
             ),
         }
+    }
+    if let Some(v) = env("ANXIN_TCP_LISTEN")
+        && let Err(m) = parse_tcp_listen(&v, &mut config.tcp.listen)
+    {
+        bad("ANXIN_TCP_LISTEN", m);
     }
     if let Some(v) = env("ANXIN_ADMIN_TOKEN") {
         if v.len() < 16 {

@@ -2,3 +2,4 @@
 
 pub mod embedded;
 pub mod mqtt;
+pub mod tcp;

@@ -400,7 +400,7 @@ impl MqttIngest {
                     };
                     let generation = conn.generation();
                     let pos = sink.tracker.register(AckToken { generation, handle });
-                    let d = Delivery {
+                    let d = Delivery::Mqtt {
                         pos,
                         generation,
                         topic,

@@ -14,32 +14,61 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
-use crate::protocol::canonical;
+use crate::event::Event;
+use crate::protocol::{Rejection, canonical};
 use crate::store::{AlertChange, Store, WriteBatch, WriteItem};
 use crate::telemetry;
 use rules::RuleSet;
 
-/// One received MQTT message on its way to a shard.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Receive position in the ack tracker.
-    pub pos: u64,
-    /// Connection generation it arrived on.
-    pub generation: u64,
-    /// Topic.
-    pub topic: String,
-    /// Payload.
-    pub payload: Bytes,
-    /// Receive time (injected clock).
-    pub received_at: DateTime<Utc>,
-    /// The broker flagged it as sent before (MQTT DUP).
-    pub dup: bool,
+/// One received message or frame on its way to a shard.
+#[derive(Debug)]
+pub enum Delivery {
+    /// An MQTT message, decoded in the shard; acked through the [`AckSink`] after commit.
+    Mqtt {
+        /// Receive position in the ack tracker.
+        pos: u64,
+        /// Connection generation it arrived on.
+        generation: u64,
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Bytes,
+        /// Receive time (injected clock).
+        received_at: DateTime<Utc>,
+        /// The broker flagged it as sent before (MQTT DUP).
+        dup: bool,
+    },
+    /// A device frame already decoded by its connection task, which sends the device's ack
+    /// once `committed` fires.
+    Frame {
+        /// The device, for routing (order per device).
+        device_id: String,
+        /// Peer address, for rejections.
+        origin: String,
+        /// Events and refusals the frame produced.
+        items: Vec<Result<Event, Rejection>>,
+        /// Receive time (injected clock).
+        received_at: DateTime<Utc>,
+        /// Fired after the commit; dropped unfired if the pipeline stops first.
+        committed: oneshot::Sender<()>,
+    },
+}
+
+impl Delivery {
+    fn mqtt_pos(&self) -> Option<(u64, u64)> {
+        match self {
+            Delivery::Mqtt {
+                pos, generation, ..
+            } => Some((*pos, *generation)),
+            Delivery::Frame { .. } => None,
+        }
+    }
 }
 
 /// Where shards report resolved messages: the transport's ack tracker.
@@ -115,9 +144,15 @@ impl Pipeline {
         )
     }
 
-    /// The shard of a topic: by device id, so one device's messages stay in order.
-    pub fn shard_of(&self, topic: &str) -> usize {
-        let key = canonical::device_from_topic(&self.topic_root, topic).unwrap_or(topic);
+    /// The shard of a delivery: by device id, so one device's messages stay in order whatever
+    /// transport they came by.
+    pub fn shard_of(&self, d: &Delivery) -> usize {
+        let key = match d {
+            Delivery::Mqtt { topic, .. } => {
+                canonical::device_from_topic(&self.topic_root, topic).unwrap_or(topic)
+            }
+            Delivery::Frame { device_id, .. } => device_id,
+        };
         let mut h = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut h);
         (h.finish() % self.senders.len() as u64) as usize
@@ -126,7 +161,7 @@ impl Pipeline {
     /// Hands a message to its shard. Waits only when the shard's queue is full, which the
     /// broker's window prevents; returns the delivery back if the pipeline has stopped.
     pub async fn submit(&self, d: Delivery) -> Result<(), Delivery> {
-        let shard = self.shard_of(&d.topic);
+        let shard = self.shard_of(&d);
         let tx = &self.senders[shard];
         match tx.try_send(d) {
             Ok(()) => Ok(()),
@@ -201,11 +236,12 @@ async fn process(
         // as a fresh copy; committing the old one too would only make work for dedup.
         let stale: Vec<u64> = batch
             .iter()
-            .filter(|d| shared.sink.redelivered(d.generation))
-            .map(|d| d.pos)
+            .filter_map(Delivery::mqtt_pos)
+            .filter(|(_, generation)| shared.sink.redelivered(*generation))
+            .map(|(pos, _)| pos)
             .collect();
         if !stale.is_empty() {
-            batch.retain(|d| !stale.contains(&d.pos));
+            batch.retain(|d| !d.mqtt_pos().is_some_and(|(pos, _)| stale.contains(&pos)));
             shared.sink.resolve(&stale, false);
             if batch.is_empty() {
                 return true;
@@ -217,8 +253,18 @@ async fn process(
         match shared.store.commit_batch(&write, shared.clock.now()).await {
             Ok(outcome) => {
                 telemetry::batch_committed(batch.len(), started.elapsed(), &outcome);
-                let positions: Vec<u64> = batch.iter().map(|d| d.pos).collect();
+                let positions: Vec<u64> = batch
+                    .iter()
+                    .filter_map(Delivery::mqtt_pos)
+                    .map(|(p, _)| p)
+                    .collect();
                 shared.sink.resolve(&positions, true);
+                for d in batch.drain(..) {
+                    if let Delivery::Frame { committed, .. } = d {
+                        // The connection may be gone; the device will retransmit.
+                        let _ = committed.send(());
+                    }
+                }
                 for change in outcome.changes {
                     // No receiver is fine: nobody is watching the live feed.
                     let _ = shared.live.send(change);
@@ -239,22 +285,44 @@ async fn process(
 
 fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
     let mut items = Vec::with_capacity(batch.len());
+    let mut push = |item: Result<Event, Rejection>, origin: &str, received_at, dup: bool| match item
+    {
+        Ok(mut event) => {
+            event.redelivered = dup;
+            let hits = shared.rules.hits(&event);
+            items.push(WriteItem::Event { event, hits });
+        }
+        Err(rejection) => {
+            telemetry::rejected(origin, &rejection);
+            items.push(WriteItem::Rejected {
+                rejection,
+                origin: origin.to_owned(),
+                received_at,
+            });
+        }
+    };
     for d in batch {
-        let decoded = canonical::decode(&shared.topic_root, &d.topic, &d.payload, d.received_at);
-        for item in decoded.items {
-            match item {
-                Ok(mut event) => {
-                    event.redelivered = d.dup;
-                    let hits = shared.rules.hits(&event);
-                    items.push(WriteItem::Event { event, hits });
+        match d {
+            Delivery::Mqtt {
+                topic,
+                payload,
+                received_at,
+                dup,
+                ..
+            } => {
+                let decoded = canonical::decode(&shared.topic_root, topic, payload, *received_at);
+                for item in decoded.items {
+                    push(item, topic, *received_at, *dup);
                 }
-                Err(rejection) => {
-                    telemetry::rejected(&d.topic, &rejection);
-                    items.push(WriteItem::Rejected {
-                        rejection,
-                        origin: d.topic.clone(),
-                        received_at: d.received_at,
-                    });
+            }
+            Delivery::Frame {
+                items: frame_items,
+                origin,
+                received_at,
+                ..
+            } => {
+                for item in frame_items {
+                    push(item.clone(), origin, *received_at, false);
                 }
             }
         }

@@ -152,12 +152,16 @@ pub struct Rule {
     pub title: String,
     /// All must hold.
     pub conditions: Vec<Condition>,
+    /// When not empty, at least one must hold too (`when_any`).
+    pub any_of: Vec<Condition>,
 }
 
 impl Rule {
     /// Whether `e` triggers this rule.
     pub fn matches(&self, e: &Event) -> bool {
-        self.event == e.event_type && self.conditions.iter().all(|c| c.holds(e))
+        self.event == e.event_type
+            && self.conditions.iter().all(|c| c.holds(e))
+            && (self.any_of.is_empty() || self.any_of.iter().any(|c| c.holds(e)))
     }
 }
 
@@ -272,8 +276,28 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
     };
     let title = s.string("title").map(|(t, _)| t);
     let kind = s.string("kind").map(|(k, _)| k);
+    let conditions = read_conditions(&mut s, "when", event);
+    let any_of = read_conditions(&mut s, "when_any", event);
+    s.finish();
+    let event = event?;
+    Some(Rule {
+        kind: kind.unwrap_or_else(|| event.name().to_owned()),
+        title: title.unwrap_or_else(|| format!("{} alarm", event.name())),
+        name: name?,
+        event,
+        severity: severity?,
+        conditions,
+        any_of,
+    })
+}
+
+fn read_conditions(
+    s: &mut Section<'_, '_>,
+    key: &'static str,
+    event: Option<EventType>,
+) -> Vec<Condition> {
     let mut conditions = Vec::new();
-    for mut c in s.tables("when") {
+    for mut c in s.tables(key) {
         let cl = c.line();
         let field = c.string("field");
         let op = c.string("op");
@@ -369,16 +393,7 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
         }
         c.finish();
     }
-    s.finish();
-    let event = event?;
-    Some(Rule {
-        kind: kind.unwrap_or_else(|| event.name().to_owned()),
-        title: title.unwrap_or_else(|| format!("{} alarm", event.name())),
-        name: name?,
-        event,
-        severity: severity?,
-        conditions,
-    })
+    conditions
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub enum RejectReason {
     UnknownType,
     /// A field missing, of the wrong kind or out of range.
     BadField,
+    /// A device frame its decoder could make nothing of.
+    BadFrame,
 }
 
 impl RejectReason {
@@ -41,6 +43,7 @@ impl RejectReason {
             RejectReason::MissingType => "missing_type",
             RejectReason::UnknownType => "unknown_type",
             RejectReason::BadField => "bad_field",
+            RejectReason::BadFrame => "bad_frame",
         }
     }
 }

@@ -202,6 +202,25 @@ impl Store {
                             continue;
                         }
                         out.accepted += 1;
+                        if event.still_active {
+                            // A level the device keeps reporting: on the timeline of what it
+                            // raised, never a new press and never a new alert.
+                            for hit in hits {
+                                let id: Option<i64> = sqlx::query_scalar(
+                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
+                                )
+                                .bind(&event.device_id)
+                                .bind(&hit.rule)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if let Some(id) = id {
+                                    timeline!(tx, id, committed_at, "still_active", event, None::<i64>);
+                                    out.changes.push(change(id, event, hit, "still_active"));
+                                }
+                            }
+                            plain.push(event);
+                            continue;
+                        }
                         if hits.is_empty() && event.event_type != EventType::Cancel {
                             plain.push(event);
                             continue;

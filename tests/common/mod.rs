@@ -354,6 +354,11 @@ impl Engine {
                 format!("anxin-test-{}", unique()),
             ),
             ("ANXIN_ADMIN_TOKEN".to_owned(), token.clone()),
+            // Parallel tests must not fight over the default device ports.
+            (
+                "ANXIN_TCP_LISTEN".to_owned(),
+                "watch=off,gt06=off,jt808=off,trv=off".to_owned(),
+            ),
         ];
         if let Some(s) = opts.store_url {
             env.push(("ANXIN_STORE_URL".to_owned(), s));

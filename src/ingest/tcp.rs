@@ -1,0 +1,261 @@
+//! 4G TCP ingest: one listener per family, one task per connection.
+//!
+//! A connection reads frames through its family's framer, decodes each with the pure decoder,
+//! hands the events to the pipeline shard of the device and writes the device's ack only once
+//! the shard has committed them — except for login and keep-alive replies, which the device
+//! needs at once and which carry nothing to lose. Frames of one connection are handled one
+//! after another, so a device's events keep their order.
+//!
+//! Limits: a connection limit (a semaphore; excess connections are closed at once and
+//! counted), an idle timeout, the framer's maximum frame size, and a per-connection frame
+//! rate that throttles by pausing reads — TCP back-pressure; a frame is never discarded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use metrics::{counter, gauge};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::pipeline::{Delivery, Pipeline};
+use crate::protocol::tcp::{Codec, Ctx, Protocol, RawFrame, Session};
+use crate::protocol::{RejectReason, Rejection};
+use crate::telemetry::{self, names};
+
+/// Per-listener limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Close a connection that sent nothing for this long.
+    pub idle_timeout: Duration,
+    /// Open connections allowed on this listener.
+    pub max_connections: usize,
+    /// Frames per second one connection may send before its reads are paused.
+    pub max_frames_per_sec: u32,
+}
+
+/// Accepts connections until `shutdown`; each connection runs on `tracker`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    listener: TcpListener,
+    protocol: Protocol,
+    pipeline: Pipeline,
+    clock: SharedClock,
+    limits: Limits,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let family = protocol.name();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => break,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(10);
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                tracing::warn!(family, error = %e, "Accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            counter!(names::TCP_REFUSED, "family" => family).increment(1);
+            telemetry::tcp_refused(family, peer, limits.max_connections);
+            drop(socket);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let conn = Connection {
+            protocol,
+            pipeline: pipeline.clone(),
+            clock: clock.clone(),
+            limits: limits.clone(),
+            peer,
+        };
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            gauge!(names::TCP_CONNECTIONS, "family" => family).increment(1.0);
+            conn.run(socket, stop).await;
+            gauge!(names::TCP_CONNECTIONS, "family" => family).decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+struct Connection {
+    protocol: Protocol,
+    pipeline: Pipeline,
+    clock: SharedClock,
+    limits: Limits,
+    peer: SocketAddr,
+}
+
+/// Why a connection ended, for the log.
+enum End {
+    Closed,
+    Idle,
+    Shutdown,
+    Io(std::io::Error),
+    PipelineStopped,
+}
+
+impl Connection {
+    async fn run(self, socket: TcpStream, stop: CancellationToken) {
+        let family = self.protocol.name();
+        let (rd, mut wr) = socket.into_split();
+        let mut frames = FramedRead::new(rd, Codec(self.protocol.framer()));
+        let mut session = Session::default();
+        let mut bucket = Bucket::new(self.limits.max_frames_per_sec);
+        let peer = self.peer.to_string();
+        let end = loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(self.limits.idle_timeout, frames.next()) => n,
+                _ = stop.cancelled() => break End::Shutdown,
+            };
+            let raw = match next {
+                Err(_) => break End::Idle,
+                Ok(None) => break End::Closed,
+                Ok(Some(Err(e))) => break End::Io(e),
+                Ok(Some(Ok(raw))) => raw,
+            };
+            let frame = match raw {
+                RawFrame::Skipped { bytes, reason } => {
+                    telemetry::tcp_skipped(
+                        family,
+                        &peer,
+                        session.device_id.as_deref(),
+                        bytes,
+                        reason,
+                    );
+                    continue;
+                }
+                RawFrame::Frame(f) => f,
+            };
+            bucket.take().await;
+            counter!(names::TCP_FRAMES, "family" => family).increment(1);
+            let received_at = self.clock.now();
+            let ctx = Ctx {
+                received_at,
+                peer: peer.clone(),
+            };
+            let out = self.protocol.decode(&frame, &mut session, &ctx);
+            let device = session.device_id.clone();
+            let mut items: Vec<Result<_, Rejection>> = out.events.into_iter().map(Ok).collect();
+            if let Some((reason, detail)) = &out.error {
+                telemetry::tcp_decode_error(family, &peer, device.as_deref(), reason, detail);
+                if items.is_empty() && out.reply.is_none() {
+                    // Nothing usable came out of it: keep the raw frame for inspection.
+                    items.push(Err(Rejection {
+                        device_id: device.clone(),
+                        reason: RejectReason::BadFrame,
+                        detail: format!("{family}: {reason}: {detail}"),
+                        raw: frame.to_vec(),
+                    }));
+                }
+            }
+            if out.reply_now
+                && let Some(reply) = &out.reply
+                && let Err(e) = wr.write_all(reply).await
+            {
+                break End::Io(e);
+            }
+            if !items.is_empty() {
+                let (committed, done) = oneshot::channel();
+                let d = Delivery::Frame {
+                    device_id: device.unwrap_or_else(|| peer.clone()),
+                    origin: format!("{family}://{peer}"),
+                    items,
+                    received_at,
+                    committed,
+                };
+                if self.pipeline.submit(d).await.is_err() || done.await.is_err() {
+                    // Never ack what was not committed: the device retransmits.
+                    break End::PipelineStopped;
+                }
+            }
+            if !out.reply_now
+                && let Some(reply) = &out.reply
+                && let Err(e) = wr.write_all(reply).await
+            {
+                break End::Io(e);
+            }
+        };
+        let _ = wr.shutdown().await;
+        let why = match end {
+            End::Closed => "closed by the device".to_owned(),
+            End::Idle => format!("idle for {:?}", self.limits.idle_timeout),
+            End::Shutdown => "engine shutting down".to_owned(),
+            End::Io(e) => format!("I/O error: {e}"),
+            End::PipelineStopped => "pipeline stopped before commit".to_owned(),
+        };
+        telemetry::tcp_closed(family, &peer, session.device_id.as_deref(), &why);
+    }
+}
+
+/// Token bucket: a burst of `rate` frames, refilled at `rate` per second. Waiting here pauses
+/// reads, so the kernel's receive window pushes back on the device.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            rate,
+            tokens: rate,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            counter!(names::TCP_THROTTLED).increment(1);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.last = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bucket_paces_a_flood_without_dropping() {
+        let mut b = Bucket::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..30 {
+            b.take().await;
+        }
+        // 10 at once, then 20 more at 10/s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1900) && took <= Duration::from_millis(2100),
+            "{took:?}"
+        );
+    }
+}
