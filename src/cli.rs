@@ -28,4 +28,19 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Decode one device frame and print `{"events": [...], "reply_hex": "..."}`.
+    Decode {
+        /// Family: watch, gt06, jt808, trv.
+        #[arg(long)]
+        protocol: String,
+        /// The frame as hex (spaces allowed).
+        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+        hex: Option<String>,
+        /// The frame as text.
+        #[arg(long)]
+        text: Option<String>,
+        /// Device id to assume for families that name the device only at login.
+        #[arg(long, default_value = "unknown")]
+        device: String,
+    },
 }

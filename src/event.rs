@@ -377,6 +377,18 @@ impl Event {
         self
     }
 
+    /// The event as JSON, for `anxin decode` and the frame log.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "device_id": self.device_id,
+            "type": self.event_type.name(),
+            "fields": self.fields,
+            "device_time": self.device_time,
+            "seq": self.seq,
+            "still_active": self.still_active,
+        })
+    }
+
     /// A field as a number, for rule conditions.
     pub fn number(&self, name: &str) -> Option<f64> {
         self.fields.get(name).and_then(Value::as_f64)

@@ -33,6 +33,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Decode {
+            protocol,
+            hex,
+            text,
+            device,
+        } => match anxin::protocol::tcp::decode_cli(
+            &protocol,
+            hex.as_deref(),
+            text.as_deref(),
+            &device,
+        ) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("anxin decode: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config: path } => {
             let loaded = match config::load(path.as_deref(), &config::process_env) {
                 Ok(l) => l,

@@ -132,3 +132,32 @@ async fn a_repeated_status_level_does_not_count_as_a_new_press() {
     assert_eq!(actions, ["opened", "still_active", "still_active"]);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn anxin_decode_prints_the_events_and_the_reply() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anxin"))
+        .args([
+            "decode",
+            "--protocol",
+            "watch",
+            "--text",
+            "[3G*8800000015*000A*LK,0,10,95]",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["events"][0]["type"], "heartbeat");
+    assert_eq!(v["events"][1]["fields"]["percent"], 95.0);
+    assert_eq!(v["reply_hex"], hex::encode(b"[3G*8800000015*0002*LK]"));
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_anxin"))
+        .args(["decode", "--protocol", "nope", "--hex", "00"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown protocol"));
+}

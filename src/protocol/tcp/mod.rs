@@ -176,6 +176,71 @@ impl Protocol {
     }
 }
 
+/// `anxin decode`: frames `hex`/`text` with the family's framer, decodes every frame found
+/// (assuming `device` for families that name it only at login) and returns the JSON to print.
+pub fn decode_cli(
+    protocol: &str,
+    hex_in: Option<&str>,
+    text: Option<&str>,
+    device: &str,
+) -> Result<String, String> {
+    let proto = Protocol::parse(protocol)
+        .ok_or_else(|| format!("unknown protocol {protocol:?} (watch, gt06, jt808, trv)"))?;
+    let bytes = match (hex_in, text) {
+        (Some(h), _) => {
+            let clean: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+            hex::decode(&clean).map_err(|e| format!("--hex is not hex: {e}"))?
+        }
+        (None, Some(t)) => t.as_bytes().to_vec(),
+        (None, None) => return Err("give --hex or --text".into()),
+    };
+    let mut framer = proto.framer();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut session = Session {
+        device_id: Some(device.to_owned()),
+        ..Default::default()
+    };
+    let ctx = Ctx {
+        received_at: Utc::now(),
+        peer: "anxin-decode".into(),
+    };
+    let (mut events, mut replies, mut errors, mut skipped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut frames = 0;
+    while let Some(raw) = framer.next_frame(&mut buf) {
+        match raw {
+            RawFrame::Frame(f) => {
+                frames += 1;
+                let out = proto.decode(&f, &mut session, &ctx);
+                events.extend(out.events.iter().map(Event::to_json));
+                if let Some(r) = out.reply {
+                    replies.push(hex::encode(r));
+                }
+                if let Some((reason, detail)) = out.error {
+                    errors.push(serde_json::json!({"reason": reason, "detail": detail}));
+                }
+            }
+            RawFrame::Skipped { bytes, reason } => {
+                skipped.push(serde_json::json!({"bytes": bytes, "reason": reason}))
+            }
+        }
+    }
+    let mut v = serde_json::json!({
+        "events": events,
+        "reply_hex": if replies.is_empty() { serde_json::Value::Null } else { replies.join("").into() },
+    });
+    if !errors.is_empty() {
+        v["errors"] = errors.into();
+    }
+    if !skipped.is_empty() {
+        v["skipped"] = skipped.into();
+    }
+    if frames == 0 {
+        v["incomplete_bytes"] = buf.len().into();
+    }
+    Ok(v.to_string())
+}
+
 /// Adapts a [`Framer`] to `tokio_util::codec`, for the connection task.
 #[derive(Debug)]
 pub struct Codec(pub Box<dyn Framer>);
