@@ -136,6 +136,26 @@ impl WatchFramer {
     }
 }
 
+/// Undoes the escaping of binary payloads: `}` followed by 0x01–0x05 stands for `}`, `[`,
+/// `]`, `,`, `*` (PROTOCOLS.md §2, "Escaping").
+pub fn unescape(frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len());
+    let mut i = 0;
+    while i < frame.len() {
+        if frame[i] == b'}'
+            && let Some(&n) = frame.get(i + 1)
+            && (1..=5).contains(&n)
+        {
+            out.push(b"}[],*"[usize::from(n - 1)]);
+            i += 2;
+            continue;
+        }
+        out.push(frame[i]);
+        i += 1;
+    }
+    out
+}
+
 /// A parsed frame header.
 struct Header<'a> {
     vendor: &'a str,
