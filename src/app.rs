@@ -17,6 +17,7 @@ use crate::dispatch::{self, AppState};
 use crate::ingest::mqtt::MqttIngest;
 use crate::ingest::{embedded, tcp};
 use crate::pipeline::Pipeline;
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::telemetry::{self, names};
 use tokio_util::task::TaskTracker;
@@ -38,7 +39,17 @@ pub async fn run(
     let Some(store) = store else { return Ok(()) };
     tracing::info!(backend = store.backend(), "Store ready");
 
-    // 2. Admin token.
+    // 2. The device registry, kept in memory for the hot path.
+    let registry = Registry::new(config.unknown_devices);
+    registry.put(
+        store
+            .registered_devices()
+            .await
+            .context("loading the device registry")?,
+    );
+    tracing::info!(registered = registry.len(), policy = ?config.unknown_devices, "Device registry loaded");
+
+    // 2b. Admin token.
     let token_hash = admin_token(&config.data_dir, config.admin_token.as_deref())?;
 
     // 3. Device listeners: bound before anything is received, so a taken port fails start-up.
@@ -94,6 +105,7 @@ pub async fn run(
         sink.clone(),
         live.clone(),
         config.mqtt.topic_root.clone(),
+        registry.clone(),
         hard_stop.clone(),
     );
     let grace = Duration::from_secs(config.pipeline.shutdown_grace_secs);
@@ -104,6 +116,11 @@ pub async fn run(
         max_connections: config.tcp.max_connections,
         max_frames_per_sec: config.tcp.max_frames_per_sec,
     };
+    let frames = tcp::FrameLog::default();
+    let tcp_shared = tcp::TcpShared {
+        registry: registry.clone(),
+        frames: frames.clone(),
+    };
     for (proto, listener) in tcp_listeners {
         tcp_tasks.spawn(tcp::serve(
             listener,
@@ -111,6 +128,7 @@ pub async fn run(
             pipeline.clone(),
             clock.clone(),
             limits.clone(),
+            tcp_shared.clone(),
             shutdown.clone(),
             tcp_tasks.clone(),
         ));
@@ -159,6 +177,8 @@ pub async fn run(
         metrics,
         admin_token_sha256: token_hash,
         ingest_ready: Arc::new(move || ready_conn.is_subscribed()),
+        registry,
+        frames,
     };
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();

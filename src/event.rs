@@ -324,6 +324,8 @@ pub struct Event {
     /// that was already active in its previous report: recorded as "still active", never a
     /// new press.
     pub still_active: bool,
+    /// The resident of the device, from the registry (enrichment; not part of the payload).
+    pub resident_id: Option<String>,
     /// The transport says it sent this message before (MQTT DUP). Not proof of a duplicate —
     /// the first copy may never have been committed — but it lets a payload-hash key match
     /// for the whole dedup window instead of only the short redelivery window.
@@ -367,6 +369,7 @@ impl Event {
             source,
             dedup_key,
             still_active: false,
+            resident_id: None,
             redelivered: false,
         }
     }

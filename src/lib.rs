@@ -18,5 +18,6 @@ pub mod event;
 pub mod ingest;
 pub mod pipeline;
 pub mod protocol;
+pub mod registry;
 pub mod store;
 pub mod telemetry;

@@ -522,10 +522,25 @@ async fn an_sos_opens_one_critical_alert_and_records_the_event_and_device(store:
     assert_eq!(timings[0].received_at, to_millis(received));
     assert_eq!(timings[0].committed_at, to_millis(committed));
 
-    let device = fx.store.get_device("watch-1").await.unwrap();
+    let device = fx
+        .store
+        .get_device("watch-1")
+        .await
+        .unwrap()
+        .expect("device seen");
     assert_eq!(
-        device,
-        Some(json!({ "id": "watch-1", "first_seen": received, "last_seen": received }))
+        (
+            &device["id"],
+            &device["first_seen"],
+            &device["last_seen"],
+            &device["registered"]
+        ),
+        (
+            &json!("watch-1"),
+            &json!(received),
+            &json!(received),
+            &json!(false)
+        )
     );
 
     // The queue shows it.
@@ -544,9 +559,15 @@ async fn an_sos_opens_one_critical_alert_and_records_the_event_and_device(store:
     assert_eq!(outcome_counts(&out), (1, 0, 0));
     assert!(out.changes.is_empty());
     assert_eq!(fx.counts().await, (2, 1, 1, 0));
+    let device = fx
+        .store
+        .get_device("watch-1")
+        .await
+        .unwrap()
+        .expect("device seen");
     assert_eq!(
-        fx.store.get_device("watch-1").await.unwrap(),
-        Some(json!({ "id": "watch-1", "first_seen": received, "last_seen": later }))
+        (&device["first_seen"], &device["last_seen"]),
+        (&json!(received), &json!(later))
     );
     assert_eq!(fx.alert(alert.id).await.0, alert);
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use reader::{Ctx, Problem, Section};
 
 use crate::protocol::tcp::Protocol;
+use crate::registry::UnknownPolicy;
 
 use crate::pipeline::rules::RuleSet;
 
@@ -190,6 +191,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// 4G TCP listeners.
     pub tcp: TcpConfig,
+    /// What happens to messages from unregistered devices.
+    pub unknown_devices: UnknownPolicy,
     /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
 }
@@ -239,6 +242,7 @@ impl Default for Config {
                 max_connections: 20_000,
                 max_frames_per_sec: 20,
             },
+            unknown_devices: UnknownPolicy::Quarantine,
             admin_token: None,
         }
     }
@@ -453,6 +457,12 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         }
         s.finish();
     }
+    if let Some(mut s) = root.table("devices") {
+        if let Some(v) = s.choice("unknown", &["reject", "quarantine", "accept"]) {
+            config.unknown_devices = UnknownPolicy::parse(&v).expect("choice checked");
+        }
+        s.finish();
+    }
     if let Some(mut s) = root.table("http") {
         if let Some((addr, line)) = s.string("addr") {
             match addr.parse() {
@@ -538,6 +548,15 @@ fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<P
             Err(_) => bad(
                 "ANXIN_HTTP_ADDR",
                 format!("{v:?} is not an IP:port address"),
+            ),
+        }
+    }
+    if let Some(v) = env("ANXIN_UNKNOWN_DEVICES") {
+        match UnknownPolicy::parse(&v) {
+            Some(p) => config.unknown_devices = p,
+            None => bad(
+                "ANXIN_UNKNOWN_DEVICES",
+                format!("{v:?} is not one of reject, quarantine, accept"),
             ),
         }
     }

@@ -25,7 +25,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Store(e) => match e {
-                StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::NotFound(_) | StoreError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) => StatusCode::SERVICE_UNAVAILABLE,

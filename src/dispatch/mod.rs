@@ -1,6 +1,7 @@
 //! The operator API (axum): alerts, live feed, health, readiness and metrics (CONTRACT.md).
 
 mod alerts;
+mod devices;
 mod error;
 
 use std::convert::Infallible;
@@ -22,6 +23,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::clock::SharedClock;
+use crate::ingest::tcp::FrameLog;
+use crate::registry::Registry;
 use crate::store::{AlertChange, Store};
 
 pub use error::ApiError;
@@ -44,6 +47,10 @@ pub struct AppState {
     pub admin_token_sha256: [u8; 32],
     /// Ingest readiness (listeners bound, MQTT subscribed).
     pub ingest_ready: ReadyCheck,
+    /// The in-memory device registry.
+    pub registry: Registry,
+    /// Recent raw frames per device.
+    pub frames: FrameLog,
 }
 
 /// The router.
@@ -54,6 +61,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}/ack", post(alerts::ack))
         .route("/api/alerts/{id}/resolve", post(alerts::resolve))
         .route("/api/stream", get(stream))
+        .route("/api/devices", get(devices::list).post(devices::register))
+        .route(
+            "/api/devices/{id}",
+            get(devices::get_one)
+                .put(devices::put)
+                .delete(devices::delete),
+        )
+        .route("/api/devices/{id}/frames", get(devices::frames))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)

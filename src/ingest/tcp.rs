@@ -14,8 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use futures_util::StreamExt;
 use metrics::{counter, gauge};
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
@@ -25,9 +30,62 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::pipeline::{Delivery, Pipeline};
-use crate::protocol::tcp::{Codec, Ctx, Protocol, RawFrame, Session};
+use crate::protocol::tcp::{Codec, Ctx, FrameOutput, Protocol, RawFrame, Session};
 use crate::protocol::{RejectReason, Rejection};
+use crate::registry::{Registry, UnknownPolicy};
 use crate::telemetry::{self, names};
+
+/// Frames kept per device for `GET /api/devices/{id}/frames`.
+const FRAMES_PER_DEVICE: usize = 20;
+/// Bytes of each frame kept there; enough to read any control frame, bounded for memory.
+const FRAME_BYTES_KEPT: usize = 1024;
+
+/// The recent raw frames of each device with their decode result, in memory and bounded
+/// (20 per device), for installers checking a device.
+#[derive(Debug, Clone, Default)]
+pub struct FrameLog {
+    map: Arc<DashMap<String, VecDeque<Value>>>,
+}
+
+impl FrameLog {
+    /// Records a frame of `device`.
+    pub fn record(
+        &self,
+        device: &str,
+        family: &str,
+        at: DateTime<Utc>,
+        frame: &[u8],
+        out: &FrameOutput,
+    ) {
+        let kept = &frame[..frame.len().min(FRAME_BYTES_KEPT)];
+        let text = std::str::from_utf8(kept)
+            .ok()
+            .filter(|t| !t.chars().any(char::is_control));
+        let entry = json!({
+            "at": at,
+            "family": family,
+            "bytes": frame.len(),
+            "hex": hex::encode(kept),
+            "text": text,
+            "events": out.events.iter().map(|e| e.event_type.name()).collect::<Vec<_>>(),
+            "reply_hex": out.reply.as_ref().map(hex::encode),
+            "error": out.error.as_ref().map(|(r, d)| json!({"reason": r, "detail": d})),
+        });
+        let mut q = self.map.entry(device.to_owned()).or_default();
+        if q.len() == FRAMES_PER_DEVICE {
+            q.pop_front();
+        }
+        q.push_back(entry);
+    }
+
+    /// The recent frames of `device`, oldest first.
+    pub fn recent(&self, device: &str) -> Vec<Value> {
+        self.map
+            .get(device)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
 
 /// Per-listener limits.
 #[derive(Debug, Clone)]
@@ -40,6 +98,15 @@ pub struct Limits {
     pub max_frames_per_sec: u32,
 }
 
+/// What every connection of every listener shares.
+#[derive(Debug, Clone)]
+pub struct TcpShared {
+    /// Registered devices and the unknown-device policy.
+    pub registry: Registry,
+    /// Recent frames per device.
+    pub frames: FrameLog,
+}
+
 /// Accepts connections until `shutdown`; each connection runs on `tracker`.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
@@ -48,6 +115,7 @@ pub async fn serve(
     pipeline: Pipeline,
     clock: SharedClock,
     limits: Limits,
+    shared: TcpShared,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -84,6 +152,7 @@ pub async fn serve(
             pipeline: pipeline.clone(),
             clock: clock.clone(),
             limits: limits.clone(),
+            shared: shared.clone(),
             peer,
         };
         let stop = shutdown.clone();
@@ -101,6 +170,7 @@ struct Connection {
     pipeline: Pipeline,
     clock: SharedClock,
     limits: Limits,
+    shared: TcpShared,
     peer: SocketAddr,
 }
 
@@ -152,8 +222,38 @@ impl Connection {
                 received_at,
                 peer: peer.clone(),
             };
-            let out = self.protocol.decode(&frame, &mut session, &ctx);
+            let before = session.clone();
+            let mut out = self.protocol.decode(&frame, &mut session, &ctx);
+            // A device whose clock runs on local time: once the frame named it, decode again
+            // with its registered offset (decoding is pure, so this is only CPU).
+            if let Some(tz) = session
+                .device_id
+                .as_deref()
+                .and_then(|d| self.shared.registry.offset(d))
+                && session.tz != Some(tz)
+            {
+                session = before;
+                session.tz = Some(tz);
+                out = self.protocol.decode(&frame, &mut session, &ctx);
+            }
             let device = session.device_id.clone();
+            self.shared.frames.record(
+                device.as_deref().unwrap_or(&peer),
+                family,
+                received_at,
+                &frame,
+                &out,
+            );
+            // Under `reject`, an unregistered device gets no answer — not even to its login —
+            // unless the frame carries an alarm, which is committed and acked like any other.
+            let refused = self.shared.registry.policy == UnknownPolicy::Reject
+                && device
+                    .as_deref()
+                    .is_none_or(|d| !self.shared.registry.is_registered(d))
+                && !out.events.iter().any(|e| e.event_type.is_life_safety());
+            if refused {
+                out.reply = None;
+            }
             let mut items: Vec<Result<_, Rejection>> = out.events.into_iter().map(Ok).collect();
             if let Some((reason, detail)) = &out.error {
                 telemetry::tcp_decode_error(family, &peer, device.as_deref(), reason, detail);

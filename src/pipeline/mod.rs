@@ -21,7 +21,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::event::Event;
+use crate::pipeline::rules::Severity;
+use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
+use crate::registry::{Registry, UnknownPolicy};
+use crate::store::RuleHit;
 use crate::store::{AlertChange, Store, WriteBatch, WriteItem};
 use crate::telemetry;
 use rules::RuleSet;
@@ -90,6 +94,7 @@ struct Shared {
     live: broadcast::Sender<AlertChange>,
     topic_root: String,
     cfg: PipelineConfig,
+    registry: Registry,
 }
 
 /// The running pipeline's input side.
@@ -112,6 +117,7 @@ impl Pipeline {
         sink: Arc<dyn AckSink>,
         live: broadcast::Sender<AlertChange>,
         topic_root: String,
+        registry: Registry,
         hard_stop: CancellationToken,
     ) -> (Pipeline, Vec<JoinHandle<()>>) {
         let shared = Arc::new(Shared {
@@ -122,6 +128,7 @@ impl Pipeline {
             live,
             topic_root: topic_root.clone(),
             cfg: cfg.clone(),
+            registry,
         });
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
@@ -289,7 +296,41 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
     {
         Ok(mut event) => {
             event.redelivered = dup;
-            let hits = shared.rules.hits(&event);
+            let mut hits = shared.rules.hits(&event);
+            if let Some(reg) = shared.registry.get(&event.device_id) {
+                event.resident_id = reg.resident_id;
+            } else {
+                match shared.registry.policy {
+                    UnknownPolicy::Accept => {}
+                    UnknownPolicy::Quarantine => hits.push(RuleHit {
+                        rule: "unregistered_device".into(),
+                        kind: "unregistered_device".into(),
+                        severity: Severity::Low,
+                        title: "Unregistered device is sending data".into(),
+                        once: true,
+                    }),
+                    // Refused, except alarms: a stranger's SOS still reaches an operator.
+                    UnknownPolicy::Reject if !event.event_type.is_life_safety() => {
+                        let rejection = Rejection {
+                            device_id: Some(event.device_id.clone()),
+                            reason: RejectReason::UnknownDevice,
+                            detail: format!(
+                                "device {} is not registered and the unknown-device policy is reject",
+                                event.device_id
+                            ),
+                            raw: event.to_json().to_string().into_bytes(),
+                        };
+                        telemetry::rejected(origin, &rejection);
+                        items.push(WriteItem::Rejected {
+                            rejection,
+                            origin: origin.to_owned(),
+                            received_at,
+                        });
+                        return;
+                    }
+                    UnknownPolicy::Reject => {}
+                }
+            }
             items.push(WriteItem::Event { event, hits });
         }
         Err(rejection) => {

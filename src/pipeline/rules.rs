@@ -186,6 +186,7 @@ impl RuleSet {
                 kind: r.kind.clone(),
                 severity: r.severity,
                 title: r.title.clone(),
+                once: false,
             })
             .collect()
     }

@@ -277,6 +277,7 @@ fn decode_object(
         source: source.clone(),
         dedup_key,
         still_active: false,
+        resident_id: None,
         redelivered: false,
     })
 }

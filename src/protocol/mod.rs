@@ -28,6 +28,8 @@ pub enum RejectReason {
     BadField,
     /// A device frame its decoder could make nothing of.
     BadFrame,
+    /// An unregistered device under the `reject` policy (alarms still pass).
+    UnknownDevice,
 }
 
 impl RejectReason {
@@ -44,6 +46,7 @@ impl RejectReason {
             RejectReason::UnknownType => "unknown_type",
             RejectReason::BadField => "bad_field",
             RejectReason::BadFrame => "bad_frame",
+            RejectReason::UnknownDevice => "unknown_device",
         }
     }
 }

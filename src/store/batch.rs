@@ -29,6 +29,9 @@ pub struct RuleHit {
     pub severity: Severity,
     /// Alert title.
     pub title: String,
+    /// Raise at most one open alert and never count on it (a condition, not a press:
+    /// `unregistered_device`).
+    pub once: bool,
 }
 
 /// One thing to write, in receive order.
@@ -166,7 +169,8 @@ impl Store {
                 });
                 q.push(
                     " ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen \
-                     THEN excluded.last_seen ELSE devices.last_seen END",
+                     THEN excluded.last_seen ELSE devices.last_seen END, \
+                     first_seen = CASE WHEN devices.first_seen = 0 THEN excluded.first_seen ELSE devices.first_seen END",
                 );
                 q.build().execute(&mut *tx).await?;
             }
@@ -266,23 +270,37 @@ impl Store {
                             let received = to_millis(event.received_at);
                             // Conditional on still being unresolved: an operator may have just
                             // resolved it, and then this press must open a new alert.
-                            let counted: Option<i64> = sqlx::query_scalar(
-                                "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $4 \
-                                 WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
-                            )
-                            .bind(&event.device_id)
-                            .bind(&hit.rule)
-                            .bind(received)
-                            .bind(committed_at)
-                            .fetch_optional(&mut *tx)
-                            .await?;
+                            let counted: Option<i64> = if hit.once {
+                                let open: Option<i64> = sqlx::query_scalar(
+                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
+                                )
+                                .bind(&event.device_id)
+                                .bind(&hit.rule)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                                if open.is_some() {
+                                    continue;
+                                }
+                                None
+                            } else {
+                                sqlx::query_scalar(
+                                    "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $4 \
+                                     WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
+                                )
+                                .bind(&event.device_id)
+                                .bind(&hit.rule)
+                                .bind(received)
+                                .bind(committed_at)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                            };
                             let (id, action) = match counted {
                                 Some(id) => (id, "counted"),
                                 None => {
                                     let id: i64 = sqlx::query_scalar(
                                         "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
                                          escalation_level, opened_at, updated_at, last_event_at) \
-                                         VALUES ($1, NULL, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $8) RETURNING id",
+                                         VALUES ($1, $9, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $8) RETURNING id",
                                     )
                                     .bind(&event.device_id)
                                     .bind(&hit.rule)
@@ -292,6 +310,7 @@ impl Store {
                                     .bind(&hit.title)
                                     .bind(committed_at)
                                     .bind(received)
+                                    .bind(&event.resident_id)
                                     .fetch_one(&mut *tx)
                                     .await?;
                                     (id, "opened")

@@ -6,6 +6,7 @@
 //! two migrations folders.
 
 mod batch;
+mod devices;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +27,9 @@ pub enum StoreError {
     /// No such alert.
     #[error("alert {0} not found")]
     NotFound(i64),
+    /// No such registered device.
+    #[error("device {0} is not registered")]
+    DeviceNotFound(String),
     /// The alert is not in a state that allows the step.
     #[error("alert {id} is {status}; {step} is not allowed")]
     Conflict {
@@ -519,19 +523,4 @@ pub struct EventTiming {
     pub received_at: i64,
     /// Commit time.
     pub committed_at: i64,
-}
-
-impl Store {
-    /// A device as JSON (`id`, `first_seen`, `last_seen`), if it was ever seen.
-    pub async fn get_device(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let row: Option<(String, i64, i64)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id, first_seen, last_seen FROM devices WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row.map(|(id, first, last)| {
-            serde_json::json!({ "id": id, "first_seen": from_millis(first), "last_seen": from_millis(last) })
-        }))
-    }
 }

@@ -359,6 +359,8 @@ impl Engine {
                 "ANXIN_TCP_LISTEN".to_owned(),
                 "watch=off,gt06=off,jt808=off,trv=off".to_owned(),
             ),
+            // Most tests are about one behaviour; the unknown-device policy has its own tests.
+            ("ANXIN_UNKNOWN_DEVICES".to_owned(), "accept".to_owned()),
         ];
         if let Some(s) = opts.store_url {
             env.push(("ANXIN_STORE_URL".to_owned(), s));

@@ -1,0 +1,155 @@
+//! Device registry routes: register (one, many, or a CSV file), list, read, replace, remove,
+//! and the recent raw frames of a device for installers.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+use crate::registry::{Registration, RegistrationError, parse_csv};
+
+fn invalid(errors: Vec<RegistrationError>) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({ "error": "invalid registrations", "problems": errors })),
+    )
+        .into_response()
+}
+
+/// `POST /api/devices`: a JSON object, a JSON array, or `text/csv`. All or nothing: any
+/// problem refuses the whole request and lists every problem with its row.
+pub(super) async fn register(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_csv = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    let regs = if is_csv {
+        match parse_csv(&body) {
+            Ok(r) => r,
+            Err(e) => return Ok(invalid(e)),
+        }
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+        let items = match v {
+            Value::Array(a) => a,
+            other => vec![other],
+        };
+        let mut regs = Vec::new();
+        let mut errors = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match serde_json::from_value::<Registration>(item) {
+                Ok(r) => {
+                    errors.extend(r.problems(i + 1));
+                    regs.push(r);
+                }
+                Err(e) => errors.push(RegistrationError {
+                    row: i + 1,
+                    field: "-".into(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Ok(invalid(errors));
+        }
+        regs
+    };
+    if regs.is_empty() {
+        return Err(ApiError::BadRequest("no devices in the request".into()));
+    }
+    s.store.register_devices(&regs, s.clock.now()).await?;
+    let n = regs.len();
+    s.registry.put(regs);
+    Ok((StatusCode::CREATED, Json(json!({ "registered": n }))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    registered: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/devices`: by id; `registered=false` lists devices heard from but not registered.
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    let items = s
+        .store
+        .list_devices(q.registered, q.cursor.as_deref(), limit)
+        .await?;
+    let next = if items.len() as i64 == limit {
+        items
+            .last()
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+/// `GET /api/devices/{id}`.
+pub(super) async fn get_one(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.store
+        .get_device(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::Store(crate::store::StoreError::DeviceNotFound(id)))
+}
+
+/// `PUT /api/devices/{id}`: registers or replaces the registration.
+pub(super) async fn put(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Json(mut reg): Json<Registration>,
+) -> Result<Response, ApiError> {
+    if reg.id.is_empty() {
+        reg.id = id.clone();
+    }
+    if reg.id != id {
+        return Err(ApiError::BadRequest(format!(
+            "body id {:?} differs from the path's {id:?}",
+            reg.id
+        )));
+    }
+    let problems = reg.problems(1);
+    if !problems.is_empty() {
+        return Ok(invalid(problems));
+    }
+    s.store
+        .register_devices(std::slice::from_ref(&reg), s.clock.now())
+        .await?;
+    s.registry.put([reg]);
+    Ok(Json(s.store.get_device(&id).await?).into_response())
+}
+
+/// `DELETE /api/devices/{id}`: unregisters; the device's history stays.
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.store.unregister_device(&id, s.clock.now()).await?;
+    s.registry.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/devices/{id}/frames`: the device's recent raw frames with their decode result.
+pub(super) async fn frames(State(s): State<AppState>, Path(id): Path<String>) -> Json<Value> {
+    Json(json!({ "items": s.frames.recent(&id) }))
+}
