@@ -120,5 +120,65 @@ fn commit(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_and_rules, commit);
+/// Frames per second per 4G family: every decode frame of Traccar's test file for the family,
+/// framed and decoded with a fresh session each round (as a new connection would).
+fn tcp_families(c: &mut Criterion) {
+    use anxin::protocol::tcp::{Ctx, Protocol, RawFrame, Session};
+    let ctx = Ctx {
+        received_at: at(),
+        peer: "bench".into(),
+    };
+    let mut g = c.benchmark_group("tcp_decode");
+    for proto in Protocol::ALL {
+        let path = format!("../shared/conformance/traccar/{}.json", proto.name());
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("skipping {}: {path} not found", proto.name());
+            continue;
+        };
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let frames: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|e| e["kind"] == "decode")
+            .map(|e| {
+                let f = e["frame"].as_str().unwrap();
+                if e["encoding"] == "hex" {
+                    hex::decode(f).unwrap()
+                } else {
+                    f.as_bytes().to_vec()
+                }
+            })
+            .collect();
+        g.throughput(Throughput::Elements(frames.len() as u64));
+        g.bench_function(proto.name(), |b| {
+            b.iter(|| {
+                let mut session = Session {
+                    device_id: Some("123456789012345".into()),
+                    ..Default::default()
+                };
+                for f in &frames {
+                    black_box(proto.decode(f, &mut session, &ctx));
+                }
+            })
+        });
+        // The framer alone, over the same frames as one stream.
+        let stream: Vec<u8> = frames.concat();
+        g.throughput(Throughput::Bytes(stream.len() as u64));
+        g.bench_function(format!("{}_framer", proto.name()), |b| {
+            b.iter(|| {
+                let mut f = proto.framer();
+                let mut buf = bytes::BytesMut::from(&stream[..]);
+                let mut n = 0;
+                while let Some(r) = f.next_frame(&mut buf) {
+                    if let RawFrame::Frame(_) = r {
+                        n += 1;
+                    }
+                }
+                black_box(n)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode_and_rules, commit, tcp_families);
 criterion_main!(benches);
