@@ -91,3 +91,43 @@ async fn trv_login_keep_alive_and_sos_exchange() {
     }
     let _ = read_n;
 }
+
+fn unhex(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap()
+}
+
+#[tokio::test]
+async fn jt808_register_authenticate_and_sos_exchange() {
+    let (e, port) = engine_with("jt808").await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Registration (Traccar's frame, serial 0005) → 0x8100 at once, the id as auth code.
+    let register = unhex(
+        "7e0100002d013511221122000500000000373031303748422d52303347424400000000000000000000003233363631303402cbd5424136383630387e",
+    );
+    for b in &register {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let want = unhex("7e8100000e01351122112200000005003133353131323231313232897e");
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+    // Authentication → 0x8001 with the next outgoing serial.
+    s.write_all(&unhex(
+        "7e0102000b013511221122000631333531313232313132320d7e",
+    ))
+    .await
+    .unwrap();
+    let want = unhex("7e8001000501351122112200010006010200b47e");
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+
+    // A location report with the SOS bit (terminal 013800138000): acked after commit.
+    let sos = unhex(
+        "7e02000023013800138000001000000001000000030157fb6a06cc628c00100032005a260301120000310109e4020055be7e",
+    );
+    s.write_all(&sos).await.unwrap();
+    let ack = read_n(&mut s, 20).await;
+    assert_eq!(&ack[1..3], &[0x80, 0x01], "a general response");
+    assert_eq!(
+        e.alerts("device_id=13800138000&kind=sos").await.len(),
+        1,
+        "stored before its ack"
+    );
+}
