@@ -131,3 +131,33 @@ async fn jt808_register_authenticate_and_sos_exchange() {
         "stored before its ack"
     );
 }
+
+#[tokio::test]
+async fn gt06_login_heartbeat_and_sos_exchange() {
+    let (e, port) = engine_with("gt06").await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Login of IMEI 864717003283581, serial 0x0009 → the worked-example echo, at once.
+    for b in unhex("78780d01086471700328358100093f040d0a") {
+        s.write_all(&[b]).await.unwrap();
+    }
+    let want = unhex("78780501000955940d0a");
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+    // Ten heartbeats in one write: ten echoes.
+    let hb = unhex("78780a13440604000201baaf540d0a");
+    s.write_all(&hb.repeat(10)).await.unwrap();
+    let one = unhex("7878051301bafb710d0a");
+    assert_eq!(read_n(&mut s, one.len() * 10).await, one.repeat(10));
+    // An SOS alarm packet (0x16, alarm byte 0x01): acked only after commit.
+    s.write_all(&unhex(
+        "787825161a0305080e3ac9026b2a2c0c3cb19c03145a0901cc00266a001e17040504010200211ef20d0a",
+    ))
+    .await
+    .unwrap();
+    let want = unhex("787805160021f14e0d0a");
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+    assert_eq!(
+        e.alerts("device_id=864717003283581&kind=sos").await.len(),
+        1,
+        "stored before its ack"
+    );
+}
