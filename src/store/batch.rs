@@ -190,38 +190,14 @@ impl Store {
                             out.duplicates += 1;
                             // A redelivery goes on the timeline of what it would have counted on,
                             // without counting.
-                            for hit in hits {
-                                let id: Option<i64> = sqlx::query_scalar(
-                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
-                                )
-                                .bind(&event.device_id)
-                                .bind(&hit.rule)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                if let Some(id) = id {
-                                    timeline!(tx, id, committed_at, "duplicate", event, None::<i64>);
-                                    out.changes.push(change(id, event, hit, "duplicate"));
-                                }
-                            }
+                            note_on_open!(tx, hits, event, committed_at, "duplicate", out);
                             continue;
                         }
                         out.accepted += 1;
                         if event.still_active {
                             // A level the device keeps reporting: on the timeline of what it
                             // raised, never a new press and never a new alert.
-                            for hit in hits {
-                                let id: Option<i64> = sqlx::query_scalar(
-                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
-                                )
-                                .bind(&event.device_id)
-                                .bind(&hit.rule)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                if let Some(id) = id {
-                                    timeline!(tx, id, committed_at, "still_active", event, None::<i64>);
-                                    out.changes.push(change(id, event, hit, "still_active"));
-                                }
-                            }
+                            note_on_open!(tx, hits, event, committed_at, "still_active", out);
                             plain.push(event);
                             continue;
                         }
@@ -271,14 +247,7 @@ impl Store {
                             // Conditional on still being unresolved: an operator may have just
                             // resolved it, and then this press must open a new alert.
                             let counted: Option<i64> = if hit.once {
-                                let open: Option<i64> = sqlx::query_scalar(
-                                    "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
-                                )
-                                .bind(&event.device_id)
-                                .bind(&hit.rule)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                                if open.is_some() {
+                                if open_alert!(tx, &event.device_id, &hit.rule).is_some() {
                                     continue;
                                 }
                                 None
@@ -379,6 +348,35 @@ macro_rules! insert_plain {
     }};
 }
 use insert_plain;
+
+/// The id of the unresolved alert of a device and rule, if any.
+macro_rules! open_alert {
+    ($tx:expr, $device:expr, $rule:expr) => {{
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
+        )
+        .bind($device)
+        .bind($rule)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        id
+    }};
+}
+use open_alert;
+
+/// Records `action` on the unresolved alert of each rule hit, without counting: a redelivery
+/// or a level still held is history, not a new press.
+macro_rules! note_on_open {
+    ($tx:expr, $hits:expr, $event:expr, $at:expr, $action:expr, $out:expr) => {{
+        for hit in $hits {
+            if let Some(id) = open_alert!($tx, &$event.device_id, &hit.rule) {
+                timeline!($tx, id, $at, $action, $event, None::<i64>);
+                $out.changes.push(change(id, $event, hit, $action));
+            }
+        }
+    }};
+}
+use note_on_open;
 
 /// Appends an engine entry to an alert's timeline (a macro so it compiles for both
 /// transaction types without a wall of sqlx trait bounds).

@@ -96,33 +96,13 @@ impl Framer for WatchFramer {
             i += 1;
             if i > MAX_FRAME {
                 // No end within the limit: skip to the next '[' after the start.
-                let next = buf[1..]
-                    .iter()
-                    .position(|&b| b == b'[')
-                    .map(|p| p + 1)
-                    .unwrap_or(buf.len());
-                let _ = buf.split_to(next);
-                self.reset();
-                return Some(RawFrame::Skipped {
-                    bytes: next,
-                    reason: "oversized",
-                });
+                return Some(self.skip_to_next_start(buf, "oversized"));
             }
         }
         // A header that cannot be a frame start (`[xx` that is not `[3G*`…) is junk too, once
         // four bytes are there to tell.
         if buf.len() >= 4 && !is_frame_start(buf) {
-            let next = buf[1..]
-                .iter()
-                .position(|&b| b == b'[')
-                .map(|p| p + 1)
-                .unwrap_or(buf.len());
-            let _ = buf.split_to(next);
-            self.reset();
-            return Some(RawFrame::Skipped {
-                bytes: next,
-                reason: "junk",
-            });
+            return Some(self.skip_to_next_start(buf, "junk"));
         }
         self.scanned = i;
         None
@@ -130,6 +110,21 @@ impl Framer for WatchFramer {
 }
 
 impl WatchFramer {
+    /// Drops the bytes before the next `[` after the current one.
+    fn skip_to_next_start(&mut self, buf: &mut BytesMut, reason: &'static str) -> RawFrame {
+        let next = buf[1..]
+            .iter()
+            .position(|&b| b == b'[')
+            .map(|p| p + 1)
+            .unwrap_or(buf.len());
+        let _ = buf.split_to(next);
+        self.reset();
+        RawFrame::Skipped {
+            bytes: next,
+            reason,
+        }
+    }
+
     fn reset(&mut self) {
         self.scanned = 0;
         self.depth = 0;
