@@ -161,3 +161,47 @@ async fn gt06_login_heartbeat_and_sos_exchange() {
         "stored before its ack"
     );
 }
+
+#[tokio::test]
+async fn the_connection_limit_and_idle_timeout_close_connections_and_are_counted() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("anxin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rules_file = \"{}/config/rules.toml\"\n[tcp]\nmax_connections = 1\nidle_timeout_secs = 1\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let e = Engine::start(EngineOpts {
+        env: vec![(
+            "ANXIN_TCP_LISTEN".into(),
+            format!("watch=127.0.0.1:{port},gt06=off,jt808=off,trv=off"),
+        )],
+        config: Some(config),
+        ..Default::default()
+    })
+    .await;
+    let mut first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    first.write_all(b"[3G*1000000001*0002*LK]").await.unwrap();
+    let reply = b"[3G*1000000001*0002*LK]";
+    assert_eq!(read_n(&mut first, reply.len()).await, reply);
+    // The second connection is over the limit: closed at once, counted.
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(common::DEADLINE, second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "refused connections are closed");
+    e.wait_metric("anxin_tcp_connections_refused_total{family=\"watch\"}", 1.0)
+        .await;
+    // The first one, now silent, is closed by the idle timeout.
+    let n = tokio::time::timeout(common::DEADLINE, first.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "an idle connection is closed");
+}

@@ -435,7 +435,7 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
     }
     if let Some(mut s) = root.table("tcp") {
         let t = &mut config.tcp;
-        if let Some(v) = s.int("idle_timeout_secs", 10..=86_400) {
+        if let Some(v) = s.int("idle_timeout_secs", 1..=86_400) {
             t.idle_timeout_secs = v as u64;
         }
         if let Some(v) = s.int("max_connections", 1..=1_000_000) {
