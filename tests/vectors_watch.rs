@@ -3,87 +3,59 @@
 //! expectations must all hold; the rest is counted by category. Writes the summary to
 //! `target/conformance-watch.md` for `protocols/CONFORMANCE.md`.
 
-use std::collections::BTreeMap;
+mod conformance;
 
 use anxin::event::EventType;
-use anxin::protocol::tcp::{Ctx, Protocol, RawFrame, Session, watch};
-use bytes::BytesMut;
+use anxin::protocol::tcp::{Protocol, Session, watch};
+use conformance::{
+    Tally, alarms, bytes_of, ctx, finish, first_frame, home_care_alarm, home_care_attribute,
+    no_record, short_source, split, traccar_entries,
+};
 use serde_json::Value;
 
+/// The bytes of `e[key]` in the encoding `e[enc]` names (text when it names none).
 fn frame_bytes(e: &Value, key: &str, enc: &str) -> Vec<u8> {
-    let s = e[key].as_str().unwrap();
-    if e[enc].as_str() == Some("hex") {
-        hex::decode(s).unwrap()
-    } else {
-        s.as_bytes().to_vec()
+    bytes_of(e[key].as_str().unwrap(), e[enc].as_str().unwrap_or("text"))
+}
+
+/// Traccar's attribute names → anxin's field: the common ones and the watch's body temperature.
+fn map_attribute(name: &str) -> Option<&'static str> {
+    match name {
+        "temp1" => Some("temperature"),
+        _ => home_care_attribute(name).map(|(_, field)| field),
     }
 }
 
 #[test]
 fn watch_frames_meet_every_home_care_expectation() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/conformance/traccar/watch.json"
-    );
-    let entries: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("shared/ beside the repo"))
-            .unwrap();
-    let ctx = Ctx {
-        received_at: chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap(),
-        peer: "vectors".into(),
-    };
-    let (mut passed, mut failed) = (Vec::new(), Vec::new());
-    let mut out_of_scope: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut extras = Vec::new();
+    let entries = traccar_entries("watch");
+    let ctx = ctx(chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap());
+    let mut t = Tally::default();
     for e in &entries {
-        let src = e["source"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned();
+        let src = short_source(e);
         let bytes = frame_bytes(e, "frame", "encoding");
         if e["kind"] == "frame" {
-            let mut f = Protocol::Watch.framer();
-            let mut buf = BytesMut::from(&bytes[..]);
-            let first = std::iter::from_fn(|| f.next_frame(&mut buf)).find_map(|r| match r {
-                RawFrame::Frame(b) => Some(b),
-                RawFrame::Skipped { .. } => None,
-            });
+            let first = first_frame(&split(Protocol::Watch, &bytes, bytes.len()));
             let want = frame_bytes(&e["expect"], "first_frame", "first_frame_encoding");
             let got = first.map(|b| watch::unescape(&b));
-            (if got.as_deref() == Some(&want[..]) {
-                &mut passed
-            } else {
-                &mut failed
-            })
-            .push(format!("{src}: first frame"));
+            t.check("first frame", got.as_deref() == Some(&want[..]), || {
+                src.to_owned()
+            });
             continue;
         }
         let mut session = Session::default();
         let out = Protocol::Watch.decode(&bytes, &mut session, &ctx);
         let ex = &e["expect"];
         let types: Vec<EventType> = out.events.iter().map(|e| e.event_type).collect();
-        let mut check = |what: String, ok: bool| {
-            (if ok { &mut passed } else { &mut failed }).push(format!("{src}: {what}"))
-        };
         if let Some(alarm) = ex["alarm"].as_str() {
+            let have = alarms(&out.events);
             for a in alarm.split(',') {
-                let ok = match a {
-                    "sos" => types.contains(&EventType::Sos),
-                    "removing" => out.events.iter().any(|e| {
-                        e.event_type == EventType::Removal && e.text("state") == Some("removed")
+                match home_care_alarm(a) {
+                    Some(name) => t.check("alarm", have.iter().any(|h| h == name), || {
+                        format!("{src}: alarm {a}")
                     }),
-                    "fallDown" => types.contains(&EventType::Fall),
-                    "lowBattery" => out.events.iter().any(|e| e.text("level") == Some("low")),
-                    other => {
-                        *out_of_scope.entry("alarm (not home care)").or_default() += 1;
-                        let _ = other;
-                        continue;
-                    }
-                };
-                check(format!("alarm {a}"), ok);
+                    None => t.skip("alarm (not home care)"),
+                }
             }
             for ev in &out.events {
                 let traccar = |n: &str| alarm.split(',').any(|a| a == n);
@@ -98,12 +70,14 @@ fn watch_frames_meet_every_home_care_expectation() {
                     _ => None,
                 };
                 if let Some(x) = extra {
-                    extras.push(format!("{src}: {x}"));
+                    t.extra_alarms.push(format!("{src}: {x}"));
                 }
             }
         }
         if ex["has_position"] == true {
-            check("has position".into(), types.contains(&EventType::Position));
+            t.check("has position", types.contains(&EventType::Position), || {
+                src.to_owned()
+            });
         }
         if let Some(p) = ex.get("position") {
             let pos = out
@@ -122,30 +96,19 @@ fn watch_frames_meet_every_home_care_expectation() {
                         .as_deref()
                         == p["time"].as_str()
             });
-            check("position".into(), ok);
+            t.check("position", ok, || src.to_owned());
         }
         if ex["null"] == true {
-            let ok = out
-                .events
-                .iter()
-                .all(|e| matches!(e.event_type, EventType::Heartbeat | EventType::Battery));
-            check("no event".into(), ok);
+            t.check("no event", no_record(&out.events), || src.to_owned());
         }
         if let Some(attrs) = ex["attributes"].as_object() {
             for (k, v) in attrs {
-                let field = match k.as_str() {
-                    "bloodOxygen" => "spo2",
-                    "temp1" => "temperature",
-                    "heartRate" => "heart_rate",
-                    "batteryLevel" => "percent",
-                    "steps" => "steps",
-                    _ => {
-                        *out_of_scope.entry("media (voice upload)").or_default() += 1;
-                        continue;
-                    }
+                let Some(field) = map_attribute(k) else {
+                    t.skip("media (voice upload)");
+                    continue;
                 };
                 let ok = out.events.iter().any(|e| e.number(field) == v.as_f64());
-                check(format!("{k} = {v}"), ok);
+                t.check("attribute", ok, || format!("{src}: {k} = {v}"));
             }
         }
         if ex["has_attributes"] == true {
@@ -155,15 +118,14 @@ fn watch_frames_meet_every_home_care_expectation() {
                 .windows(8)
                 .any(|w| w.eq_ignore_ascii_case(b"*heart,0"))
             {
-                *out_of_scope
-                    .entry("deliberate: 0 bpm is no reading")
-                    .or_default() += 1;
+                t.skip("deliberate: 0 bpm is no reading");
             } else {
-                check(
-                    "has attributes".into(),
+                t.check(
+                    "has attributes",
                     out.events
                         .iter()
                         .any(|e| !e.fields.is_empty() && e.event_type != EventType::Position),
+                    || src.to_owned(),
                 );
             }
         }
@@ -171,34 +133,26 @@ fn watch_frames_meet_every_home_care_expectation() {
     // Our own expectation (PROTOCOLS.md §2, "A fall example"): status 00200010 is a fall.
     let fall = "[3G*8308373902*0080*AL,230817,095346,A,47.083950,N,15.4821850,E,7.60,273.8,0.0,4,15,44,0,0,00200010,2,255,232,1,7605,42530,118,7605,58036,119,0,65.8]";
     let out = Protocol::Watch.decode(fall.as_bytes(), &mut Session::default(), &ctx);
-    (if out.events.iter().any(|e| e.event_type == EventType::Fall) {
-        &mut passed
-    } else {
-        &mut failed
-    })
-    .push("WatchProtocolDecoderTest.java:88: fall (anxin's own expectation, status bit 21)".into());
+    t.check(
+        "alarm",
+        out.events.iter().any(|e| e.event_type == EventType::Fall),
+        || "WatchProtocolDecoderTest.java:88: fall (anxin's own expectation, status bit 21)".into(),
+    );
 
     let mut md = format!(
         "### watch\n\nIn-scope home-care expectations: **{} passed, {} failed** (of {} Traccar entries).\n\n",
-        passed.len(),
-        failed.len(),
+        t.passed(),
+        t.failed.len(),
         entries.len()
     );
-    for (k, n) in &out_of_scope {
+    for (k, n) in &t.out_of_scope {
         md.push_str(&format!("- out of scope — {k}: {n}\n"));
     }
-    for x in &extras {
+    for x in &t.extra_alarms {
         md.push_str(&format!("- extra alarm reported beyond Traccar: {x}\n"));
     }
-    for f in &failed {
+    for f in &t.failed {
         md.push_str(&format!("- FAILED: {f}\n"));
     }
-    let _ = std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/target"));
-    let _ = std::fs::write(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/conformance-watch.md"),
-        &md,
-    );
-    eprintln!("{md}");
-    assert!(failed.is_empty(), "{md}");
-    assert!(passed.len() >= 50, "{md}");
+    finish("watch", &t, &md, 50);
 }
