@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use anxin_sim::drain::{self, DrainArgs};
@@ -11,8 +11,12 @@ use anxin_sim::load::{self, LoadArgs, Mix};
 use anxin_sim::mqtt::{BrokerAddr, Endpoint, Protocol};
 use anxin_sim::payload::{MAX_PAYLOAD_BYTES, valid_device_id};
 use anxin_sim::scenario::{self, Scenario};
+use anxin_sim::tcp::Family;
+use anxin_sim::tcp::scenario::{self as tcp_scenario, ScenarioArgs, TcpScenario};
+use anxin_sim::tcp::soak::{self, SoakArgs};
 
-/// Device simulator for anxin: publishes the canonical anxin JSON format over MQTT.
+/// Device simulator for anxin: publishes the canonical anxin JSON format over MQTT, and plays
+/// the 4G TCP device families (watch, gt06, jt808, trv) against the engine's TCP listeners.
 #[derive(Debug, Parser)]
 #[command(name = "anxin-sim", version)]
 struct Cli {
@@ -62,6 +66,63 @@ enum Command {
     Load(LoadCli),
     /// Subscribe to all devices' events with a persistent session and count them (baseline).
     Drain(DrainCli),
+    /// Play a 4G TCP device family against the engine's TCP listener (MQTT options unused).
+    Tcp(TcpCli),
+}
+
+#[derive(Debug, Args)]
+struct TcpCli {
+    /// Device family.
+    #[arg(long, value_enum)]
+    family: Family,
+    /// Engine listener as host:port [default: 127.0.0.1 on the family's port: watch 5093,
+    /// gt06 5023, jt808 5015, trv 5010].
+    #[arg(long)]
+    addr: Option<String>,
+    #[command(subcommand)]
+    mode: TcpMode,
+}
+
+#[derive(Debug, Subcommand)]
+enum TcpMode {
+    /// Connect, log in and play a script, printing every frame sent and received; exits 1
+    /// unless every frame that expects an ack was acked.
+    Scenario {
+        /// Which script to play.
+        #[arg(value_enum)]
+        name: TcpScenario,
+        /// Device id: IMEI (gt06, trv), 10-digit code (watch), terminal number (jt808).
+        #[arg(long)]
+        device: String,
+        /// Seconds to wait for an ack before retransmitting the frame unchanged.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        retry_secs: u64,
+        /// Retransmissions after the first transmission.
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+    },
+    /// Hold N connections open, each a distinct device sending keep-alives, and count acks,
+    /// missing acks and disconnects; exits 1 if any ack was missing or a connection dropped.
+    Soak {
+        /// Connections (devices) to open.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        connections: u32,
+        /// Seconds between one connection's keep-alives.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        interval_secs: u64,
+        /// Seconds to keep sending keep-alives, from the start of the run.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        duration_secs: u64,
+        /// New connections per second while ramping up.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        ramp_per_sec: u32,
+        /// Number of the first device, so that parallel soaks use distinct device ids.
+        #[arg(long, default_value_t = 0)]
+        id_start: u64,
+        /// Seconds after which an unanswered login or keep-alive counts as missing.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        ack_timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +269,56 @@ async fn run(cli: Cli) -> Result<bool> {
             };
             drain::run(&endpoint, root, &args).await
         }
+        Command::Tcp(tcp) => run_tcp(tcp).await,
+    }
+}
+
+/// Runs a `tcp` subcommand.
+async fn run_tcp(tcp: TcpCli) -> Result<bool> {
+    let addr = tcp
+        .addr
+        .unwrap_or_else(|| format!("127.0.0.1:{}", tcp.family.default_port()));
+    match tcp.mode {
+        TcpMode::Scenario {
+            name,
+            device,
+            retry_secs,
+            retries,
+        } => {
+            let args = ScenarioArgs {
+                family: tcp.family,
+                addr,
+                device,
+                retry_every: Duration::from_secs(retry_secs),
+                retries,
+            };
+            tcp_scenario::run(name, &args).await
+        }
+        TcpMode::Soak {
+            connections,
+            interval_secs,
+            duration_secs,
+            ramp_per_sec,
+            id_start,
+            ack_timeout_secs,
+        } => {
+            let resolved = tokio::net::lookup_host(&addr)
+                .await
+                .with_context(|| format!("resolving {addr}"))?
+                .next()
+                .with_context(|| format!("{addr} resolves to no address"))?;
+            let args = SoakArgs {
+                family: tcp.family,
+                addr: resolved,
+                connections,
+                interval: Duration::from_secs(interval_secs),
+                duration: Duration::from_secs(duration_secs),
+                ramp_per_sec,
+                id_start,
+                ack_timeout: Duration::from_secs(ack_timeout_secs),
+            };
+            Ok(soak::run(args).await?.passed())
+        }
     }
 }
 
@@ -249,6 +360,84 @@ mod tests {
     fn drain_needs_a_count_unless_only_subscribing() {
         assert!(Cli::try_parse_from(["anxin-sim", "drain"]).is_err());
         assert!(Cli::try_parse_from(["anxin-sim", "drain", "--subscribe-only"]).is_ok());
+    }
+
+    #[test]
+    fn tcp_subcommands_parse() {
+        let cli = Cli::try_parse_from([
+            "anxin-sim",
+            "tcp",
+            "--family",
+            "gt06",
+            "--addr",
+            "127.0.0.1:5023",
+            "scenario",
+            "sos",
+            "--device",
+            "123456789012345",
+            "--retry-secs",
+            "2",
+        ])
+        .unwrap();
+        let Command::Tcp(tcp) = cli.command else {
+            panic!("not tcp")
+        };
+        assert_eq!(tcp.family, Family::Gt06);
+        assert!(matches!(
+            tcp.mode,
+            TcpMode::Scenario {
+                name: TcpScenario::Sos,
+                retry_secs: 2,
+                retries: 5,
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "anxin-sim",
+            "tcp",
+            "--family",
+            "watch",
+            "soak",
+            "--connections",
+            "10",
+            "--interval-secs",
+            "5",
+            "--duration-secs",
+            "30",
+        ])
+        .unwrap();
+        let Command::Tcp(tcp) = cli.command else {
+            panic!("not tcp")
+        };
+        assert!(matches!(
+            tcp.mode,
+            TcpMode::Soak {
+                connections: 10,
+                ramp_per_sec: 500,
+                ack_timeout_secs: 30,
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["anxin-sim", "tcp", "--family", "nokia", "scenario", "sos"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "anxin-sim",
+                "tcp",
+                "--family",
+                "trv",
+                "soak",
+                "--connections",
+                "0",
+                "--interval-secs",
+                "1",
+                "--duration-secs",
+                "1"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
