@@ -86,8 +86,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the open-files limit to its hard maximum: every device connection is a descriptor,
+/// and the usual soft default of 1024 would stop a listener near 1000 devices.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "Could not raise the open-files limit; device connections are capped by it"
+                );
+            }
+        }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            tracing::info!(open_files = lim.rlim_cur, "Open-files limit");
+        }
+    }
+}
+
 async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     use anyhow::Context;
+    raise_fd_limit();
     let addr = loaded.config.http.addr;
     let http = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("binding the operator API on {addr} (set ANXIN_HTTP_ADDR to move it)")
