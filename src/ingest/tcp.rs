@@ -36,17 +36,48 @@ use crate::registry::{Registry, UnknownPolicy};
 use crate::telemetry::{self, names};
 
 /// Frames kept per device for `GET /api/devices/{id}/frames`: enough to see a login, its
-/// keep-alives and the last alarm; at ~300 bytes a record, ~3 KiB a device (30 MB for a
-/// 10 000-device fleet, measured in BENCHMARKS.md).
+/// keep-alives and the last alarm, at a few hundred bytes a record.
 const FRAMES_PER_DEVICE: usize = 10;
 /// Bytes of each frame kept there; enough to read any control frame, bounded for memory.
 const FRAME_BYTES_KEPT: usize = 512;
 
+/// One logged frame, kept compact (the JSON is built only when someone asks).
+#[derive(Debug)]
+struct FrameRecord {
+    at: DateTime<Utc>,
+    family: &'static str,
+    len: usize,
+    kept: Box<[u8]>,
+    events: Box<[&'static str]>,
+    reply: Option<Box<[u8]>>,
+    error: Option<(&'static str, Box<str>)>,
+}
+
+impl FrameRecord {
+    fn to_json(&self) -> Value {
+        // Text families read as text, binary ones as hex.
+        let (text, hex) = match std::str::from_utf8(&self.kept) {
+            Ok(t) if !t.chars().any(char::is_control) => (Some(t), None),
+            _ => (None, Some(hex::encode(&self.kept))),
+        };
+        json!({
+            "at": self.at,
+            "family": self.family,
+            "bytes": self.len,
+            "hex": hex,
+            "text": text,
+            "events": self.events,
+            "reply_hex": self.reply.as_ref().map(hex::encode),
+            "error": self.error.as_ref().map(|(r, d)| json!({"reason": r, "detail": d})),
+        })
+    }
+}
+
 /// The recent raw frames of each device with their decode result, in memory and bounded
-/// (20 per device), for installers checking a device.
+/// (10 per device, 512 bytes of each), for installers checking a device.
 #[derive(Debug, Clone, Default)]
 pub struct FrameLog {
-    map: Arc<DashMap<String, VecDeque<Value>>>,
+    map: Arc<DashMap<String, VecDeque<FrameRecord>>>,
 }
 
 impl FrameLog {
@@ -54,39 +85,32 @@ impl FrameLog {
     pub fn record(
         &self,
         device: &str,
-        family: &str,
+        family: &'static str,
         at: DateTime<Utc>,
         frame: &[u8],
         out: &FrameOutput,
     ) {
-        let kept = &frame[..frame.len().min(FRAME_BYTES_KEPT)];
-        // Text families are kept as text, binary ones as hex: one copy, not both.
-        let (text, hex) = match std::str::from_utf8(kept) {
-            Ok(t) if !t.chars().any(char::is_control) => (Some(t.to_owned()), None),
-            _ => (None, Some(hex::encode(kept))),
+        let rec = FrameRecord {
+            at,
+            family,
+            len: frame.len(),
+            kept: frame[..frame.len().min(FRAME_BYTES_KEPT)].into(),
+            events: out.events.iter().map(|e| e.event_type.name()).collect(),
+            reply: out.reply.as_deref().map(Into::into),
+            error: out.error.as_ref().map(|(r, d)| (*r, d.as_str().into())),
         };
-        let entry = json!({
-            "at": at,
-            "family": family,
-            "bytes": frame.len(),
-            "hex": hex,
-            "text": text,
-            "events": out.events.iter().map(|e| e.event_type.name()).collect::<Vec<_>>(),
-            "reply_hex": out.reply.as_ref().map(hex::encode),
-            "error": out.error.as_ref().map(|(r, d)| json!({"reason": r, "detail": d})),
-        });
         let mut q = self.map.entry(device.to_owned()).or_default();
         if q.len() == FRAMES_PER_DEVICE {
             q.pop_front();
         }
-        q.push_back(entry);
+        q.push_back(rec);
     }
 
     /// The recent frames of `device`, oldest first.
     pub fn recent(&self, device: &str) -> Vec<Value> {
         self.map
             .get(device)
-            .map(|q| q.iter().cloned().collect())
+            .map(|q| q.iter().map(FrameRecord::to_json).collect())
             .unwrap_or_default()
     }
 }
