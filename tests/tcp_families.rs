@@ -130,6 +130,22 @@ async fn jt808_register_authenticate_and_sos_exchange() {
         1,
         "stored before its ack"
     );
+
+    // Ten heartbeats in one write: ten general responses, each with the next serial.
+    let hb = unhex("7e0002000004304832546500b7ca7e");
+    s.write_all(&hb.repeat(10)).await.unwrap();
+    let replies = read_n(&mut s, 20 * 10).await;
+    let serials: Vec<u16> = replies
+        .chunks(20)
+        .map(|r| {
+            assert_eq!(&r[1..3], &[0x80, 0x01]);
+            u16::from_be_bytes([r[11], r[12]])
+        })
+        .collect();
+    assert!(
+        serials.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{serials:?}"
+    );
 }
 
 #[tokio::test]
