@@ -156,3 +156,22 @@ fn watch_frames_meet_every_home_care_expectation() {
     }
     finish("watch", &t, &md, 50);
 }
+
+#[test]
+fn anxin_watch_vectors_decode_to_their_expected_events_and_replies() {
+    use anxin::protocol::tcp::Protocol;
+    for (name, v) in conformance::vectors("watch", 4) {
+        let frame = v["frame"].as_str().unwrap().as_bytes();
+        let mut session = conformance::vector_session(&v);
+        let out = Protocol::Watch.decode(
+            frame,
+            &mut session,
+            &conformance::ctx(conformance::received_at(&v)),
+        );
+        let reply = out
+            .reply
+            .as_deref()
+            .map(|r| String::from_utf8_lossy(r).into_owned());
+        conformance::assert_vector(&name, &v, &session, &out, reply);
+    }
+}
