@@ -64,6 +64,14 @@ impl Framer for WatchFramer {
             });
         }
         if self.scanned == 0 {
+            // Judge the header first: a stray '[' then costs one look, not a scan of the
+            // whole buffer (which made a run of '[' quadratic — found by fuzzing).
+            if buf.len() < 4 {
+                return None;
+            }
+            if !is_frame_start(buf) {
+                return Some(self.skip_to_next_start(buf, "junk"));
+            }
             self.scanned = 1;
             self.depth = 1;
         }
@@ -71,9 +79,13 @@ impl Framer for WatchFramer {
         while i < buf.len() {
             match buf[i] {
                 b'[' => {
+                    // Wait until four bytes tell whether a new header starts here.
+                    if buf.len() < i + 4 {
+                        break;
+                    }
                     // A new frame header inside an unfinished frame: the earlier frame was
                     // cut short (a device reconnecting mid-frame). Drop it, keep the new one.
-                    if buf.len() >= i + 4 && is_frame_start(&buf[i..]) && self.depth >= 1 {
+                    if is_frame_start(&buf[i..]) {
                         let _ = buf.split_to(i);
                         self.reset();
                         return Some(RawFrame::Skipped {
@@ -95,14 +107,15 @@ impl Framer for WatchFramer {
             }
             i += 1;
             if i > MAX_FRAME {
-                // No end within the limit: skip to the next '[' after the start.
-                return Some(self.skip_to_next_start(buf, "oversized"));
+                // No end within the limit. Every '[' scanned was checked for a header, so
+                // nothing in these bytes can start a frame: all of them go at once.
+                let _ = buf.split_to(i);
+                self.reset();
+                return Some(RawFrame::Skipped {
+                    bytes: i,
+                    reason: "oversized",
+                });
             }
-        }
-        // A header that cannot be a frame start (`[xx` that is not `[3G*`…) is junk too, once
-        // four bytes are there to tell.
-        if buf.len() >= 4 && !is_frame_start(buf) {
-            return Some(self.skip_to_next_start(buf, "junk"));
         }
         self.scanned = i;
         None
@@ -757,11 +770,33 @@ mod tests {
         assert_eq!(
             f[0],
             RawFrame::Skipped {
-                bytes: MAX_FRAME + 10,
+                bytes: MAX_FRAME + 1,
                 reason: "oversized"
             }
         );
-        assert!(matches!(f[1], RawFrame::Frame(_)));
+        assert_eq!(
+            f[1],
+            RawFrame::Skipped {
+                bytes: 9,
+                reason: "junk"
+            }
+        );
+        assert!(matches!(f[2], RawFrame::Frame(_)));
+    }
+
+    #[test]
+    fn a_long_run_of_brackets_is_skipped_in_linear_time() {
+        // Found by fuzzing: a frame start followed by MAX_FRAME '[' used to be rescanned
+        // once per skipped byte.
+        let mut input = b"[3G*1*0002*UD,".to_vec();
+        input.resize(MAX_FRAME + 200, b'[');
+        input.extend_from_slice(b"[3G*1*0002*LK]");
+        let f = frames(&input.chunks(52).collect::<Vec<_>>());
+        assert!(
+            matches!(f.last(), Some(RawFrame::Frame(_))),
+            "{:?}",
+            f.last()
+        );
     }
 
     mod props {
