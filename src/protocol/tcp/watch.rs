@@ -79,9 +79,19 @@ impl Framer for WatchFramer {
         while i < buf.len() {
             match buf[i] {
                 b'[' => {
-                    // Wait until four bytes tell whether a new header starts here.
+                    // Wait until four bytes tell whether a new header starts here — unless that
+                    // would hold more than a frame's worth: then what came before is oversized
+                    // and goes, and this '[' is judged on the next call.
                     if buf.len() < i + 4 {
-                        break;
+                        if i + 4 <= MAX_FRAME {
+                            break;
+                        }
+                        let _ = buf.split_to(i);
+                        self.reset();
+                        return Some(RawFrame::Skipped {
+                            bytes: i,
+                            reason: "oversized",
+                        });
                     }
                     // A new frame header inside an unfinished frame: the earlier frame was
                     // cut short (a device reconnecting mid-frame). Drop it, keep the new one.
@@ -797,6 +807,26 @@ mod tests {
             "{:?}",
             f.last()
         );
+    }
+
+    #[test]
+    fn a_bracket_at_the_size_limit_never_makes_the_buffer_outgrow_a_frame() {
+        // Found by fuzzing: waiting on a '[' in the last bytes before the limit held one byte
+        // more than a frame's worth.
+        let mut input = b"[3G*1*0002*UD,".to_vec();
+        input.resize(MAX_FRAME - 1, b'x');
+        input.extend_from_slice(b"[3G*1*0002*LK]");
+        let mut f = WatchFramer::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for c in input.chunks(64) {
+            buf.extend_from_slice(c);
+            assert!(buf.len() <= MAX_FRAME + 64, "{}", buf.len());
+            while let Some(r) = f.next_frame(&mut buf) {
+                out.push(r);
+            }
+        }
+        assert!(matches!(out.last(), Some(RawFrame::Frame(_))), "{out:?}");
     }
 
     mod props {
