@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
+use crate::config::live::Live;
 use crate::config::{Loaded, MqttTarget};
 use crate::dispatch::{self, AppState};
 use crate::ingest::mqtt::MqttIngest;
@@ -30,7 +31,18 @@ pub async fn run(
     http: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Loaded { config, rules } = loaded;
+    let Loaded {
+        config,
+        rules,
+        profiles,
+    } = loaded;
+    // Rules and profiles: swapped as a whole on reload (SIGHUP or the API).
+    let live_config = Live::new(
+        rules,
+        profiles,
+        &config.mqtt.topic_root,
+        config.file.clone(),
+    );
     let metrics = telemetry::metrics_handle();
 
     // 1. Store: keep trying while it is unreachable; nothing can be acked without it.
@@ -89,7 +101,15 @@ pub async fn run(
             },
         ),
     };
-    let ingest = MqttIngest::new(&config.mqtt, &client_id, &host, port, v5, window);
+    let ingest = MqttIngest::new(
+        &config.mqtt,
+        live_config.filters(),
+        &client_id,
+        &host,
+        port,
+        v5,
+        window,
+    );
     let conn = ingest.conn();
     let sink = ingest.sink();
 
@@ -100,7 +120,7 @@ pub async fn run(
         config.pipeline.clone(),
         ingest.window.max(64),
         store.clone(),
-        Arc::new(rules),
+        live_config.clone(),
         clock.clone(),
         sink.clone(),
         live.clone(),
@@ -168,8 +188,32 @@ pub async fn run(
         })
     };
 
+    // 6b. SIGHUP reloads rules and profiles.
+    let hup = {
+        let live_config = live_config.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                tracing::error!("Cannot install the SIGHUP handler; reload through the API");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {}
+                    _ = stop.cancelled() => break,
+                }
+                tracing::info!("SIGHUP: reloading rules and profiles");
+                let l = live_config.clone();
+                // Reading files blocks; keep it off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || l.reload()).await;
+            }
+        })
+    };
+
     // 7. HTTP.
     let ready_conn = conn.clone();
+    let filter_conn = conn.clone();
     let state = AppState {
         store: store.clone(),
         clock: clock.clone(),
@@ -179,6 +223,8 @@ pub async fn run(
         ingest_ready: Arc::new(move || ready_conn.is_subscribed()),
         registry,
         frames,
+        config: live_config.clone(),
+        subscribed: Arc::new(move |f: &str| filter_conn.is_filter_subscribed(f)),
     };
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();
@@ -207,6 +253,7 @@ pub async fn run(
         hard_stop.cancel();
     }
     upkeep.abort();
+    hup.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     store.close().await;
     tracing::info!("Stopped");

@@ -28,19 +28,33 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Decode one device frame and print `{"events": [...], "reply_hex": "..."}`.
+    /// Decode one device frame (`--protocol`) or one vendor JSON payload (`--profile`) and
+    /// print the events as JSON.
     Decode {
         /// Family: watch, gt06, jt808, trv.
-        #[arg(long)]
-        protocol: String,
+        #[arg(long, required_unless_present = "profile", conflicts_with = "profile")]
+        protocol: Option<String>,
         /// The frame as hex (spaces allowed).
-        #[arg(long, conflicts_with = "text", required_unless_present = "text")]
+        #[arg(long, conflicts_with_all = ["text", "json"])]
         hex: Option<String>,
         /// The frame as text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "json")]
         text: Option<String>,
         /// Device id to assume for families that name the device only at login.
         #[arg(long, default_value = "unknown")]
         device: String,
+        /// A vendor profile by name (a `*.toml` in the profiles directory).
+        #[arg(long, requires = "json")]
+        profile: Option<String>,
+        /// The MQTT payload for `--profile`.
+        #[arg(long)]
+        json: Option<String>,
+        /// The MQTT topic the payload arrived on (gives the device id when the profile's
+        /// topic pattern has `{device_id}`).
+        #[arg(long, requires = "profile")]
+        topic: Option<String>,
+        /// Engine config file naming the profiles directory (default config/anxin.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }

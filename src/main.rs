@@ -16,9 +16,17 @@ fn main() -> ExitCode {
         Command::CheckConfig { config: path } => {
             match config::load(path.as_deref(), &config::process_env) {
                 Ok(l) => {
+                    let names: Vec<&str> = l
+                        .profiles
+                        .profiles
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect();
                     println!(
-                        "config OK: {} rule(s), store {}, mqtt {:?}",
+                        "config OK: {} rule(s), {} profile(s) [{}], store {}, mqtt {:?}",
                         l.rules.rules.len(),
+                        names.len(),
+                        names.join(", "),
                         l.config.store_url(),
                         l.config.mqtt.target
                     );
@@ -38,21 +46,37 @@ fn main() -> ExitCode {
             hex,
             text,
             device,
-        } => match anxin::protocol::tcp::decode_cli(
-            &protocol,
-            hex.as_deref(),
-            text.as_deref(),
-            &device,
-        ) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+            profile,
+            json,
+            topic,
+            config: path,
+        } => {
+            let out = match (protocol, profile) {
+                (Some(protocol), _) => anxin::protocol::tcp::decode_cli(
+                    &protocol,
+                    hex.as_deref(),
+                    text.as_deref(),
+                    &device,
+                ),
+                (None, Some(profile)) => decode_profile(
+                    path.as_deref(),
+                    &profile,
+                    json.as_deref().unwrap_or_default(),
+                    topic.as_deref(),
+                ),
+                (None, None) => Err("give --protocol or --profile".into()),
+            };
+            match out {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("anxin decode: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("anxin decode: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Run { config: path } => {
             let loaded = match config::load(path.as_deref(), &config::process_env) {
                 Ok(l) => l,
@@ -84,6 +108,70 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `anxin decode --profile`: loads the configuration (for the profiles directory and the
+/// topic root), maps one payload and prints `{"events": [...], "rejections": [...]}`.
+fn decode_profile(
+    path: Option<&std::path::Path>,
+    name: &str,
+    payload: &str,
+    topic: Option<&str>,
+) -> Result<String, String> {
+    let loaded = config::load(path, &config::process_env).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        format!("the configuration has problems:\n{}", list.join("\n"))
+    })?;
+    let known: Vec<&str> = loaded
+        .profiles
+        .profiles
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    let profile = loaded.profiles.get(name).ok_or_else(|| {
+        format!(
+            "no profile {name:?}; loaded: {}",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )
+    })?;
+    let device = match topic {
+        Some(t) => profile.topic.matches(t).ok_or_else(|| {
+            format!(
+                "topic {t:?} does not match profile {name}'s pattern {}",
+                profile.topic.text
+            )
+        })?,
+        None if profile.topic.has_device() && profile.device_id.is_none() => {
+            return Err(format!(
+                "profile {name} takes the device id from the topic ({}); pass --topic",
+                profile.topic.text
+            ));
+        }
+        None => None,
+    };
+    let decoded = profile.decode(
+        topic.unwrap_or(&profile.topic.text),
+        device,
+        payload.as_bytes(),
+        chrono::Utc::now(),
+    );
+    let mut events = Vec::new();
+    let mut rejections = Vec::new();
+    for item in decoded.items {
+        match item {
+            Ok(e) => events.push(e.to_json()),
+            Err(r) => rejections.push(serde_json::json!({
+                "reason": r.reason.as_str(),
+                "detail": r.detail,
+                "device_id": r.device_id,
+            })),
+        }
+    }
+    Ok(serde_json::json!({ "events": events, "rejections": rejections }).to_string())
 }
 
 /// Raises the open-files limit to its hard maximum: every device connection is a descriptor,

@@ -61,6 +61,13 @@ pub mod names {
     pub const TCP_THROTTLED: &str = "anxin_tcp_throttled_total";
     /// Alerts opened.
     pub const ALERTS_OPENED: &str = "anxin_alerts_opened_total";
+    /// Events a vendor profile produced, by `profile`.
+    pub const PROFILE_EVENTS: &str = "anxin_profile_events_total";
+    /// Elements or messages a vendor profile refused, by `profile` and `reason` (also counted
+    /// in `anxin_ingest_rejected_total`).
+    pub const PROFILE_REJECTED: &str = "anxin_profile_rejected_total";
+    /// Configuration reloads, by `result` (`ok` or `refused`).
+    pub const CONFIG_RELOADS: &str = "anxin_config_reloads_total";
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.

@@ -1,6 +1,8 @@
 //! Engine configuration: `config/anxin.toml`, environment overrides (CONTRACT.md), defaults in
 //! one place ([`Config::default`]). Loading collects every problem with file, line and key.
 
+pub mod live;
+pub mod profiles;
 pub mod reader;
 
 use std::net::SocketAddr;
@@ -12,9 +14,13 @@ use crate::protocol::tcp::Protocol;
 use crate::registry::UnknownPolicy;
 
 use crate::pipeline::rules::RuleSet;
+use crate::protocol::profile::ProfileSet;
 
 /// The default engine config path, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "config/anxin.toml";
+
+/// The profiles directory used when the config names none, relative to the working directory.
+pub const DEFAULT_PROFILES_DIR: &str = "protocols";
 
 /// Where the engine's MQTT connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +187,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The rules file.
     pub rules_file: PathBuf,
+    /// The vendor profiles directory (`[profiles] dir`); `None`: `protocols` in the working
+    /// directory when it exists, else no profiles.
+    pub profiles_dir: Option<PathBuf>,
     /// Store settings.
     pub store: StoreConfig,
     /// MQTT settings.
@@ -203,6 +212,7 @@ impl Default for Config {
             file: None,
             data_dir: PathBuf::from("data"),
             rules_file: PathBuf::from("config/rules.toml"),
+            profiles_dir: None,
             store: StoreConfig {
                 url: None,
                 max_connections: 8,
@@ -277,6 +287,8 @@ pub struct Loaded {
     pub config: Config,
     /// Compiled rules.
     pub rules: RuleSet,
+    /// Vendor JSON profiles.
+    pub profiles: ProfileSet,
 }
 
 /// Reads the engine config (`path`, or [`DEFAULT_CONFIG`] when it exists), applies the
@@ -323,8 +335,26 @@ pub fn load(
             None
         }
     };
-    match rules {
-        Some(rules) if problems.is_empty() => Ok(Loaded { config, rules }),
+    let profiles = match config.profiles_dir.clone() {
+        Some(dir) => profiles::load_dir(&dir, &config.mqtt.topic_root),
+        None if Path::new(DEFAULT_PROFILES_DIR).is_dir() => {
+            profiles::load_dir(Path::new(DEFAULT_PROFILES_DIR), &config.mqtt.topic_root)
+        }
+        None => Ok(ProfileSet::default()),
+    };
+    let profiles = match profiles {
+        Ok(p) => Some(p),
+        Err(p) => {
+            problems.extend(p);
+            None
+        }
+    };
+    match (rules, profiles) {
+        (Some(rules), Some(profiles)) if problems.is_empty() => Ok(Loaded {
+            config,
+            rules,
+            profiles,
+        }),
         _ => Err(problems),
     }
 }
@@ -460,6 +490,12 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
     if let Some(mut s) = root.table("devices") {
         if let Some(v) = s.choice("unknown", &["reject", "quarantine", "accept"]) {
             config.unknown_devices = UnknownPolicy::parse(&v).expect("choice checked");
+        }
+        s.finish();
+    }
+    if let Some(mut s) = root.table("profiles") {
+        if let Some((p, _)) = s.string("dir") {
+            config.profiles_dir = Some(base.join(p));
         }
         s.finish();
     }

@@ -76,6 +76,16 @@ impl<'s> Ctx<'s> {
         });
     }
 
+    /// Whether a problem was recorded at `key` or under it (to skip follow-on messages).
+    pub fn has_problem_at(&self, key: &str) -> bool {
+        self.problems.borrow().iter().any(|p| {
+            p.key == key
+                || p.key
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    }
+
     /// The problems found so far.
     pub fn into_problems(self) -> Vec<Problem> {
         self.problems.into_inner()
@@ -128,6 +138,16 @@ impl<'a, 's> Section<'a, 's> {
         let (k, item) = self.table.get_key_value(key)?;
         let line = self.ctx.line_of(k.span().or_else(|| item.span()));
         Some((item, line))
+    }
+
+    /// The raw item at `key`, without marking it read.
+    pub fn peek(&self, key: &str) -> Option<&'a Item> {
+        self.table.get(key)
+    }
+
+    /// Records a problem about this table as a whole.
+    pub fn problem_here(&self, message: impl Into<String>) {
+        self.ctx.problem(self.line, self.path.clone(), message);
     }
 
     /// Records a problem at `key` of this table.
@@ -272,6 +292,96 @@ impl<'a, 's> Section<'a, 's> {
         out
     }
 
+    /// A number; integers are accepted too.
+    pub fn number(&mut self, key: &'static str) -> Option<(f64, usize)> {
+        let (item, line) = self.item(key)?;
+        match (item.as_float(), item.as_integer()) {
+            (Some(f), _) if f.is_finite() => Some((f, line)),
+            (_, Some(i)) => Some((i as f64, line)),
+            _ => {
+                self.problem(
+                    line,
+                    key,
+                    format!("expected a number, found {}", type_name(item)),
+                );
+                None
+            }
+        }
+    }
+
+    /// A non-empty list of scalars (strings, numbers, booleans), each as text: for values
+    /// compared with what a device sent, where `1` and `"1"` mean the same.
+    pub fn text_list(&mut self, key: &'static str) -> Option<(Vec<String>, usize)> {
+        let (item, line) = self.item(key)?;
+        let Some(arr) = item.as_array() else {
+            self.problem(
+                line,
+                key,
+                format!("expected a list, found {}", type_name(item)),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for v in arr.iter() {
+            match scalar_text(v) {
+                Some(t) => out.push(t),
+                None => {
+                    self.problem(
+                        line,
+                        key,
+                        format!(
+                            "list items must be strings or numbers, found {}",
+                            v.type_name()
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if out.is_empty() {
+            self.problem(line, key, "the list is empty");
+            return None;
+        }
+        Some((out, line))
+    }
+
+    /// The entries of a sub-table whose keys are data rather than settings (a profile's
+    /// `fields`, a value `map`), each with its line.
+    pub fn entries(&mut self, key: &'static str) -> Option<Vec<Entry<'a>>> {
+        let (item, line) = self.item(key)?;
+        let Some(t) = item.as_table_like() else {
+            self.problem(
+                line,
+                key,
+                format!("expected a table, found {}", type_name(item)),
+            );
+            return None;
+        };
+        let path = self.key_path(key);
+        Some(
+            t.iter()
+                .map(|(k, v)| Entry {
+                    key: k.to_owned(),
+                    path: format!("{path}.{k}"),
+                    line: self
+                        .ctx
+                        .line_of(t.key(k).and_then(|k| k.span()).or_else(|| v.span()))
+                        .max(line),
+                    item: v,
+                })
+                .collect(),
+        )
+    }
+
+    /// One table or an array of tables (`when = {…}` or `when = [{…}, {…}]`).
+    pub fn table_or_tables(&mut self, key: &'static str) -> Vec<Section<'a, 's>> {
+        match self.table.get(key) {
+            Some(item) if item.is_table_like() => self.table(key).into_iter().collect(),
+            Some(_) => self.tables(key),
+            None => Vec::new(),
+        }
+    }
+
     /// Reports every key that was not read as unknown.
     pub fn finish(self) {
         for (k, item) in self.table.iter() {
@@ -294,5 +404,54 @@ fn type_name(item: &Item) -> &'static str {
         Item::Value(v) => v.type_name(),
         Item::Table(_) => "a table",
         Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+/// An entry of a table with data keys: its key, dotted path, line and value.
+pub struct Entry<'a> {
+    /// The key as written.
+    pub key: String,
+    /// Dotted path for messages.
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// The value.
+    pub item: &'a Item,
+}
+
+impl<'a> Entry<'a> {
+    /// The entry as a section, when it is a table.
+    pub fn section<'s>(&self, ctx: &'a Ctx<'s>) -> Option<Section<'a, 's>> {
+        self.item
+            .as_table_like()
+            .map(|t| Section::new(ctx, t, self.path.clone(), self.line))
+    }
+}
+
+/// A scalar as text: strings as they are, numbers and booleans as written.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.value().clone()),
+        Value::Integer(i) => Some(i.value().to_string()),
+        Value::Float(f) => Some(f.value().to_string()),
+        Value::Boolean(b) => Some(b.value().to_string()),
+        _ => None,
+    }
+}
+
+/// A TOML value as JSON (dates become strings).
+pub fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => serde_json::Value::String(s.value().clone()),
+        Value::Integer(i) => serde_json::Value::from(*i.value()),
+        Value::Float(f) => serde_json::Number::from_f64(*f.value())
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Boolean(b) => serde_json::Value::Bool(*b.value()),
+        Value::Datetime(d) => serde_json::Value::String(d.value().to_string()),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
+        Value::InlineTable(t) => {
+            serde_json::Value::Object(t.iter().map(|(k, v)| (k.to_owned(), to_json(v))).collect())
+        }
     }
 }

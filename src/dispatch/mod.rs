@@ -1,6 +1,7 @@
 //! The operator API (axum): alerts, live feed, health, readiness and metrics (CONTRACT.md).
 
 mod alerts;
+mod config;
 mod devices;
 mod error;
 
@@ -29,6 +30,9 @@ use crate::store::{AlertChange, Store};
 
 pub use error::ApiError;
 
+/// Answers whether the broker acknowledged an MQTT subscription filter.
+pub type SubscribedCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Answers whether the engine is ready to take traffic.
 pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -51,6 +55,10 @@ pub struct AppState {
     pub registry: Registry,
     /// Recent raw frames per device.
     pub frames: FrameLog,
+    /// Rules and profiles in force; reloadable.
+    pub config: Arc<crate::config::live::Live>,
+    /// MQTT subscription state per filter.
+    pub subscribed: SubscribedCheck,
 }
 
 /// The router.
@@ -69,6 +77,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(devices::delete),
         )
         .route("/api/devices/{id}/frames", get(devices::frames))
+        .route("/api/config/reload", post(config::reload))
+        .route("/api/profiles", get(config::profiles))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)

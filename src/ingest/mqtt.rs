@@ -7,6 +7,7 @@
 //! generation before anything else happens, so an ack owed on a dead connection is dropped
 //! and the broker's redelivered copy is acked instead (PITFALLS 5).
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::{counter, gauge};
 use rumqttc::v5::mqttbytes::v5 as v5b;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
@@ -98,6 +99,13 @@ impl Client {
         }
     }
 
+    fn try_unsubscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_unsubscribe(filter).map_err(|e| e.to_string()),
+        }
+    }
+
     fn try_disconnect(&self) {
         let _ = match self {
             Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
@@ -174,8 +182,10 @@ pub struct ConnState {
     generation: Mutex<u64>,
     /// Whether the broker resumed our session on the current generation's connection.
     resumed: AtomicBool,
-    /// Connected and subscription acknowledged.
+    /// Connected and the canonical subscription acknowledged.
     subscribed: AtomicBool,
+    /// Filters the broker acknowledged on the current connection.
+    acked_filters: Mutex<HashSet<String>>,
     /// Tokens the ack task has handled (acked or dropped as stale).
     handled: AtomicU64,
     /// Acks handed to rumqttc on a live connection.
@@ -189,9 +199,17 @@ impl ConnState {
         *self.generation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connected and subscribed (readiness).
+    /// Connected and subscribed to the canonical topics (readiness).
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Whether the broker acknowledged `filter` on the current connection.
+    pub fn is_filter_subscribed(&self, filter: &str) -> bool {
+        self.acked_filters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(filter)
     }
 }
 
@@ -236,7 +254,7 @@ pub struct MqttIngest {
     acks_rx: mpsc::UnboundedReceiver<AckToken<AckHandle>>,
     sink: Arc<MqttSink>,
     conn: Arc<ConnState>,
-    filter: String,
+    filters: watch::Receiver<Vec<String>>,
     max_backoff: Duration,
     /// How many messages the broker may have in flight to us.
     pub window: usize,
@@ -244,9 +262,11 @@ pub struct MqttIngest {
 
 impl MqttIngest {
     /// Prepares a client for `host:port`. `v5` selects MQTT 5 (with Receive Maximum and a
-    /// session expiry); otherwise MQTT 3.1.1 with clean session off.
+    /// session expiry); otherwise MQTT 3.1.1 with clean session off. `filters` is the
+    /// subscription list (canonical first), followed as it changes on reload.
     pub fn new(
         cfg: &MqttConfig,
+        filters: watch::Receiver<Vec<String>>,
         client_id: &str,
         host: &str,
         port: u16,
@@ -291,7 +311,7 @@ impl MqttIngest {
             acks_rx,
             sink,
             conn,
-            filter: format!("{}/devices/+/events", cfg.topic_root),
+            filters,
             max_backoff: Duration::from_millis(cfg.reconnect_max_backoff_ms),
             window,
         }
@@ -322,10 +342,16 @@ impl MqttIngest {
             acks_rx,
             sink,
             conn,
-            filter,
+            mut filters,
             max_backoff,
             ..
         } = self;
+        // Subscriptions sent on this connection and not yet acknowledged, in order (a broker
+        // answers SUBSCRIBEs in the order received).
+        let mut awaiting: VecDeque<String> = VecDeque::new();
+        let mut wanted: Vec<String> = filters.borrow_and_update().clone();
+        let mut filters_open = true;
+        let canonical = wanted.first().cloned().unwrap_or_default();
         let released_counter = sink.clone();
         let ack_task = tokio::spawn(run_acks(client.clone(), acks_rx, conn.clone()));
         let mut pipeline = Some(pipeline);
@@ -353,6 +379,29 @@ impl MqttIngest {
             } else {
                 tokio::select! {
                     r = eventloop.poll() => r,
+                    changed = filters.changed(), if filters_open => {
+                        if changed.is_err() {
+                            filters_open = false;
+                            continue;
+                        }
+                        let next = filters.borrow_and_update().clone();
+                        for f in next.iter().filter(|f| !wanted.contains(f)) {
+                            match client.try_subscribe(f) {
+                                Ok(()) => awaiting.push_back(f.clone()),
+                                Err(e) => tracing::error!(filter = %f, error = %e, "Cannot queue the subscription"),
+                            }
+                        }
+                        for f in wanted.iter().filter(|f| !next.contains(f)) {
+                            conn.acked_filters.lock().unwrap_or_else(|e| e.into_inner()).remove(f);
+                            if let Err(e) = client.try_unsubscribe(f) {
+                                tracing::warn!(filter = %f, error = %e, "Cannot queue the unsubscription");
+                            } else {
+                                tracing::info!(filter = %f, "Unsubscribing: no profile reads it any more");
+                            }
+                        }
+                        wanted = next;
+                        continue;
+                    }
                     _ = stop.cancelled() => {
                         tracing::info!("Stopping MQTT intake; committing what was received and sending owed acks");
                         // Shards drain their queues and exit once every sender is gone.
@@ -374,15 +423,30 @@ impl MqttIngest {
                     );
                     // Subscribe on every CONNACK: the broker may have lost the session, and
                     // rumqttc never re-subscribes by itself (PITFALLS 3).
-                    if let Err(e) = client.try_subscribe(&filter) {
-                        tracing::error!(error = %e, "Cannot queue the subscription");
+                    awaiting.clear();
+                    for f in &wanted {
+                        match client.try_subscribe(f) {
+                            Ok(()) => awaiting.push_back(f.clone()),
+                            Err(e) => {
+                                tracing::error!(filter = %f, error = %e, "Cannot queue the subscription")
+                            }
+                        }
                     }
                 }
                 Ok(Polled::SubAck { ok }) => {
+                    let Some(filter) = awaiting.pop_front() else {
+                        continue;
+                    };
                     if ok {
-                        conn.subscribed.store(true, Ordering::Release);
-                        gauge!(names::MQTT_READY).set(1.0);
+                        if filter == canonical {
+                            conn.subscribed.store(true, Ordering::Release);
+                            gauge!(names::MQTT_READY).set(1.0);
+                        }
                         tracing::info!(filter = %filter, "Subscribed");
+                        conn.acked_filters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(filter);
                     } else {
                         tracing::error!(filter = %filter, "The broker refused the subscription");
                     }
@@ -427,6 +491,11 @@ impl MqttIngest {
                     // Any ack that slipped into rumqttc's queue before the bump goes too.
                     eventloop.clean();
                     conn.subscribed.store(false, Ordering::Release);
+                    conn.acked_filters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
+                    awaiting.clear();
                     // Acks queued for the dead connection will never be written.
                     conn.written
                         .store(conn.requested.load(Ordering::Acquire), Ordering::Release);

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
+use crate::config::live::Live;
 use crate::event::Event;
 use crate::pipeline::rules::Severity;
 use crate::protocol::RejectReason;
@@ -28,7 +29,7 @@ use crate::registry::{Registry, UnknownPolicy};
 use crate::store::RuleHit;
 use crate::store::{AlertChange, Store, WriteBatch, WriteItem};
 use crate::telemetry;
-use rules::RuleSet;
+use crate::telemetry::names;
 
 /// One received message or frame on its way to a shard.
 #[derive(Debug)]
@@ -88,7 +89,7 @@ pub trait AckSink: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 struct Shared {
     store: Store,
-    rules: Arc<RuleSet>,
+    config: Arc<Live>,
     clock: SharedClock,
     sink: Arc<dyn AckSink>,
     live: broadcast::Sender<AlertChange>,
@@ -102,6 +103,7 @@ struct Shared {
 pub struct Pipeline {
     senders: Vec<mpsc::Sender<Delivery>>,
     topic_root: String,
+    config: Arc<Live>,
 }
 
 impl Pipeline {
@@ -112,7 +114,7 @@ impl Pipeline {
         cfg: PipelineConfig,
         queue_capacity: usize,
         store: Store,
-        rules: Arc<RuleSet>,
+        config: Arc<Live>,
         clock: SharedClock,
         sink: Arc<dyn AckSink>,
         live: broadcast::Sender<AlertChange>,
@@ -122,7 +124,7 @@ impl Pipeline {
     ) -> (Pipeline, Vec<JoinHandle<()>>) {
         let shared = Arc::new(Shared {
             store,
-            rules,
+            config: config.clone(),
             clock,
             sink,
             live,
@@ -146,6 +148,7 @@ impl Pipeline {
             Pipeline {
                 senders,
                 topic_root,
+                config,
             },
             tasks,
         )
@@ -155,8 +158,15 @@ impl Pipeline {
     /// transport they came by.
     pub fn shard_of(&self, d: &Delivery) -> usize {
         let key = match d {
+            // A vendor topic without a device level keeps its messages in topic order.
             Delivery::Mqtt { topic, .. } => {
-                canonical::device_from_topic(&self.topic_root, topic).unwrap_or(topic)
+                match canonical::device_from_topic(&self.topic_root, topic) {
+                    Ok(id) => id,
+                    Err(_) => match self.config.current().profiles.route(topic) {
+                        Some((_, Some(id))) => id,
+                        _ => topic,
+                    },
+                }
             }
             Delivery::Frame { device_id, .. } => device_id,
         };
@@ -291,12 +301,14 @@ async fn process(
 }
 
 fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
+    // One version of the rules and profiles for the whole batch, even across a reload.
+    let current = shared.config.current();
     let mut items = Vec::with_capacity(batch.len());
     let mut push = |item: Result<Event, Rejection>, origin: &str, received_at, dup: bool| match item
     {
         Ok(mut event) => {
             event.redelivered = dup;
-            let mut hits = shared.rules.hits(&event);
+            let mut hits = current.rules.hits(&event);
             if let Some(reg) = shared.registry.get(&event.device_id) {
                 event.resident_id = reg.resident_id;
             } else {
@@ -351,7 +363,13 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
                 dup,
                 ..
             } => {
-                let decoded = canonical::decode(&shared.topic_root, topic, payload, *received_at);
+                let decoded = decode_mqtt(
+                    &shared.topic_root,
+                    &current.profiles,
+                    topic,
+                    payload,
+                    *received_at,
+                );
                 for item in decoded.items {
                     push(item, topic, *received_at, *dup);
                 }
@@ -373,6 +391,38 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
         dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
         redelivery_window: chrono::Duration::seconds(shared.cfg.redelivery_window_secs as i64),
     }
+}
+
+/// Decodes an MQTT message by its topic: the canonical format, else the vendor profile whose
+/// pattern matches, else a `bad_topic` rejection. Profile outcomes are counted per profile.
+pub fn decode_mqtt(
+    root: &str,
+    profiles: &crate::protocol::profile::ProfileSet,
+    topic: &str,
+    payload: &[u8],
+    received_at: DateTime<Utc>,
+) -> canonical::Decoded {
+    if canonical::device_from_topic(root, topic).is_ok() {
+        return canonical::decode(root, topic, payload, received_at);
+    }
+    let Some((profile, device)) = profiles.route(topic) else {
+        // The canonical decoder words the bad-topic rejection.
+        return canonical::decode(root, topic, payload, received_at);
+    };
+    let decoded = profile.decode(topic, device, payload, received_at);
+    for item in &decoded.items {
+        match item {
+            Ok(_) => metrics::counter!(names::PROFILE_EVENTS, "profile" => profile.name.clone())
+                .increment(1),
+            Err(r) => metrics::counter!(
+                names::PROFILE_REJECTED,
+                "profile" => profile.name.clone(),
+                "reason" => r.reason.as_str()
+            )
+            .increment(1),
+        }
+    }
+    decoded
 }
 
 /// Hooks for crash tests, compiled only with the `test-hooks` feature.

@@ -145,7 +145,8 @@ pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc
     out
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// How a value is described in messages ("a string", "an array").
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -282,7 +283,8 @@ fn decode_object(
     })
 }
 
-fn check_field(kind: FieldKind, v: &Value) -> Result<(), String> {
+/// Checks a value against a field's kind; `Err` completes "field X …".
+pub(crate) fn check_field(kind: FieldKind, v: &Value) -> Result<(), String> {
     match kind {
         FieldKind::Enum(allowed) => match v.as_str() {
             Some(s) if allowed.contains(&s) => Ok(()),

@@ -2,6 +2,7 @@
 //! the receive time is an argument. That is what makes vectors, benches and fuzzing cheap.
 
 pub mod canonical;
+pub mod profile;
 pub mod tcp;
 
 /// Why a message or one object of it was refused. The label values of
@@ -30,6 +31,10 @@ pub enum RejectReason {
     BadFrame,
     /// An unregistered device under the `reject` policy (alarms still pass).
     UnknownDevice,
+    /// A vendor-profile element that no mapping of its profile applies to.
+    Unmapped,
+    /// The topic names one device and the payload another.
+    DeviceMismatch,
 }
 
 impl RejectReason {
@@ -47,6 +52,8 @@ impl RejectReason {
             RejectReason::BadField => "bad_field",
             RejectReason::BadFrame => "bad_frame",
             RejectReason::UnknownDevice => "unknown_device",
+            RejectReason::Unmapped => "unmapped",
+            RejectReason::DeviceMismatch => "device_mismatch",
         }
     }
 }
