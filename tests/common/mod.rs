@@ -515,6 +515,14 @@ impl Engine {
         .await
     }
 
+    /// Sends a signal to the running engine (e.g. `libc::SIGHUP` to reload).
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("engine running");
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+    }
+
     /// SIGKILL: no chance to commit or ack anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
