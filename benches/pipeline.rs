@@ -1,5 +1,6 @@
 //! Criterion benches for the hot path: decoding canonical payloads, evaluating the shipped
-//! rules, and group-committing batches to SQLite (the embedded default). Run:
+//! rules, group-committing batches to SQLite (the embedded default), the 4G families'
+//! decoders and the vendor-profile mapper. Run:
 //! `cargo bench --bench pipeline`. The end-to-end load figures come from `benches/load.sh`.
 
 use std::hint::black_box;
@@ -180,5 +181,39 @@ fn tcp_families(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_and_rules, commit, tcp_families);
+/// Payloads per second per shipped vendor profile: the payloads of the profile's vectors that
+/// map without a rejection (ordinary traffic), topic routing included.
+fn profiles(c: &mut Criterion) {
+    let set = anxin::config::profiles::load_dir(Path::new("protocols"), "anxin/v1")
+        .expect("shipped profiles load");
+    let mut g = c.benchmark_group("profile_decode");
+    for profile in &set.profiles {
+        let dir = Path::new("protocols").join(&profile.name).join("vectors");
+        let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                    .unwrap();
+            if v["rejections"].as_array().is_some_and(|r| r.is_empty()) {
+                cases.push((
+                    v["topic"].as_str().unwrap().to_owned(),
+                    v["payload"].to_string().into_bytes(),
+                ));
+            }
+        }
+        cases.sort();
+        g.throughput(Throughput::Elements(cases.len() as u64));
+        g.bench_function(format!("{}_{}_payloads", profile.name, cases.len()), |b| {
+            b.iter(|| {
+                for (topic, payload) in &cases {
+                    let (p, device) = set.route(topic).expect("routed");
+                    black_box(p.decode(topic, device, payload, at()));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode_and_rules, commit, tcp_families, profiles);
 criterion_main!(benches);

@@ -5,7 +5,8 @@
 #   - protocols/<family>/vectors/*.json: `frame` (hex for gt06, text for trv and watch) or,
 #     for multi-step vectors (jt808), every step's `frame_hex` concatenated in order, so the
 #     seed replays the whole connection (register, auth, reports) in one session;
-#   - a few hand-written canonical JSON payloads for `canonical`.
+#   - a few hand-written canonical JSON payloads for `canonical`;
+#   - protocols/<profile>/vectors/*.json payloads for `profile` (see below).
 # A family seed is one control byte then the stream (see fuzz/src/lib.rs `run_family`):
 # 0x3f = 64-byte reads, no device known; 0xbf = 64-byte reads, session pre-identified (the
 # vectors' `logged_in_as`, and Traccar's harness, which always knows the device); 0x00/0x80 =
@@ -108,6 +109,16 @@ CANONICAL = [
 ]
 for payload in CANONICAL:
     write("canonical", payload.encode())
+
+# Vendor profiles: one control byte (the profile's index in name order, as the `profile`
+# target picks it) then the payload of each vector.
+PROFILES = sorted(p.stem for p in protocols.glob("*.toml"))
+for idx, name in enumerate(PROFILES):
+    vdir = protocols / name / "vectors"
+    for path in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
+        v = json.loads(path.read_text())
+        data = v["payload_text"].encode() if "payload_text" in v else json.dumps(v["payload"]).encode()
+        write("profile", bytes([idx]) + data)
 
 for target in sorted(counts):
     print(f"seed.sh: corpus/{target}: {len(counts[target])} seeds")

@@ -82,11 +82,8 @@ pub fn resolve(pack: &[Value], now: DateTime<Utc>) -> Vec<(usize, Result<Value, 
             if !bn.is_empty() {
                 o.insert("bn".into(), Value::String(bn.clone()));
             }
-            match r.get("u").and_then(Value::as_str).or(bu.as_deref()) {
-                Some(u) => {
-                    o.insert("u".into(), Value::String(u.to_owned()));
-                }
-                None => {}
+            if let Some(u) = r.get("u").and_then(Value::as_str).or(bu.as_deref()) {
+                o.insert("u".into(), Value::String(u.to_owned()));
             }
             if let Some(v) = r.get("v") {
                 let v = v.as_f64().ok_or("v is not a number")? + bv;
