@@ -699,3 +699,68 @@ fn field(ev: &Section<'_, '_>, t: EventType, e: &Entry<'_>) -> Option<FieldMap> 
         unit,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, src: &str) {
+        std::fs::write(dir.join(name), src).unwrap();
+    }
+
+    #[test]
+    fn overlapping_topics_are_refused_with_both_names() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.toml",
+            "topic = \"v/{device_id}/up\"\n[[event]]\ntype = \"sos\"\n",
+        );
+        write(
+            dir.path(),
+            "b.toml",
+            "topic = \"v/+/up\"\ndevice_id = \"/id\"\n[[event]]\ntype = \"fall\"\n",
+        );
+        write(
+            dir.path(),
+            "c.toml",
+            "topic = \"{root}/devices/{device_id}/events\"\n[[event]]\ntype = \"fall\"\n",
+        );
+        write(dir.path(), "notes.md", "not a profile");
+        let problems = load_dir(dir.path(), "anxin/v1").unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(
+            text[0].contains("b.toml:1: topic") && text[0].contains("profile a"),
+            "{text:?}"
+        );
+        assert!(
+            text[1].contains("c.toml:1: topic") && text[1].contains("canonical"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_valid_directory_loads_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "zeta.toml",
+            "topic = \"z/{device_id}\"\n[[event]]\ntype = \"sos\"\n",
+        );
+        write(
+            dir.path(),
+            "alpha.toml",
+            "topic = \"a/{device_id}\"\n[[event]]\ntype = \"sos\"\n",
+        );
+        let set = load_dir(dir.path(), "anxin/v1").unwrap();
+        let names: Vec<&str> = set.profiles.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "zeta"]);
+        assert_eq!(set.filters(), ["a/+", "z/+"]);
+        assert_eq!(
+            set.route("z/d1").map(|(p, d)| (p.name.as_str(), d)),
+            Some(("zeta", Some("d1")))
+        );
+        assert!(set.route("q/d1").is_none());
+    }
+}
