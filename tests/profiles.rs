@@ -32,15 +32,18 @@ type = "vitals"
 fields.temperature = { pointer = "/temp_f", unit = "F" }
 "#;
 
+/// A config directory with the shipped rules (a copy, so a test may extend them) and an empty
+/// profiles directory.
 fn config_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rules.toml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rules.toml"),
+        dir.path().join("rules.toml"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("anxin.toml"),
-        format!(
-            "rules_file = {:?}\n\n[profiles]\ndir = \"profiles\"\n",
-            rules.display().to_string()
-        ),
+        "rules_file = \"rules.toml\"\n\n[profiles]\ndir = \"profiles\"\n",
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("profiles")).unwrap();
@@ -83,8 +86,14 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
     let (_, body) = e.get("/api/profiles").await;
     assert_eq!(body["items"].as_array().map(Vec::len), Some(0), "{body}");
 
-    // Onboard: a file and a SIGHUP, no code.
+    // Onboard: a file and a SIGHUP, no code; a rule for the vendor's battery voltage reloads
+    // with it.
     std::fs::write(cfg.path().join("profiles/acme-pendant.toml"), ACME_PROFILE).unwrap();
+    let mut rules = std::fs::read_to_string(cfg.path().join("rules.toml")).unwrap();
+    rules.push_str(
+        "\n[[rule]]\nname = \"pendant_battery_weak\"\nevent = \"battery\"\nseverity = \"medium\"\nkind = \"low_battery\"\ntitle = \"Pendant battery below 3.3 V\"\nwhen = [{ field = \"voltage_v\", op = \"<\", value = 3.3 }]\n",
+    );
+    std::fs::write(cfg.path().join("rules.toml"), rules).unwrap();
     e.signal(libc::SIGHUP);
     wait_subscribed(&e, "acme-pendant").await;
 
@@ -105,6 +114,13 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
         r#"{"sn":"AC-1001","evt":{"kind":"REPORT","at":1796538660},"temp_f":104}"#,
     );
     alert(&e, "AC-1001", "fever").await;
+    // 3 200 mV is 3.2 V: the rule reloaded with the profile fires on the converted value.
+    publish(
+        port,
+        &topic("AC-1001"),
+        r#"{"sn":"AC-1001","evt":{"kind":"REPORT","at":1796538670},"bat_mv":3200}"#,
+    );
+    alert(&e, "AC-1001", "pendant_battery_weak").await;
     let (_, detail) = e.get(&format!("/api/alerts/{}", sos["id"])).await;
     assert!(detail.to_string().contains("AC-1001"), "{detail}");
 
