@@ -395,6 +395,14 @@ impl Profile {
                 .map(|(i, v)| (i, Ok(Cow::Borrowed(v))))
                 .collect()
         };
+        if elements.is_empty() {
+            // A SenML pack of base fields only: nothing to map, and a message must never
+            // vanish without a trace.
+            return whole(
+                RejectReason::EmptyArray,
+                "the SenML pack has no record with a name and a value".into(),
+            );
+        }
         let digest = hex::encode(&Sha256::digest(payload)[..12]);
         let source = Source {
             transport: "mqtt",
