@@ -137,9 +137,11 @@ pub async fn run(
         max_frames_per_sec: config.tcp.max_frames_per_sec,
     };
     let frames = tcp::FrameLog::default();
+    let downlinks = tcp::Downlinks::default();
     let tcp_shared = tcp::TcpShared {
         registry: registry.clone(),
         frames: frames.clone(),
+        downlinks: downlinks.clone(),
     };
     for (proto, listener) in tcp_listeners {
         tcp_tasks.spawn(tcp::serve(
@@ -224,6 +226,7 @@ pub async fn run(
         registry,
         frames,
         config: live_config.clone(),
+        downlinks,
         subscribed: Arc::new(move |f: &str| filter_conn.is_filter_subscribed(f)),
     };
     let http_addr = http.local_addr()?;

@@ -96,6 +96,32 @@ fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
 
+/// A 2013-header JT/T 808 location report from `phone`: alarm word `alarm`, fixed position,
+/// time 2026-03-01 12:00:`second` (BCD) Beijing time.
+fn jt808_location(phone: &str, serial: u16, alarm: u32, second_bcd: u8) -> Vec<u8> {
+    let mut body = alarm.to_be_bytes().to_vec();
+    body.extend(3u32.to_be_bytes());
+    body.extend(22_543_210u32.to_be_bytes());
+    body.extend(114_057_868u32.to_be_bytes());
+    body.extend([
+        0, 16, 0, 50, 0, 90, 0x26, 0x03, 0x01, 0x12, 0x00, second_bcd,
+    ]);
+    let mut raw = 0x0200u16.to_be_bytes().to_vec();
+    raw.extend((body.len() as u16).to_be_bytes());
+    raw.extend(unhex(phone));
+    raw.extend(serial.to_be_bytes());
+    raw.extend(body);
+    raw.push(raw.iter().fold(0, |x, b| x ^ b));
+    assert!(
+        !raw.iter().any(|b| *b == 0x7e || *b == 0x7d),
+        "test frame would need escaping"
+    );
+    let mut framed = vec![0x7e];
+    framed.extend(raw);
+    framed.push(0x7e);
+    framed
+}
+
 #[tokio::test]
 async fn jt808_register_authenticate_and_sos_exchange() {
     let (e, port) = engine_with("jt808").await;
@@ -130,6 +156,39 @@ async fn jt808_register_authenticate_and_sos_exchange() {
         1,
         "stored before its ack"
     );
+
+    // The operator acknowledges: the terminal gets 0x8203 (every pending alarm, emergency bit)
+    // with the connection's next serial, so it stops holding the SOS flag.
+    let alert = e.alerts("device_id=13800138000&kind=sos").await[0].clone();
+    let (status, body) = e
+        .post(
+            &format!("/api/alerts/{}/ack", alert["id"]),
+            serde_json::Value::Null,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["device_confirmation"], "sent", "{body}");
+    // 7e | 8203 | 0006 | 013800138000 | 0003 (0000 register, 0001 auth, 0002 the SOS ack) |
+    // 0000 all pending | 00000001 emergency | 2f xor | 7e
+    let want = unhex("7e8203000601380013800000030000000000012f7e");
+    assert_eq!(read_n(&mut s, want.len()).await, want);
+    let (_, detail) = e.get(&format!("/api/alerts/{}", alert["id"])).await;
+    assert!(
+        detail.to_string().contains("device_confirmation"),
+        "the confirmation is on the timeline: {detail}"
+    );
+    // The flag cleared, a new press is a new rising edge: counted on the acknowledged alert.
+    s.write_all(&jt808_location("013800138000", 0x11, 0, 0x10))
+        .await
+        .unwrap();
+    read_n(&mut s, 20).await;
+    s.write_all(&jt808_location("013800138000", 0x12, 1, 0x20))
+        .await
+        .unwrap();
+    read_n(&mut s, 20).await;
+    let again = e.alerts("device_id=13800138000&kind=sos").await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["count"], 2, "{again:?}");
 
     // Ten heartbeats in one write: ten general responses, each with the next serial.
     let hb = unhex("7e0002000004304832546500b7ca7e");

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Actor, ApiError, AppState};
+use crate::ingest::tcp::DownlinkOutcome;
 use crate::store::{AlertChange, AlertFilter};
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +74,9 @@ pub(super) async fn get_one(
     Ok(Json(v))
 }
 
+/// How long an acknowledgement waits for the device's confirmation to be written.
+const DOWNLINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn ack(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -80,7 +84,45 @@ pub(super) async fn ack(
 ) -> Result<Json<Value>, ApiError> {
     let alert = s.store.acknowledge(id, &actor.0, s.clock.now()).await?;
     notify(&s, &alert, "acknowledged");
-    Ok(Json(json!(alert)))
+    let mut body = json!(alert);
+    if alert.kind == "sos" {
+        // A terminal that holds its SOS flag until the platform confirms (JT/T 808) is told
+        // now, so its next press is a new rising edge rather than the same held level.
+        let outcome = s
+            .downlinks
+            .confirm_alarm(&alert.device_id, DOWNLINK_WAIT)
+            .await;
+        // Only devices that have such a message hear of it: a connected JT/T 808 terminal, or
+        // a registered one that is offline (the operator should know it was not told).
+        let jt808 = s
+            .registry
+            .get(&alert.device_id)
+            .and_then(|r| r.family)
+            .is_some_and(|f| f == "jt808");
+        let relevant = match outcome {
+            DownlinkOutcome::NotSupported => false,
+            DownlinkOutcome::NotConnected => jt808,
+            DownlinkOutcome::Sent | DownlinkOutcome::Failed(_) => true,
+        };
+        if relevant {
+            let detail = json!({ "message": "alarm confirmation", "result": outcome.as_str() });
+            if let Err(e) = s
+                .store
+                .note(
+                    id,
+                    "anxin",
+                    s.clock.now(),
+                    "device_confirmation",
+                    &detail.to_string(),
+                )
+                .await
+            {
+                tracing::warn!(alert = id, error = %e, "Could not record the device confirmation");
+            }
+            body["device_confirmation"] = json!(outcome.as_str());
+        }
+    }
+    Ok(Json(body))
 }
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Recent raw frames per device.
     pub frames: FrameLog,
+    /// Connected 4G devices, for messages the platform sends them.
+    pub downlinks: crate::ingest::tcp::Downlinks,
     /// Rules and profiles in force; reloadable.
     pub config: Arc<crate::config::live::Live>,
     /// MQTT subscription state per filter.

@@ -23,7 +23,7 @@ use metrics::{counter, gauge};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -133,7 +133,108 @@ pub struct TcpShared {
     pub registry: Registry,
     /// Recent frames per device.
     pub frames: FrameLog,
+    /// The connected devices' command queues.
+    pub downlinks: Downlinks,
 }
+
+/// A message the platform sends to a connected device on its own initiative.
+#[derive(Debug)]
+pub enum Downlink {
+    /// An operator took the device's emergency alarm (JT/T 808 0x8203).
+    ConfirmAlarm {
+        /// Told whether the bytes were written.
+        done: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// How a downlink fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownlinkOutcome {
+    /// Written to the device's connection.
+    Sent,
+    /// The device has no open connection (it is told at its next alarm report, if it still
+    /// holds the flag and an operator acknowledges again — or it clears the flag itself).
+    NotConnected,
+    /// The device's family has no such message.
+    NotSupported,
+    /// The connection's command queue was full, closed, or the write failed.
+    Failed(String),
+}
+
+impl DownlinkOutcome {
+    /// For the API and the alert timeline.
+    pub fn as_str(&self) -> String {
+        match self {
+            DownlinkOutcome::Sent => "sent".into(),
+            DownlinkOutcome::NotConnected => "not_connected".into(),
+            DownlinkOutcome::NotSupported => "not_supported".into(),
+            DownlinkOutcome::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+/// Commands a connection accepts before it has written the earlier ones: a device gets one
+/// confirmation per acknowledged alert, so a full queue means the connection is stuck; the
+/// command is then refused (reported to the operator), never waited on.
+const DOWNLINK_QUEUE: usize = 8;
+
+/// A device's open connection: its number, family and command queue.
+#[derive(Debug, Clone)]
+struct Link {
+    conn: u64,
+    protocol: Protocol,
+    tx: mpsc::Sender<Downlink>,
+}
+
+/// Devices with an open connection, by id, with the connection's command queue.
+#[derive(Debug, Clone, Default)]
+pub struct Downlinks(Arc<DashMap<String, Link>>);
+
+impl Downlinks {
+    /// Confirms the emergency alarm of `device`, waiting at most `wait` for the write.
+    pub async fn confirm_alarm(&self, device: &str, wait: Duration) -> DownlinkOutcome {
+        let Some((proto, tx)) = self.0.get(device).map(|e| (e.protocol, e.tx.clone())) else {
+            return DownlinkOutcome::NotConnected;
+        };
+        if !proto.confirms_alarms() {
+            return DownlinkOutcome::NotSupported;
+        }
+        let (done, result) = oneshot::channel();
+        if let Err(e) = tx.try_send(Downlink::ConfirmAlarm { done }) {
+            return DownlinkOutcome::Failed(match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the connection's command queue is full".into()
+                }
+                mpsc::error::TrySendError::Closed(_) => "the connection closed".into(),
+            });
+        }
+        match tokio::time::timeout(wait, result).await {
+            Ok(Ok(Ok(()))) => DownlinkOutcome::Sent,
+            Ok(Ok(Err(e))) => DownlinkOutcome::Failed(e),
+            Ok(Err(_)) => DownlinkOutcome::Failed("the connection closed".into()),
+            Err(_) => DownlinkOutcome::Failed(format!("not written within {wait:?}")),
+        }
+    }
+
+    fn register(&self, device: &str, conn: u64, proto: Protocol, tx: &mpsc::Sender<Downlink>) {
+        self.0.insert(
+            device.to_owned(),
+            Link {
+                conn,
+                protocol: proto,
+                tx: tx.clone(),
+            },
+        );
+    }
+
+    fn unregister(&self, device: &str, conn: u64) {
+        // A newer connection of the same device keeps its entry.
+        self.0.remove_if(device, |_, v| v.conn == conn);
+    }
+}
+
+/// Numbers connections, so a closing one removes only its own downlink entry.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Accepts connections until `shutdown`; each connection runs on `tracker`.
 #[allow(clippy::too_many_arguments)]
@@ -219,9 +320,31 @@ impl Connection {
         let mut session = Session::default();
         let mut bucket = Bucket::new(self.limits.max_frames_per_sec);
         let peer = self.peer.to_string();
+        let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (downlink_tx, mut downlinks) = mpsc::channel(DOWNLINK_QUEUE);
+        let mut registered: Option<String> = None;
         let end = loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(self.limits.idle_timeout, frames.next()) => n,
+                Some(cmd) = downlinks.recv() => {
+                    let Downlink::ConfirmAlarm { done } = cmd;
+                    match self.protocol.confirm_alarm(&mut session) {
+                        Some(bytes) => match wr.write_all(&bytes).await {
+                            Ok(()) => {
+                                tracing::info!(family, peer = %peer, device = session.device_id.as_deref().unwrap_or("-"), "Alarm confirmation sent to the device");
+                                let _ = done.send(Ok(()));
+                            }
+                            Err(e) => {
+                                let _ = done.send(Err(format!("write failed: {e}")));
+                                break End::Io(e);
+                            }
+                        },
+                        None => {
+                            let _ = done.send(Err("nothing to address the device with yet".into()));
+                        }
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => break End::Shutdown,
             };
             let raw = match next {
@@ -265,6 +388,17 @@ impl Connection {
                 out = self.protocol.decode(&frame, &mut session, &ctx);
             }
             let device = session.device_id.clone();
+            if device != registered {
+                if let Some(old) = &registered {
+                    self.shared.downlinks.unregister(old, conn_id);
+                }
+                if let Some(d) = &device {
+                    self.shared
+                        .downlinks
+                        .register(d, conn_id, self.protocol, &downlink_tx);
+                }
+                registered = device.clone();
+            }
             self.shared.frames.record(
                 device.as_deref().unwrap_or(&peer),
                 family,
@@ -322,6 +456,9 @@ impl Connection {
                 break End::Io(e);
             }
         };
+        if let Some(d) = &registered {
+            self.shared.downlinks.unregister(d, conn_id);
+        }
         let _ = wr.shutdown().await;
         let why = match end {
             End::Closed => "closed by the device".to_owned(),

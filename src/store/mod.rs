@@ -364,6 +364,30 @@ impl Store {
             .await
     }
 
+    /// Appends an entry to an alert's timeline (no status change), e.g. what was sent to the
+    /// device.
+    pub async fn note(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let at = to_millis(now);
+        on_pool!(self, pool => {
+            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id)
+                .bind(at)
+                .bind(actor)
+                .bind(action)
+                .bind(detail)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     /// any unresolved status → resolved, with an outcome.
     pub async fn resolve(
         &self,

@@ -18,7 +18,7 @@ use bytes::{Buf, BytesMut};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, TimeZone, Timelike, Utc};
 use serde_json::{Value, json};
 
-use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
+use super::{Addressing, Ctx, FrameOutput, Framer, RawFrame, Session};
 use crate::event::{Event, EventType};
 
 /// The family name (CONTRACT.md listeners), also the prefix of every dedup key.
@@ -214,7 +214,16 @@ mod msg {
     pub const REGISTER_RESPONSE: u16 = 0x8100;
     /// Time-sync response: UTC year (2), month, day, hour, minute, second, result (1).
     pub const TIME_SYNC_RESPONSE: u16 = 0x8109;
+    /// Manual alarm confirmation: alarm serial (2, 0 = every alarm of the types), alarm types
+    /// (4, the alarm-word bits) (JT/T 808-2013 §8.49; PROTOCOLS.md §4 "SOS handling").
+    pub const ALARM_CONFIRM: u16 = 0x8203;
 }
+
+/// 0x8203 alarm serial 0: confirm every pending alarm of the given types, not one message
+/// (JT/T 808-2013 §8.49).
+const CONFIRM_ALL_SERIALS: u16 = 0;
+/// Alarm word / 0x8203 type bit 0: emergency (SOS) (JT/T 808-2013 table 24).
+const ALARM_EMERGENCY: u32 = 1;
 
 /// Result byte of 0x8001 / 0x8100 / 0x8109: success (JT/T 808-2013 §8.1, §8.6).
 const RESULT_OK: u8 = 0;
@@ -333,6 +342,16 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
     };
     let device = device_id(msg.header.phone);
     session.device_id = Some(device.clone());
+    if session
+        .addressing
+        .as_ref()
+        .is_none_or(|a| a.phone != msg.header.phone || a.version != msg.header.version)
+    {
+        session.addressing = Some(Addressing {
+            phone: msg.header.phone.to_vec(),
+            version: msg.header.version,
+        });
+    }
     let out = decode_message(&msg, &device, session, ctx, &mut problems);
     problems.finish(out)
 }
@@ -648,20 +667,46 @@ fn frame_key(serial: u16, device_time: DateTime<Utc>) -> String {
 /// Builds an escaped, checksummed reply in the request's header version, numbered with the
 /// session's outgoing serial.
 fn reply(session: &mut Session, request: &Header<'_>, id: u16, body: &[u8]) -> Vec<u8> {
+    platform_message(session, request.phone, request.version, id, body)
+}
+
+/// 0x8203 confirming the emergency alarm, addressed as the device's last frame was.
+pub fn confirm_alarm(session: &mut Session) -> Option<Vec<u8>> {
+    let a = session.addressing.clone()?;
+    let mut body = CONFIRM_ALL_SERIALS.to_be_bytes().to_vec();
+    body.extend(ALARM_EMERGENCY.to_be_bytes());
+    Some(platform_message(
+        session,
+        &a.phone,
+        a.version,
+        msg::ALARM_CONFIRM,
+        &body,
+    ))
+}
+
+/// A platform message to the terminal `phone` in the header version of `version`, numbered
+/// with the session's outgoing serial, checksummed and escaped.
+fn platform_message(
+    session: &mut Session,
+    phone: &[u8],
+    version: Option<u8>,
+    id: u16,
+    body: &[u8],
+) -> Vec<u8> {
     let mut raw = Vec::with_capacity(body.len() + 24);
     raw.extend(id.to_be_bytes());
     // Bodies built here are a few dozen bytes, far below the 10-bit limit.
     let len = u16::try_from(body.len()).unwrap_or(ATTR_BODY_LEN) & ATTR_BODY_LEN;
-    let attributes = if request.version.is_some() {
+    let attributes = if version.is_some() {
         len | ATTR_VERSION_2019
     } else {
         len
     };
     raw.extend(attributes.to_be_bytes());
-    if let Some(version) = request.version {
+    if let Some(version) = version {
         raw.push(version);
     }
-    raw.extend(request.phone);
+    raw.extend(phone);
     raw.extend(session.out_serial.to_be_bytes());
     session.out_serial = session.out_serial.wrapping_add(1);
     raw.extend(body);
@@ -1532,6 +1577,44 @@ mod tests {
     }
 
     // --- Replies -------------------------------------------------------------------------
+
+    #[test]
+    fn the_sos_is_confirmed_with_0x8203_in_the_devices_header_version() {
+        let mut s = fresh();
+        assert_eq!(
+            confirm_alarm(&mut s),
+            None,
+            "nothing to address before a frame"
+        );
+        let sos = build(
+            msg::LOCATION,
+            "013800138000",
+            0x10,
+            &location(ALARM_EMERGENCY, 5, &[]),
+        );
+        let out = decode(&sos, &mut s, &ctx());
+        assert_eq!(types(&out)[0], ("sos", false));
+        // 7e | 8203 | 0006 body length, 2013 header | 013800138000 terminal | 0001 our next
+        // serial (0000 went to the 0x8001) | 0000 every pending alarm | 00000001 emergency |
+        // 2d xor | 7e
+        assert_eq!(
+            confirm_alarm(&mut s).unwrap(),
+            hex("7e 8203 0006 013800138000 0001 0000 00000001 2d 7e")
+        );
+        assert_eq!(s.out_serial, 2);
+
+        // A 2019 terminal gets the 2019 header: attribute bit 14, version byte, 10-byte number.
+        let mut s = fresh();
+        s.addressing = Some(Addressing {
+            phone: hex("00000000013800138000"),
+            version: Some(1),
+        });
+        s.out_serial = 1;
+        assert_eq!(
+            confirm_alarm(&mut s).unwrap(),
+            hex("7e 8203 4006 01 00000000013800138000 0001 0000 00000001 6c 7e")
+        );
+    }
 
     #[test]
     fn heartbeat_gets_the_worked_example_reply_at_once() {

@@ -51,6 +51,19 @@ pub struct Session {
     /// Alarm bits that were set in the device's previous periodic status report, so that a
     /// level repeated in every report raises once (rising edge) and is then "still active".
     pub active_levels: u64,
+    /// How the server addresses the device in a message of its own (JT/T 808: the terminal
+    /// number and protocol version of the device's last frame).
+    pub addressing: Option<Addressing>,
+}
+
+/// The header fields a server-initiated message must repeat (JT/T 808: terminal number as
+/// BCD, 6 bytes in the 2013 header or 10 in the 2019 one, and the 2019 protocol version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressing {
+    /// The terminal number, as the device sends it.
+    pub phone: Vec<u8>,
+    /// The 2019 header's protocol version; `None` for the 2013 header.
+    pub version: Option<u8>,
 }
 
 /// What decoding one frame produced.
@@ -166,6 +179,22 @@ impl Protocol {
     }
 
     /// Decodes one frame (as returned by this family's framer).
+    /// Whether the family has an alarm confirmation ([`Protocol::confirm_alarm`]).
+    pub fn confirms_alarms(self) -> bool {
+        matches!(self, Protocol::Jt808)
+    }
+
+    /// The message telling the device an operator has taken its emergency alarm, so it stops
+    /// repeating the SOS flag and a new press can be told from the held one; `None` when the
+    /// family has no such message or the device has not been heard yet.
+    pub fn confirm_alarm(self, session: &mut Session) -> Option<Vec<u8>> {
+        match self {
+            Protocol::Jt808 => jt808::confirm_alarm(session),
+            Protocol::Watch | Protocol::Gt06 | Protocol::Trv => None,
+        }
+    }
+
+    /// Decodes one frame.
     pub fn decode(self, frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
         match self {
             Protocol::Watch => watch::decode(frame, session, ctx),
