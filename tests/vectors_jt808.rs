@@ -547,7 +547,7 @@ fn report(t: &Tally, model_alarms: &[String], hand_made_files: usize) -> String 
     let passed = t.passed();
     let skipped: usize = t.out_of_scope.values().sum();
     let mut s = String::new();
-    let _ = writeln!(s, "# jt808 conformance\n");
+    let _ = writeln!(s, "## jt808 conformance\n");
     let _ = writeln!(
         s,
         "Traccar vectors: `shared/conformance/traccar/jt808.json` (116 entries); hand-made: \
@@ -555,7 +555,7 @@ fn report(t: &Tally, model_alarms: &[String], hand_made_files: usize) -> String 
     );
     let _ = writeln!(
         s,
-        "## In scope: {passed} passed, {} failed, {} panics\n",
+        "### In scope: {passed} passed, {} failed, {} panics\n",
         t.failed.len(),
         t.panics.len()
     );
@@ -566,21 +566,21 @@ fn report(t: &Tally, model_alarms: &[String], hand_made_files: usize) -> String 
     for f in t.failed.iter().chain(&t.panics) {
         let _ = writeln!(s, "\nFAILED: {f}");
     }
-    let _ = writeln!(s, "\n## Out of scope: {skipped} expectations\n");
+    let _ = writeln!(s, "\n### Out of scope: {skipped} expectations\n");
     let _ = writeln!(s, "| category | count |\n|---|---|");
     for (category, n) in &t.out_of_scope {
         let _ = writeln!(s, "| {category} | {n} |");
     }
     let _ = writeln!(
         s,
-        "\n## Home-care alarms in model-specific entries (checked anyway)\n"
+        "\n### Home-care alarms in model-specific entries (checked anyway)\n"
     );
     for m in model_alarms {
         let _ = writeln!(s, "- {m}");
     }
     let _ = writeln!(
         s,
-        "\n## Alarms anxin reports beyond Traccar's assertions ({})\n",
+        "\n### Alarms anxin reports beyond Traccar's assertions ({})\n",
         t.extra_alarms.len()
     );
     for x in &t.extra_alarms {

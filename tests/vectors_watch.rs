@@ -140,7 +140,7 @@ fn watch_frames_meet_every_home_care_expectation() {
     );
 
     let mut md = format!(
-        "### watch\n\nIn-scope home-care expectations: **{} passed, {} failed** (of {} Traccar entries).\n\n",
+        "## watch\n\nIn-scope home-care expectations: **{} passed, {} failed** (of {} Traccar entries).\n\n",
         t.passed(),
         t.failed.len(),
         entries.len()

@@ -557,12 +557,12 @@ pub enum Layout {
     Lists,
 }
 
-/// The markdown summary of a replay: `# <title>`, then `<replayed>; panics: N`, the in-scope
+/// The markdown summary of a replay: `## <title>`, then `<replayed>; panics: N`, the in-scope
 /// counts by check, the out-of-scope categories, the extra alarms, failures and panics.
 pub fn summary(t: &Tally, title: &str, replayed: &str, layout: Layout) -> String {
     let tables = layout == Layout::Tables;
     let mut s = String::new();
-    let _ = writeln!(s, "# {title}\n");
+    let _ = writeln!(s, "## {title}\n");
     let _ = writeln!(s, "{replayed}; panics: {}\n", t.panics.len());
     let _ = writeln!(
         s,
@@ -625,8 +625,12 @@ pub fn finish(family: &str, t: &Tally, report: &str, min_passed: usize) {
     );
 }
 
-/// Prints `report` and writes it to `conformance-<family>.md` in the target directory
-/// (`$CARGO_TARGET_DIR`, by default `target/`), for `protocols/CONFORMANCE.md`.
+/// Prints `report`, writes it to `conformance-<family>.md` in the target directory
+/// (`$CARGO_TARGET_DIR`, by default `target/`), and checks that the family's section of
+/// `protocols/CONFORMANCE.md` (between `<!-- begin FAMILY -->` and `<!-- end FAMILY -->`) is
+/// this report, so the published figures cannot go stale. With `ANXIN_UPDATE_CONFORMANCE=1`
+/// the section is rewritten instead (run the four replays one after another, e.g. with
+/// `cargo test`, not in parallel: they edit the same file).
 pub fn write_report(family: &str, report: &str) {
     eprintln!("{report}");
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -634,4 +638,32 @@ pub fn write_report(family: &str, report: &str) {
         .unwrap_or_else(|| manifest().join("target"));
     std::fs::create_dir_all(&target).unwrap();
     std::fs::write(target.join(format!("conformance-{family}.md")), report).unwrap();
+
+    let path = manifest().join("protocols/CONFORMANCE.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = (
+        format!("<!-- begin {family} -->\n"),
+        format!("<!-- end {family} -->"),
+    );
+    let start = doc
+        .find(&begin)
+        .unwrap_or_else(|| panic!("{}: no {begin:?} marker", path.display()))
+        + begin.len();
+    let stop = start
+        + doc[start..]
+            .find(&end)
+            .unwrap_or_else(|| panic!("{}: no {end:?} marker", path.display()));
+    let want = format!("{}\n", report.trim_end());
+    if doc[start..stop] == want {
+        return;
+    }
+    if std::env::var("ANXIN_UPDATE_CONFORMANCE").as_deref() == Ok("1") {
+        std::fs::write(&path, format!("{}{want}{}", &doc[..start], &doc[stop..])).unwrap();
+        return;
+    }
+    panic!(
+        "protocols/CONFORMANCE.md's {family} section differs from this replay's report; refresh it with \
+         `ANXIN_UPDATE_CONFORMANCE=1 cargo test --test vectors_{family}` and review the diff.\n\
+         The report:\n{want}"
+    );
 }
