@@ -321,12 +321,24 @@ impl Connection {
         let mut bucket = Bucket::new(self.limits.max_frames_per_sec);
         let peer = self.peer.to_string();
         let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (downlink_tx, mut downlinks) = mpsc::channel(DOWNLINK_QUEUE);
+        // Only families with platform-initiated messages get a command queue (a 10 000-watch
+        // fleet should not pay for one).
+        let (downlink_tx, mut downlinks) = if self.protocol.confirms_alarms() {
+            let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let mut registered: Option<String> = None;
         let end = loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(self.limits.idle_timeout, frames.next()) => n,
-                Some(cmd) = downlinks.recv() => {
+                Some(cmd) = async {
+                    match downlinks.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     let Downlink::ConfirmAlarm { done } = cmd;
                     match self.protocol.confirm_alarm(&mut session) {
                         Some(bytes) => match wr.write_all(&bytes).await {
@@ -392,10 +404,10 @@ impl Connection {
                 if let Some(old) = &registered {
                     self.shared.downlinks.unregister(old, conn_id);
                 }
-                if let Some(d) = &device {
+                if let (Some(d), Some(tx)) = (&device, &downlink_tx) {
                     self.shared
                         .downlinks
-                        .register(d, conn_id, self.protocol, &downlink_tx);
+                        .register(d, conn_id, self.protocol, tx);
                 }
                 registered = device.clone();
             }
