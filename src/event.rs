@@ -342,6 +342,18 @@ pub enum DedupKey {
 }
 
 impl DedupKey {
+    /// The `s{seq}|t{device time in ms}` part of a key from what the device sent (either may
+    /// be empty), shared by the MQTT formats so their keys read the same.
+    pub fn device_part(seq: Option<i64>, device_time: Option<DateTime<Utc>>) -> String {
+        format!(
+            "s{}|t{}",
+            seq.map(|s| s.to_string()).unwrap_or_default(),
+            device_time
+                .map(|t| t.timestamp_millis().to_string())
+                .unwrap_or_default()
+        )
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         match self {

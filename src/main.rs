@@ -16,12 +16,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config: path } => {
             match config::load(path.as_deref(), &config::process_env) {
                 Ok(l) => {
-                    let names: Vec<&str> = l
-                        .profiles
-                        .profiles
-                        .iter()
-                        .map(|p| p.name.as_str())
-                        .collect();
+                    let names = l.profiles.names();
                     println!(
                         "config OK: {} rule(s), {} profile(s) [{}], store {}, mqtt {:?}",
                         l.rules.rules.len(),
@@ -122,12 +117,7 @@ fn decode_profile(
         let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         format!("the configuration has problems:\n{}", list.join("\n"))
     })?;
-    let known: Vec<&str> = loaded
-        .profiles
-        .profiles
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
+    let known = loaded.profiles.names();
     let profile = loaded.profiles.get(name).ok_or_else(|| {
         format!(
             "no profile {name:?}; loaded: {}",

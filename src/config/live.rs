@@ -27,7 +27,6 @@ pub struct Reloadable {
 #[derive(Debug)]
 pub struct Live {
     current: RwLock<Arc<Reloadable>>,
-    canonical_filter: String,
     filters: watch::Sender<Vec<String>>,
     topic_root: String,
     /// The config file a reload reads again (`None`: defaults and environment only).
@@ -56,15 +55,13 @@ impl Live {
         topic_root: &str,
         source: Option<PathBuf>,
     ) -> Arc<Live> {
-        let canonical_filter = format!("{topic_root}/devices/+/events");
-        let (filters, _) = watch::channel(Self::filters_of(&canonical_filter, &profiles));
+        let (filters, _) = watch::channel(Self::filters_of(topic_root, &profiles));
         Arc::new(Live {
             current: RwLock::new(Arc::new(Reloadable {
                 rules,
                 profiles,
                 generation: 1,
             })),
-            canonical_filter,
             filters,
             topic_root: topic_root.to_owned(),
             source,
@@ -72,8 +69,8 @@ impl Live {
         })
     }
 
-    fn filters_of(canonical: &str, profiles: &ProfileSet) -> Vec<String> {
-        let mut f = vec![canonical.to_owned()];
+    fn filters_of(topic_root: &str, profiles: &ProfileSet) -> Vec<String> {
+        let mut f = vec![format!("{topic_root}/devices/+/events")];
         f.extend(profiles.filters());
         f
     }
@@ -89,7 +86,7 @@ impl Live {
     /// Puts validated rules and profiles in force and publishes the new subscription list.
     /// Returns the new generation.
     pub fn swap(&self, rules: RuleSet, profiles: ProfileSet) -> u64 {
-        let filters = Self::filters_of(&self.canonical_filter, &profiles);
+        let filters = Self::filters_of(&self.topic_root, &profiles);
         let generation = {
             let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
             let generation = cur.generation + 1;
@@ -116,28 +113,26 @@ impl Live {
                         "The topic root changed in the config; it takes effect at the next start"
                     );
                 }
-                let report = ReloadReport {
-                    generation: 0,
-                    rules: loaded.rules.rules.len(),
-                    profiles: loaded
-                        .profiles
-                        .profiles
-                        .iter()
-                        .map(|p| p.name.clone())
-                        .collect(),
-                };
+                let rules = loaded.rules.rules.len();
+                let profiles: Vec<String> = loaded
+                    .profiles
+                    .names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
                 let generation = self.swap(loaded.rules, loaded.profiles);
                 metrics::counter!(crate::telemetry::names::CONFIG_RELOADS, "result" => "ok")
                     .increment(1);
                 tracing::info!(
                     generation,
-                    rules = report.rules,
-                    profiles = ?report.profiles,
+                    rules,
+                    profiles = ?profiles,
                     "Configuration reloaded (rules and profiles; other settings apply at the next start)"
                 );
                 Ok(ReloadReport {
                     generation,
-                    ..report
+                    rules,
+                    profiles,
                 })
             }
             Err(problems) => {

@@ -152,7 +152,7 @@ pub fn parse(file: &Path, src: &str, topic_root: &str) -> Result<(Profile, usize
     let device_id = device_id(&mut root);
     if let (Some(t), None) = (&topic, &device_id)
         && !t.has_device()
-        && !ctx_has(&ctx, "device_id")
+        && !ctx.has_problem_at("device_id")
     {
         root.problem(
             topic_line,
@@ -197,7 +197,7 @@ pub fn parse(file: &Path, src: &str, topic_root: &str) -> Result<(Profile, usize
         t.finish();
         out
     });
-    if senml && time.is_none() && !ctx_has(&ctx, "time") {
+    if senml && time.is_none() && !ctx.has_problem_at("time") {
         // A resolved SenML record carries its absolute time in seconds (RFC 8428 §4.6).
         time = Some(TimeSpec {
             pointer: Pointer::parse("/t").expect("valid"),
@@ -209,7 +209,7 @@ pub fn parse(file: &Path, src: &str, topic_root: &str) -> Result<(Profile, usize
         .and_then(|(s, line)| pointer(&root, line, "seq", &s));
     let mut mappings = Vec::new();
     let events = root.tables("event");
-    if events.is_empty() && !ctx_has(&ctx, "event") {
+    if events.is_empty() && !ctx.has_problem_at("event") {
         ctx.problem(
             0,
             "event",
@@ -243,11 +243,6 @@ pub fn parse(file: &Path, src: &str, topic_root: &str) -> Result<(Profile, usize
         )),
         _ => Err(problems),
     }
-}
-
-/// Whether a problem was already reported at `key` (so a follow-on one is not added).
-fn ctx_has(ctx: &Ctx<'_>, key: &str) -> bool {
-    ctx.has_problem_at(key)
 }
 
 fn ctx_has_key(s: &Section<'_, '_>, key: &str) -> bool {

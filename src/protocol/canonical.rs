@@ -46,6 +46,26 @@ pub fn device_from_topic<'t>(root: &str, topic: &'t str) -> Result<&'t str, Reje
     Ok(id)
 }
 
+/// Checks a payload's size against [`MAX_PAYLOAD_BYTES`] and parses it as JSON; `Err` is the
+/// rejection reason and detail. Shared by the canonical format and the vendor profiles.
+pub fn parse_payload(payload: &[u8]) -> Result<Value, (RejectReason, String)> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err((
+            RejectReason::PayloadTooLarge,
+            format!(
+                "payload is {} bytes, the maximum is {MAX_PAYLOAD_BYTES}",
+                payload.len()
+            ),
+        ));
+    }
+    serde_json::from_slice(payload).map_err(|e| {
+        (
+            RejectReason::MalformedJson,
+            format!("payload is not JSON: {e}"),
+        )
+    })
+}
+
 /// Decodes one message. Never fails as a whole: every problem becomes a [`Rejection`] so it
 /// can be stored and acked, since a malformed message can never succeed on redelivery.
 pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc>) -> Decoded {
@@ -68,25 +88,9 @@ pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc
             };
         }
     };
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return whole(
-            Some(device_id),
-            RejectReason::PayloadTooLarge,
-            format!(
-                "payload is {} bytes, the maximum is {MAX_PAYLOAD_BYTES}",
-                payload.len()
-            ),
-        );
-    }
-    let value: Value = match serde_json::from_slice(payload) {
+    let value = match parse_payload(payload) {
         Ok(v) => v,
-        Err(e) => {
-            return whole(
-                Some(device_id),
-                RejectReason::MalformedJson,
-                format!("payload is not JSON: {e}"),
-            );
-        }
+        Err((reason, detail)) => return whole(Some(device_id), reason, detail),
     };
     let source = Source {
         transport: "mqtt",
@@ -258,13 +262,7 @@ fn decode_object(
         return Err(reject(RejectReason::BadField, why, raw(&obj)));
     }
     let dedup_key = if seq.is_some() || device_time.is_some() {
-        DedupKey::Device(format!(
-            "s{}|t{}",
-            seq.map(|s| s.to_string()).unwrap_or_default(),
-            device_time
-                .map(|t| t.timestamp_millis().to_string())
-                .unwrap_or_default()
-        ))
+        DedupKey::Device(DedupKey::device_part(seq, device_time))
     } else {
         DedupKey::Payload(format!("h{digest}:{index}"))
     };

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use topic::TopicPattern;
 
-use super::canonical::{Decoded, MAX_PAYLOAD_BYTES, check_field, kind_of};
+use super::canonical::{Decoded, check_field, kind_of, parse_payload};
 use super::{RejectReason, Rejection};
 use crate::event::{DedupKey, Event, EventType, FieldKind, FieldSpec, Source, valid_device_id};
 
@@ -274,6 +274,11 @@ impl ProfileSet {
         self.profiles.iter().find(|p| p.name == name)
     }
 
+    /// The profile names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.profiles.iter().map(|p| p.name.as_str()).collect()
+    }
+
     /// The subscription filters, one per profile.
     pub fn filters(&self) -> Vec<String> {
         self.profiles.iter().map(|p| p.topic.filter()).collect()
@@ -334,23 +339,9 @@ impl Profile {
                 })],
             };
         }
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            return whole(
-                RejectReason::PayloadTooLarge,
-                format!(
-                    "payload is {} bytes, the maximum is {MAX_PAYLOAD_BYTES}",
-                    payload.len()
-                ),
-            );
-        }
-        let root: Value = match serde_json::from_slice(payload) {
+        let root = match parse_payload(payload) {
             Ok(v) => v,
-            Err(e) => {
-                return whole(
-                    RejectReason::MalformedJson,
-                    format!("payload is not JSON: {e}"),
-                );
-            }
+            Err((reason, detail)) => return whole(reason, detail),
         };
         // The elements, each with its position (part of its duplicate key).
         let list: &[Value] = match (&self.records, &root) {
@@ -511,11 +502,8 @@ impl Element<'_> {
                     let key_tail = format!("{}:{}.{m_index}", self.profile.name, self.index);
                     let dedup_key = if seq.is_some() || device_time.is_some() {
                         DedupKey::Device(format!(
-                            "{key_tail}|s{}|t{}",
-                            seq.map(|s| s.to_string()).unwrap_or_default(),
-                            device_time
-                                .map(|t: DateTime<Utc>| t.timestamp_millis().to_string())
-                                .unwrap_or_default()
+                            "{key_tail}|{}",
+                            DedupKey::device_part(seq, device_time)
                         ))
                     } else {
                         DedupKey::Payload(format!("h{}:{key_tail}", self.digest))
