@@ -131,7 +131,11 @@ fn tcp_families(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("tcp_decode");
     for proto in Protocol::ALL {
-        let path = format!("../shared/conformance/traccar/{}.json", proto.name());
+        let path = format!(
+            "{}/protocols/conformance/traccar/{}.json",
+            env!("CARGO_MANIFEST_DIR"),
+            proto.name()
+        );
         let Ok(text) = std::fs::read_to_string(&path) else {
             eprintln!("skipping {}: {path} not found", proto.name());
             continue;

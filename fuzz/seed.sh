@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes the seed corpora of the fuzz targets into fuzz/corpus/<target>/ (gitignored), from
-#   - ../shared/conformance/traccar/{watch,gt06,jt808,trv}.json: every entry's `frame`
+#   - protocols/conformance/traccar/{watch,gt06,jt808,trv}.json: every entry's `frame`
 #     (hex or text per its `encoding`);
 #   - protocols/<family>/vectors/*.json: `frame` (hex for gt06, text for trv and watch) or,
 #     for multi-step vectors (jt808), every step's `frame_hex` concatenated in order, so the
@@ -13,13 +13,10 @@
 # the same with 1-byte reads; bit 6 = a run of bytes longer than the maximum frame inserted mid-stream.
 # Files are named by the SHA-1 of their content, as libFuzzer names its own, so re-running is
 # idempotent and duplicates collapse. Needs python3 (standard library only).
-# Usage: bash fuzz/seed.sh [shared-dir]   (default: ../shared next to the repository)
+# Usage: bash fuzz/seed.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-shared=${1:-../../shared}
-[ -d "$shared/conformance/traccar" ] || { echo "seed.sh: no $shared/conformance/traccar" >&2; exit 1; }
-
-python3 - "$shared/conformance/traccar" ../protocols corpus <<'PY'
+python3 - ../protocols/conformance/traccar ../protocols corpus <<'PY'
 import hashlib, json, os, sys
 from pathlib import Path
 

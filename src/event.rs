@@ -330,6 +330,45 @@ pub struct Event {
     /// the first copy may never have been committed — but it lets a payload-hash key match
     /// for the whole dedup window instead of only the short redelivery window.
     pub redelivered: bool,
+    /// Values the device sent with this event that could not be used (a bad `ts`, a field out
+    /// of range, …). An alarm is never refused for them (DESIGN.md guarantee 5): it is kept,
+    /// and so are they, for the timeline and for inspection.
+    pub flaws: Vec<Flaw>,
+}
+
+/// A value that came with an event but could not be used; the event stands without it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Flaw {
+    /// The field at fault: `ts`, `seq`, `state`, `device_id`, a vendor field, …
+    pub field: String,
+    /// What the device sent, as text, cut to [`Flaw::MAX_VALUE_BYTES`].
+    pub value: String,
+    /// What was wrong and what stood in for it.
+    pub problem: String,
+}
+
+impl Flaw {
+    /// Longest kept value, in bytes: enough to read any field, bounded for memory and logs.
+    pub const MAX_VALUE_BYTES: usize = 128;
+
+    /// A flaw of `field`, keeping at most [`Flaw::MAX_VALUE_BYTES`] of `value` (cut on a
+    /// character boundary).
+    pub fn new(
+        field: impl Into<String>,
+        value: impl AsRef<str>,
+        problem: impl Into<String>,
+    ) -> Flaw {
+        let value = value.as_ref();
+        let mut end = value.len().min(Flaw::MAX_VALUE_BYTES);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        Flaw {
+            field: field.into(),
+            value: value[..end].to_owned(),
+            problem: problem.into(),
+        }
+    }
 }
 
 /// How a redelivered copy of an event is recognised (DESIGN.md guarantee 2).
@@ -383,7 +422,14 @@ impl Event {
             still_active: false,
             resident_id: None,
             redelivered: false,
+            flaws: Vec::new(),
         }
+    }
+
+    /// Records a value that could not be used (see [`Flaw`]).
+    pub fn flawed(mut self, flaw: Flaw) -> Event {
+        self.flaws.push(flaw);
+        self
     }
 
     /// Sets a field (decoders are trusted to follow [`EventType::fields`]; tests check them).
@@ -401,6 +447,7 @@ impl Event {
             "device_time": self.device_time,
             "seq": self.seq,
             "still_active": self.still_active,
+            "flaws": self.flaws,
         })
     }
 
@@ -428,6 +475,14 @@ mod tests {
         assert!(!valid_device_id("has space"));
         assert!(!valid_device_id("slash/inside"));
         assert!(!valid_device_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn a_flaw_keeps_a_bounded_prefix_cut_on_a_character_boundary() {
+        let f = Flaw::new("ts", "时".repeat(100), "not a time");
+        assert!(f.value.len() <= Flaw::MAX_VALUE_BYTES);
+        assert!(f.value.chars().all(|c| c == '时'));
+        assert_eq!(Flaw::new("seq", "7", "x").value, "7");
     }
 
     #[test]

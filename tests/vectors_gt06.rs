@@ -1,4 +1,4 @@
-//! GT06 conformance: Traccar's test frames (`shared/conformance/traccar/gt06.json`,
+//! GT06 conformance: Traccar's test frames (`protocols/conformance/traccar/gt06.json`,
 //! PROTOCOLS.md §9) and anxin's own vectors (`protocols/gt06/vectors/*.json`), each fed through
 //! the real framer and decoder.
 //!

@@ -1,6 +1,6 @@
 //! Conformance replay for the `jt808` family.
 //!
-//! 1. Traccar's 116 JT/T 808 test frames (`shared/conformance/traccar/jt808.json`, format in
+//! 1. Traccar's 116 JT/T 808 test frames (`protocols/conformance/traccar/jt808.json`, format in
 //!    PROTOCOLS.md §9) through [`Jt808Framer`] and [`jt808::decode`]. Only the home-care
 //!    expectations are judged — alarms (mapped to anxin events), positions, "no record", battery
 //!    readings, satellites — and 100 % of them must pass. Vehicle and asset expectations (fuel,
@@ -9,8 +9,7 @@
 //! 2. The hand-made vectors in `protocols/jt808/vectors/*.json`: exact events and reply bytes.
 //!
 //! The summary is printed and written to `target/conformance-jt808.md`. The Traccar file is
-//! read from `$ANXIN_CONFORMANCE_DIR/traccar/jt808.json`, by default the `shared/conformance`
-//! directory next to this repository.
+//! read from `protocols/conformance/traccar/jt808.json`.
 
 mod conformance;
 
@@ -550,7 +549,7 @@ fn report(t: &Tally, model_alarms: &[String], hand_made_files: usize) -> String 
     let _ = writeln!(s, "## jt808 conformance\n");
     let _ = writeln!(
         s,
-        "Traccar vectors: `shared/conformance/traccar/jt808.json` (116 entries); hand-made: \
+        "Traccar vectors: `protocols/conformance/traccar/jt808.json` (116 entries); hand-made: \
          `protocols/jt808/vectors/` ({hand_made_files} files).\n"
     );
     let _ = writeln!(

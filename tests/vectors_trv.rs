@@ -1,4 +1,4 @@
-//! Trv ("IW") conformance: Traccar's test frames (`shared/conformance/traccar/trv.json`,
+//! Trv ("IW") conformance: Traccar's test frames (`protocols/conformance/traccar/trv.json`,
 //! PROTOCOLS.md §9) and anxin's own vectors (`protocols/trv/vectors/*.json`), each fed through
 //! the real framer and decoder.
 //!

@@ -1,5 +1,5 @@
 //! Conformance of the watch family against Traccar's test frames
-//! (`../shared/conformance/traccar/watch.json`): every frame is replayed; the home-care
+//! (`protocols/conformance/traccar/watch.json`): every frame is replayed; the home-care
 //! expectations must all hold; the rest is counted by category. Writes the summary to
 //! `target/conformance-watch.md` for `protocols/CONFORMANCE.md`.
 

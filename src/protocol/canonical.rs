@@ -278,6 +278,7 @@ fn decode_object(
         still_active: false,
         resident_id: None,
         redelivered: false,
+        flaws: Vec::new(),
     })
 }
 

@@ -27,23 +27,15 @@ pub fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Traccar's test frames of `family` (format in PROTOCOLS.md §9), from
-/// `$ANXIN_CONFORMANCE_DIR/traccar/<family>.json`, by default the `shared/conformance`
-/// directory next to this repository.
+/// Traccar's test frames of `family` (format in `protocols/conformance/PROTOCOLS.md` §9),
+/// kept in the repository as data: `protocols/conformance/traccar/<family>.json`.
 pub fn traccar_file(family: &str) -> PathBuf {
-    std::env::var_os("ANXIN_CONFORMANCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest().join("../shared/conformance"))
-        .join(format!("traccar/{family}.json"))
+    manifest().join(format!("protocols/conformance/traccar/{family}.json"))
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e} (set ANXIN_CONFORMANCE_DIR to the shared/conformance directory)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -1,7 +1,7 @@
 //! The four 4G TCP device families (`watch`, `gt06`, `jt808`, `trv`), played against the
 //! engine's TCP listeners.
 //!
-//! Every encoder here is written from `shared/conformance/PROTOCOLS.md` and checked against
+//! Every encoder here is written from `protocols/conformance/PROTOCOLS.md` and checked against
 //! Traccar's frames, never borrowed from the engine: the simulator is an independent truth,
 //! so a mistake made the same way in an encoder and a decoder cannot hide. Replies from the
 //! engine are parsed just as strictly (CRC, XOR, length fields) and only a well-formed reply

@@ -1,6 +1,6 @@
 //! The `jt808` family: JT/T 808 terminals (2013 and 2019 headers), `7E`-framed binary over TCP.
 //!
-//! Wire format: `shared/conformance/PROTOCOLS.md` §4; anxin's rules on top of it (every alarm
+//! Wire format: `protocols/conformance/PROTOCOLS.md` §4; anxin's rules on top of it (every alarm
 //! flag, levels vs events, device clocks): PROTOCOLS.md §1; the family notes with byte
 //! examples: `protocols/jt808/README.md`.
 //!

@@ -4,7 +4,7 @@
 //! per-connection [`Session`] are arguments, so vectors, fuzzing and `anxin decode` are cheap.
 //!
 //! Family notes, framing and ack rules: `protocols/<family>/README.md` and
-//! `shared/conformance/PROTOCOLS.md`.
+//! `protocols/conformance/PROTOCOLS.md`.
 
 pub mod gt06;
 pub mod jt808;
