@@ -88,7 +88,6 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
     WriteBatch {
         items,
         dedup_window: Duration::hours(24),
-        redelivery_window: Duration::seconds(60),
     }
 }
 

@@ -59,6 +59,12 @@ pub async fn run(
             .await
             .context("loading the device registry")?,
     );
+    registry.mark_quarantined(
+        store
+            .quarantined_devices()
+            .await
+            .context("loading the quarantined devices")?,
+    );
     tracing::info!(registered = registry.len(), policy = ?config.unknown_devices, "Device registry loaded");
 
     // 2b. Admin token.

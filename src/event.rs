@@ -224,6 +224,15 @@ impl EventType {
         EventType::ALL.into_iter().find(|t| t.name() == s)
     }
 
+    /// Parses a `type` as devices send it: any case, surrounding blanks ignored (`"SOS"` is
+    /// an SOS; refusing it would lose the alarm over spelling).
+    pub fn parse_loose(s: &str) -> Option<EventType> {
+        let s = s.trim();
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
     /// The fields this type carries (CONTRACT.md, "the canonical anxin JSON format").
     pub fn fields(self) -> &'static [FieldSpec] {
         match self {
@@ -491,5 +500,8 @@ mod tests {
             assert_eq!(EventType::parse(t.name()), Some(t));
         }
         assert_eq!(EventType::parse("SOS"), None);
+        assert_eq!(EventType::parse_loose(" SOS "), Some(EventType::Sos));
+        assert_eq!(EventType::parse_loose("Smoke"), Some(EventType::Smoke));
+        assert_eq!(EventType::parse_loose("so s"), None);
     }
 }

@@ -261,6 +261,8 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
 #[derive(Debug, Clone)]
 pub struct Registry {
     devices: Arc<DashMap<String, Registration>>,
+    /// Unregistered devices that already have their `unregistered_device` alert.
+    quarantined: Arc<dashmap::DashSet<String>>,
     /// Policy for devices not in it.
     pub policy: UnknownPolicy,
 }
@@ -270,6 +272,7 @@ impl Registry {
     pub fn new(policy: UnknownPolicy) -> Registry {
         Registry {
             devices: Arc::new(DashMap::new()),
+            quarantined: Arc::default(),
             policy,
         }
     }
@@ -304,6 +307,24 @@ impl Registry {
     /// The clock offset of a registered device.
     pub fn offset(&self, id: &str) -> Option<FixedOffset> {
         self.devices.get(id).and_then(|r| r.offset())
+    }
+
+    /// Whether an unregistered device already has its `unregistered_device` alert.
+    pub fn is_quarantined(&self, id: &str) -> bool {
+        self.quarantined.contains(id)
+    }
+
+    /// Remembers that these devices have their `unregistered_device` alert (after commit).
+    pub fn mark_quarantined(&self, ids: impl IntoIterator<Item = String>) {
+        for id in ids {
+            self.quarantined.insert(id);
+        }
+    }
+
+    /// Forgets a device's quarantine (it was registered: its alert is resolved, and were it
+    /// unregistered again, its next message raises a new one).
+    pub fn unmark_quarantined(&self, id: &str) {
+        self.quarantined.remove(id);
     }
 
     /// How many devices are registered.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::protocol::Rejection;
+use crate::event::{Event, Flaw};
+use crate::protocol::{RejectReason, Rejection};
 use crate::store::{BatchOutcome, StoreError};
 
 /// Metric names.
@@ -68,6 +69,8 @@ pub mod names {
     pub const PROFILE_REJECTED: &str = "anxin_profile_rejected_total";
     /// Configuration reloads, by `result` (`ok` or `refused`).
     pub const CONFIG_RELOADS: &str = "anxin_config_reloads_total";
+    /// Retained messages replayed by the broker: recorded, never counted as presses.
+    pub const MQTT_RETAINED: &str = "anxin_mqtt_retained_total";
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.
@@ -139,10 +142,61 @@ fn allow_log(key: &'static str) -> Option<u64> {
     }
 }
 
+/// Lines per (reason, device) and window: a noisy device shows, and then is summarised.
+const PER_DEVICE_WINDOW: u32 = 3;
+/// Lines per window over all devices (alarms excepted): a flood from many devices cannot
+/// bury the log.
+const ALL_DEVICES_WINDOW: u32 = 100;
+/// (reason, device) keys remembered before expired ones are dropped.
+const MAX_DEVICE_KEYS: usize = 10_000;
+
+/// Per (reason, device): window start, lines logged in it, lines suppressed in it.
+type DeviceLogBudget = HashMap<(&'static str, String), (Instant, u32, u64)>;
+
+/// Whether to log a warning about `device`, and how many were suppressed since its last
+/// line. Keyed by (reason, device) so one noisy device never hides another's; a line about a
+/// possible alarm is always written (the suppressed count still shows the noise).
+fn allow_device_log(reason: &'static str, device: &str, alarm: bool) -> Option<u64> {
+    static STATE: OnceLock<Mutex<(DeviceLogBudget, Instant, u32)>> = OnceLock::new();
+    let mut guard = STATE
+        .get_or_init(|| Mutex::new((HashMap::new(), Instant::now(), 0)))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let (map, all_start, all_count) = &mut *guard;
+    let now = Instant::now();
+    if now.duration_since(*all_start) > WINDOW {
+        *all_start = now;
+        *all_count = 0;
+    }
+    if map.len() >= MAX_DEVICE_KEYS {
+        map.retain(|_, e| now.duration_since(e.0) <= WINDOW || e.2 > 0);
+        if map.len() >= MAX_DEVICE_KEYS {
+            map.clear();
+        }
+    }
+    let entry = map
+        .entry((reason, device.to_owned()))
+        .or_insert((now, 0, 0));
+    if now.duration_since(entry.0) > WINDOW {
+        entry.0 = now;
+        entry.1 = 0;
+    }
+    let within = entry.1 < PER_DEVICE_WINDOW && *all_count < ALL_DEVICES_WINDOW;
+    if alarm || within {
+        entry.1 += 1;
+        *all_count += 1;
+        Some(std::mem::take(&mut entry.2))
+    } else {
+        entry.2 += 1;
+        None
+    }
+}
+
 /// A message or array element was refused.
 pub fn rejected(origin: &str, r: &Rejection) {
     counter!(names::REJECTED, "reason" => r.reason.as_str()).increment(1);
-    if let Some(suppressed) = allow_log(r.reason.as_str()) {
+    let device = r.device_id.as_deref().unwrap_or(origin);
+    if let Some(suppressed) = allow_device_log(r.reason.as_str(), device, r.may_be_alarm()) {
         tracing::warn!(
             device = r.device_id.as_deref().unwrap_or("-"),
             topic = origin,
@@ -150,6 +204,55 @@ pub fn rejected(origin: &str, r: &Rejection) {
             suppressed_since_last = suppressed,
             "Rejected input: {}",
             r.detail
+        );
+    }
+}
+
+/// A value that came with an event could not be used; the event stands without it.
+pub fn flawed(origin: &str, e: &Event, f: &Flaw) {
+    let reason = RejectReason::IgnoredField.as_str();
+    counter!(names::REJECTED, "reason" => reason).increment(1);
+    let alarm = e.event_type.is_life_safety();
+    if let Some(suppressed) = allow_device_log(reason, &e.device_id, alarm) {
+        tracing::warn!(
+            device = %e.device_id,
+            topic = origin,
+            event = e.event_type.name(),
+            field = %f.field,
+            value = %f.value,
+            reason,
+            suppressed_since_last = suppressed,
+            "Value ignored, {} kept: {}",
+            e.event_type,
+            f.problem
+        );
+    }
+}
+
+/// A device time too far from the receive time to show.
+pub fn implausible_time(device: &str, off: chrono::Duration) {
+    let reason = RejectReason::ImplausibleTime.as_str();
+    counter!(names::REJECTED, "reason" => reason).increment(1);
+    if let Some(suppressed) = allow_device_log(reason, device, false) {
+        tracing::warn!(
+            device,
+            off_secs = off.num_seconds(),
+            suppressed_since_last = suppressed,
+            "Device clock off; receive time shown instead"
+        );
+    }
+}
+
+/// The broker replayed a retained message: recorded, not counted as a press.
+pub fn retained(origin: &str, e: &Event) {
+    counter!(names::MQTT_RETAINED).increment(1);
+    if let Some(suppressed) = allow_device_log("retained", &e.device_id, false) {
+        tracing::info!(
+            device = %e.device_id,
+            topic = origin,
+            event = e.event_type.name(),
+            suppressed_since_last = suppressed,
+            "Retained message recorded, not counted as a press (devices should publish with retain off)"
         );
     }
 }

@@ -79,19 +79,34 @@ async fn duplicates_count_once_new_presses_and_restarts_count_again() {
     assert_eq!(full["device"]["id"], "d1");
 }
 
+/// Without seq or ts only the transport can call a message a redelivery: two identical falls
+/// a second apart are two falls, and the README's own `{"type":"sos"}` pressed again after the
+/// operator resolved the first opens a new alert.
 #[tokio::test]
-async fn an_identical_payload_without_seq_or_ts_within_a_minute_is_a_redelivery() {
+async fn identical_payloads_without_seq_or_ts_are_each_a_press() {
     let e = Engine::start(EngineOpts::default()).await;
     e.publish("d2", r#"{"type":"fall"}"#);
     e.publish("d2", r#"{"type":"fall"}"#);
     wait_processed(&e, 2.0).await;
     let a = alert_of(&e, "d2", "fall").await;
-    assert_eq!(a["count"], 1);
-    let (_, full) = e.get(&format!("/api/alerts/{}", a["id"])).await;
-    assert_eq!(
-        full["timeline"][1]["action"], "duplicate",
-        "recorded on the timeline"
-    );
+    assert_eq!(a["count"], 2, "two falls count twice");
+    assert_eq!(e.metric("anxin_ingest_duplicates_total").await, 0.0);
+
+    e.publish("d2", r#"{"type":"sos"}"#);
+    wait_processed(&e, 3.0).await;
+    let first = alert_of(&e, "d2", "sos").await;
+    let (status, _) = e
+        .post(
+            &format!("/api/alerts/{}/resolve", first["id"]),
+            serde_json::json!({"outcome": "false_alarm"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    e.publish("d2", r#"{"type":"sos"}"#);
+    wait_processed(&e, 4.0).await;
+    let open = e.alerts("status=open&kind=sos&device_id=d2").await;
+    assert_eq!(open.len(), 1, "the second press opened a new alert: {open:?}");
+    assert_ne!(open[0]["id"], first["id"]);
 }
 
 #[tokio::test]
@@ -101,7 +116,7 @@ async fn bad_input_is_counted_stored_and_never_stops_the_engine() {
     e.publish("d3", r#"{"type":"teleport"}"#);
     e.publish(
         "d3",
-        r#"[{"type":"heartbeat"},{"type":"smoke","state":"on fire"},7,{"type":"water","state":"leak"}]"#,
+        r#"[{"type":"heartbeat"},{"type":"door","state":"ajar"},7,{"type":"water","state":"leak"}]"#,
     );
     publish_raw(
         &e,

@@ -124,11 +124,12 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
     let (_, detail) = e.get(&format!("/api/alerts/{}", sos["id"])).await;
     assert!(detail.to_string().contains("AC-1001"), "{detail}");
 
-    // The payload names another device than the topic: refused and counted, by profile.
+    // The payload names another device than the topic: a report is refused and counted, by
+    // profile; a PANIC is raised all the same, for the topic's device, naming both.
     publish(
         port,
         &topic("AC-1002"),
-        r#"{"sn":"AC-1001","evt":{"kind":"PANIC","at":1796538700}}"#,
+        r#"{"sn":"AC-1001","evt":{"kind":"REPORT","at":1796538700},"temp_f":98}"#,
     );
     e.wait_metric(
         r#"anxin_profile_rejected_total{profile="acme-pendant",reason="device_mismatch"}"#,
@@ -165,7 +166,7 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
         Some(1),
         "{listed}"
     );
-    // ... and the profile in force still works. The mismatched PANIC above raised nothing:
+    // ... and the profile in force still works. The mismatched report above raised nothing:
     // AC-1002 has no alert while this later PANIC of AC-1003 has one.
     publish(
         port,
@@ -174,6 +175,15 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
     );
     alert(&e, "AC-1003", "sos").await;
     assert!(e.alerts("device_id=AC-1002").await.is_empty());
+    publish(
+        port,
+        &topic("AC-1002"),
+        r#"{"sn":"AC-1001","evt":{"kind":"PANIC","at":1796538810}}"#,
+    );
+    let mismatched = alert(&e, "AC-1002", "sos").await;
+    let (_, detail) = e.get(&format!("/api/alerts/{}", mismatched["id"])).await;
+    let flaws = detail["timeline"][0]["detail"]["flaws"].to_string();
+    assert!(flaws.contains("AC-1001") && flaws.contains("AC-1002"), "{detail}");
     assert!(
         e.alerts("device_id=AC-1001")
             .await

@@ -19,7 +19,7 @@
 //! 2. a redelivered SOS (same `seq` and `ts`, in a later batch or the same batch) is not
 //!    counted, is reported as a duplicate and goes on the timeline as `duplicate`;
 //! 3. new presses, and a restarted device starting again at `seq` 1, count on the open alert;
-//! 4. without `seq`/`ts`, an identical payload is a duplicate only within the redelivery window;
+//! 4. without `seq`/`ts`, an identical payload is a new press unless the broker flags it (DUP);
 //! 5. dedup keys expire after the dedup window, and `purge_dedup` removes expired keys;
 //! 6. the database itself refuses a second unresolved alert for one device and rule;
 //! 7. acknowledge and resolve are conditional (`Conflict`, `NotFound`, `Validation`), and a
@@ -210,9 +210,9 @@ contract! {
     new_presses_and_a_restarted_device_count_on_the_open_alert
         => sqlite_new_presses_and_a_restarted_device_count_on_the_open_alert,
            postgres_new_presses_and_a_restarted_device_count_on_the_open_alert;
-    a_payload_without_seq_or_ts_is_a_duplicate_only_within_the_redelivery_window
-        => sqlite_a_payload_without_seq_or_ts_is_a_duplicate_only_within_the_redelivery_window,
-           postgres_a_payload_without_seq_or_ts_is_a_duplicate_only_within_the_redelivery_window;
+    a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it
+        => sqlite_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it,
+           postgres_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it;
     dedup_keys_expire_and_purge_removes_expired_keys
         => sqlite_dedup_keys_expire_and_purge_removes_expired_keys,
            postgres_dedup_keys_expire_and_purge_removes_expired_keys;
@@ -277,7 +277,6 @@ struct Fx {
     clock: ManualClock,
     rules: RuleSet,
     dedup_window: Duration,
-    redelivery_window: Duration,
 }
 
 impl Fx {
@@ -292,7 +291,6 @@ impl Fx {
             clock: ManualClock::new(t0()),
             rules,
             dedup_window: Duration::hours(24),
-            redelivery_window: Duration::seconds(60),
         }
     }
 
@@ -340,7 +338,6 @@ impl Fx {
         WriteBatch {
             items,
             dedup_window: self.dedup_window,
-            redelivery_window: self.redelivery_window,
         }
     }
 
@@ -677,55 +674,46 @@ async fn new_presses_and_a_restarted_device_count_on_the_open_alert(store: Store
     assert_eq!(fx.alert(id).await.0.count, 4);
 }
 
-/// 4. Without seq and ts, an identical payload within the redelivery window (60 s) is a
-///    duplicate; after the window the same payload is a new press.
-async fn a_payload_without_seq_or_ts_is_a_duplicate_only_within_the_redelivery_window(
-    store: Store,
-) {
+/// 4. Without seq and ts, nothing but the transport can tell a redelivery from the next press:
+///    identical payloads are each a press — a second later, in the same batch, and after the
+///    operator resolved the first (the README's own `{"type":"sos"}` pressed twice).
+async fn a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it(store: Store) {
     let fx = Fx::new(store);
     let press = r#"{"type":"sos"}"#;
     let first = fx.send("pendant-1", press).await;
     assert_eq!(outcome_counts(&first), (1, 0, 0));
     let id = first.changes[0].alert_id;
 
-    fx.advance(Duration::seconds(30));
-    let redelivered = fx.send("pendant-1", press).await;
-    assert_eq!(outcome_counts(&redelivered), (0, 1, 0));
+    fx.advance(Duration::seconds(1));
+    let again = fx.send("pendant-1", press).await;
+    assert_eq!(outcome_counts(&again), (1, 0, 0), "a second press 1 s later");
     let (alert, timeline) = fx.alert(id).await;
-    assert_eq!(alert.count, 1);
-    assert_eq!(actions(&timeline), ["opened", "duplicate"]);
-    assert_eq!(fx.count(Table::Events).await, 1);
+    assert_eq!(alert.count, 2);
+    assert_eq!(actions(&timeline), ["opened", "event"]);
 
-    // A different payload is a different press, even inside the window.
-    let other = fx.send("pendant-1", r#"{"type": "sos"}"#).await;
-    assert_eq!(outcome_counts(&other), (1, 0, 0));
-    assert_eq!(fx.alert(id).await.0.count, 2);
+    let mut both = fx.message("pendant-1", press);
+    both.extend(fx.message("pendant-1", press));
+    let twice = fx.commit(both).await;
+    assert_eq!(outcome_counts(&twice), (2, 0, 0), "two presses in one batch");
+    assert_eq!(fx.alert(id).await.0.count, 4);
+    assert_eq!(fx.count(Table::Events).await, 4);
 
-    // 61 s after the first receipt the identical payload is a new press.
-    fx.clock.set(t0() + Duration::seconds(61));
-    let new_press = fx.send("pendant-1", press).await;
-    assert_eq!(outcome_counts(&new_press), (1, 0, 0));
-    let (alert, timeline) = fx.alert(id).await;
-    assert_eq!(new_press.changes, [change(&alert, "counted")]);
-    assert_eq!(alert.count, 3);
-    assert_eq!(alert.last_event_at, t0() + Duration::seconds(61));
-    assert_eq!(
-        actions(&timeline),
-        ["opened", "duplicate", "event", "event"]
-    );
-    assert_eq!(fx.count(Table::Events).await, 3);
-
-    // Its own redelivery window starts again from that receipt.
-    fx.advance(Duration::seconds(59));
-    let redelivered = fx.send("pendant-1", press).await;
-    assert_eq!(outcome_counts(&redelivered), (0, 1, 0));
-    assert_eq!(fx.alert(id).await.0.count, 3);
+    fx.store
+        .resolve(id, "op", fx.now(), "false_alarm", None)
+        .await
+        .unwrap();
+    fx.advance(Duration::seconds(10));
+    let after = fx.send("pendant-1", press).await;
+    assert_eq!(outcome_counts(&after), (1, 0, 0));
+    assert_eq!(after.changes.len(), 1);
+    assert_eq!(after.changes[0].action, "opened", "a press after resolve opens a new alert");
+    assert_ne!(after.changes[0].alert_id, id);
 }
 
 /// 4b. The engine was down for minutes after committing a bare SOS and before acking it: the
-///     broker redelivers it flagged DUP, past the 60 s redelivery window. The flag lets the
-///     payload hash match for the whole dedup window; an unflagged identical payload at the
-///     same time is a new press, and a flagged copy of something never committed counts.
+///     broker redelivers it flagged DUP. The flag lets the payload hash match for the whole
+///     dedup window; an unflagged identical payload at the same time is a new press, and a
+///     flagged copy of something never committed counts.
 async fn a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window(
     store: Store,
 ) {
@@ -1254,7 +1242,7 @@ async fn rejections_are_stored_with_reason_detail_and_raw_bytes_alongside_events
     );
     items.extend(fx.message_on(&topic("d1"), b"\xff\xfe{not json"));
     items.extend(fx.message_on(&topic("bad id"), br#"{"type":"sos"}"#));
-    items.extend(fx.message("d2", r#"{"type":"smoke","state":"fire"}"#));
+    items.extend(fx.message("d2", r#"{"type":"water","state":"flood"}"#));
 
     let expected: Vec<(String, String, Vec<u8>)> = items
         .iter()

@@ -95,6 +95,17 @@ fn shipped_profiles_decode_their_vectors() {
                         ));
                     }
                 }
+                // The fields of the values kept but not used, in order (none when omitted).
+                let got_flaws: Vec<Value> = got["flaws"]
+                    .as_array()
+                    .map(|fs| fs.iter().map(|f| f["field"].clone()).collect())
+                    .unwrap_or_default();
+                let want_flaws = want["flaws"].as_array().cloned().unwrap_or_default();
+                if got_flaws != want_flaws {
+                    problem.get_or_insert(format!(
+                        "flaws: got {got_flaws:?}, expected {want_flaws:?}"
+                    ));
+                }
             }
             let want_rej = v["rejections"].as_array().expect("rejections");
             if rejections.len() != want_rej.len() {

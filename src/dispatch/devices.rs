@@ -68,6 +68,7 @@ pub(super) async fn register(
     }
     s.store.register_devices(&regs, s.clock.now()).await?;
     let n = regs.len();
+    registered(&s, &regs).await;
     s.registry.put(regs);
     Ok((StatusCode::CREATED, Json(json!({ "registered": n }))).into_response())
 }
@@ -135,8 +136,36 @@ pub(super) async fn put(
     s.store
         .register_devices(std::slice::from_ref(&reg), s.clock.now())
         .await?;
+    registered(&s, std::slice::from_ref(&reg)).await;
     s.registry.put([reg]);
     Ok(Json(s.store.get_device(&id).await?).into_response())
+}
+
+/// Devices were registered: their quarantine ends, and the `unregistered_device` alert each
+/// may have is resolved by the engine. The registration itself is committed already, so a
+/// failure here is logged, not answered: the alert stays for an operator to close.
+async fn registered(s: &AppState, regs: &[Registration]) {
+    let ids: Vec<String> = regs
+        .iter()
+        .map(|r| r.id.clone())
+        .filter(|id| !s.registry.is_registered(id))
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    match s.store.resolve_quarantine(&ids, s.clock.now()).await {
+        Ok(changes) => {
+            for c in changes {
+                let _ = s.live.send(c);
+            }
+            for id in &ids {
+                s.registry.unmark_quarantined(id);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, devices = ids.len(), "Could not resolve the unregistered-device alerts of newly registered devices")
+        }
+    }
 }
 
 /// `DELETE /api/devices/{id}`: unregisters; the device's history stays.

@@ -73,6 +73,7 @@ enum Polled {
         topic: String,
         payload: Bytes,
         dup: bool,
+        retain: bool,
         handle: AckHandle,
     },
     PubAckSent,
@@ -133,6 +134,7 @@ impl EventLoop {
                         topic: p.topic.clone(),
                         payload: p.payload.clone(),
                         dup: p.dup,
+                        retain: p.retain,
                         handle: AckHandle::V4(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -157,6 +159,7 @@ impl EventLoop {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload.clone(),
                         dup: p.dup,
+                        retain: p.retain,
                         handle: AckHandle::V5(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -455,6 +458,7 @@ impl MqttIngest {
                     topic,
                     payload,
                     dup,
+                    retain,
                     handle,
                 }) => {
                     counter!(names::MQTT_RECEIVED).increment(1);
@@ -471,6 +475,7 @@ impl MqttIngest {
                         payload,
                         received_at: clock.now(),
                         dup,
+                        retain,
                     };
                     if p.submit(d).await.is_err() {
                         tracing::error!("Pipeline stopped unexpectedly; message left unacked");

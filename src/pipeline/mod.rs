@@ -8,6 +8,7 @@
 pub mod acks;
 pub mod rules;
 
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::config::live::Live;
-use crate::event::Event;
+use crate::event::{Event, Flaw};
 use crate::pipeline::rules::Severity;
 use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
@@ -48,6 +49,8 @@ pub enum Delivery {
         received_at: DateTime<Utc>,
         /// The broker flagged it as sent before (MQTT DUP).
         dup: bool,
+        /// A retained message the broker replays on subscribe.
+        retain: bool,
     },
     /// A device frame already decoded by its connection task, which sends the device's ack
     /// once `committed` fires.
@@ -264,11 +267,12 @@ async fn process(
                 return true;
             }
         }
-        let write = build(shared, batch);
+        let Built { write, quarantined } = build(shared, batch);
         test_hooks::before_commit().await;
         let started = std::time::Instant::now();
         match shared.store.commit_batch(&write, shared.clock.now()).await {
             Ok(outcome) => {
+                shared.registry.mark_quarantined(quarantined);
                 telemetry::batch_committed(batch.len(), started.elapsed(), &outcome);
                 let positions: Vec<u64> = batch
                     .iter()
@@ -300,59 +304,105 @@ async fn process(
     }
 }
 
-fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
+/// A batch ready to commit, and what to remember once it is committed.
+struct Built {
+    write: WriteBatch,
+    /// Unregistered devices whose `unregistered_device` alert this batch raises.
+    quarantined: HashSet<String>,
+}
+
+fn build(shared: &Shared, batch: &[Delivery]) -> Built {
     // One version of the rules and profiles for the whole batch, even across a reload.
     let current = shared.config.current();
+    let clock = ClockWindows::from(&shared.cfg);
     let mut items = Vec::with_capacity(batch.len());
-    let mut push = |item: Result<Event, Rejection>, origin: &str, received_at, dup: bool| match item
-    {
-        Ok(mut event) => {
-            event.redelivered = dup;
-            let mut hits = current.rules.hits(&event);
-            if let Some(reg) = shared.registry.get(&event.device_id) {
-                event.resident_id = reg.resident_id;
-            } else {
-                match shared.registry.policy {
-                    UnknownPolicy::Accept => {}
-                    UnknownPolicy::Quarantine => hits.push(RuleHit {
-                        rule: "unregistered_device".into(),
-                        kind: "unregistered_device".into(),
-                        severity: Severity::Low,
-                        title: "Unregistered device is sending data".into(),
-                        once: true,
-                    }),
-                    // Refused, except alarms: a stranger's SOS still reaches an operator.
-                    UnknownPolicy::Reject if !event.event_type.is_life_safety() => {
-                        let rejection = Rejection {
-                            device_id: Some(event.device_id.clone()),
-                            reason: RejectReason::UnknownDevice,
-                            detail: format!(
-                                "device {} is not registered and the unknown-device policy is reject",
-                                event.device_id
-                            ),
-                            raw: event.to_json().to_string().into_bytes(),
-                        };
-                        telemetry::rejected(origin, &rejection);
-                        items.push(WriteItem::Rejected {
-                            rejection,
-                            origin: origin.to_owned(),
-                            received_at,
-                        });
-                        return;
-                    }
-                    UnknownPolicy::Reject => {}
-                }
+    let mut quarantined: HashSet<String> = HashSet::new();
+    let mut push = |item: Result<Event, Rejection>,
+                    origin: &str,
+                    received_at,
+                    transport: Transport| {
+        let mut event = match item {
+            Ok(e) => e,
+            Err(rejection) => {
+                telemetry::rejected(origin, &rejection);
+                items.push(WriteItem::Rejected {
+                    rejection,
+                    origin: origin.to_owned(),
+                    received_at,
+                });
+                return;
             }
-            items.push(WriteItem::Event { event, hits });
+        };
+        // What the decoder could not use: counted, and logged without hiding an alarm's.
+        for f in &event.flaws {
+            telemetry::flawed(origin, &event, f);
         }
-        Err(rejection) => {
+        if let Err(rejection) = clock.check(&mut event, transport.json) {
             telemetry::rejected(origin, &rejection);
             items.push(WriteItem::Rejected {
                 rejection,
                 origin: origin.to_owned(),
                 received_at,
             });
+            return;
         }
+        event.redelivered = transport.dup;
+        let mut hits = Vec::new();
+        if transport.retain {
+            // A retained message is the broker's copy of an old one, replayed on every
+            // subscribe: recorded as what the device last said, never counted as a press.
+            telemetry::retained(origin, &event);
+            event.flaws.push(Flaw::new(
+                "retain",
+                "true",
+                "a retained message the broker replayed on subscribe: recorded, never counted as a press",
+            ));
+        } else {
+            hits = current.rules.hits(&event);
+        }
+        if let Some(reg) = shared.registry.get(&event.device_id) {
+            event.resident_id = reg.resident_id;
+        } else {
+            match shared.registry.policy {
+                UnknownPolicy::Accept => {}
+                // One alert per device, raised by its first event: the registry remembers
+                // which devices have theirs, so later events cost nothing extra.
+                UnknownPolicy::Quarantine => {
+                    if !shared.registry.is_quarantined(&event.device_id)
+                        && quarantined.insert(event.device_id.clone())
+                    {
+                        hits.push(RuleHit {
+                            rule: UNREGISTERED_RULE.into(),
+                            kind: UNREGISTERED_RULE.into(),
+                            severity: Severity::Low,
+                            title: "Unregistered device is sending data".into(),
+                            once: true,
+                        });
+                    }
+                }
+                // Refused, except alarms: a stranger's SOS still reaches an operator.
+                UnknownPolicy::Reject if !event.event_type.is_life_safety() => {
+                    let rejection = Rejection {
+                        device_id: Some(event.device_id.clone()),
+                        reason: RejectReason::UnknownDevice,
+                        detail: format!(
+                            "device {} is not registered and the unknown-device policy is reject",
+                            event.device_id
+                        ),
+                        raw: event.to_json().to_string().into_bytes(),
+                    };
+                    telemetry::rejected(origin, &rejection);
+                    items.push(WriteItem::Rejected {
+                        rejection,
+                        origin: origin.to_owned(),
+                        received_at,
+                    });
+                    return;
+                }
+                UnknownPolicy::Reject => {}
+            }
+        }
+        items.push(WriteItem::Event { event, hits });
     };
     for d in batch {
         match d {
@@ -361,6 +411,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
                 payload,
                 received_at,
                 dup,
+                retain,
                 ..
             } => {
                 let decoded = decode_mqtt(
@@ -370,8 +421,13 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
                     payload,
                     *received_at,
                 );
+                let transport = Transport {
+                    json: true,
+                    dup: *dup,
+                    retain: *retain,
+                };
                 for item in decoded.items {
-                    push(item, topic, *received_at, *dup);
+                    push(item, topic, *received_at, transport);
                 }
             }
             Delivery::Frame {
@@ -380,16 +436,111 @@ fn build(shared: &Shared, batch: &[Delivery]) -> WriteBatch {
                 received_at,
                 ..
             } => {
+                let transport = Transport {
+                    json: false,
+                    dup: false,
+                    retain: false,
+                };
                 for item in frame_items {
-                    push(item.clone(), origin, *received_at, false);
+                    push(item.clone(), origin, *received_at, transport);
                 }
             }
         }
     }
-    WriteBatch {
-        items,
-        dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
-        redelivery_window: chrono::Duration::seconds(shared.cfg.redelivery_window_secs as i64),
+    Built {
+        write: WriteBatch {
+            items,
+            dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
+        },
+        quarantined,
+    }
+}
+
+/// The rule name and alert kind of the one alert an unregistered device gets under the
+/// `quarantine` policy (CONTRACT.md, "Devices").
+pub const UNREGISTERED_RULE: &str = "unregistered_device";
+
+/// How a message arrived, as far as the pipeline cares.
+#[derive(Debug, Clone, Copy)]
+struct Transport {
+    /// An MQTT JSON format (canonical or a profile), whose contract is strict.
+    json: bool,
+    /// The broker flagged it as sent before (MQTT DUP).
+    dup: bool,
+    /// A retained message replayed by the broker.
+    retain: bool,
+}
+
+/// How far a device clock may be from the receive time (`[pipeline]` settings).
+#[derive(Debug, Clone, Copy)]
+struct ClockWindows {
+    /// Beyond this, the device time is not shown: receive time stands in, flagged.
+    tolerance: chrono::Duration,
+    /// Beyond this, the device time is no time at all: a JSON event other than an alarm is
+    /// refused; an alarm, or a 4G frame (many report 2000-01-01 until they have a fix), is
+    /// kept with receive time, flagged.
+    limit: chrono::Duration,
+}
+
+impl From<&PipelineConfig> for ClockWindows {
+    fn from(c: &PipelineConfig) -> Self {
+        ClockWindows {
+            tolerance: chrono::Duration::seconds(c.device_clock_tolerance_secs as i64),
+            limit: chrono::Duration::seconds(c.device_clock_limit_secs as i64),
+        }
+    }
+}
+
+impl ClockWindows {
+    /// Checks the event's device time against its receive time. The duplicate key was made
+    /// from what the device sent and stays: it identifies the message, right clock or not.
+    fn check(&self, event: &mut Event, strict: bool) -> Result<(), Rejection> {
+        let Some(t) = event.device_time else {
+            return Ok(());
+        };
+        let off = t - event.received_at;
+        let far = off.abs();
+        if far <= self.tolerance {
+            return Ok(());
+        }
+        let how = if off > chrono::Duration::zero() {
+            "ahead of"
+        } else {
+            "behind"
+        };
+        let text = format!("{} {how} the receive time", human(far));
+        if far > self.limit && strict && !event.event_type.is_life_safety() {
+            return Err(Rejection {
+                device_id: Some(event.device_id.clone()),
+                reason: RejectReason::BadField,
+                detail: format!(
+                    "{} time {} is {text}, beyond the {} a device clock may be off",
+                    event.event_type,
+                    t.to_rfc3339(),
+                    human(self.limit)
+                ),
+                raw: event.to_json().to_string().into_bytes(),
+            });
+        }
+        telemetry::implausible_time(&event.device_id, far);
+        event.flaws.push(Flaw::new(
+            "ts",
+            t.to_rfc3339(),
+            format!("the device clock is {text}; receive time shown"),
+        ));
+        event.device_time = None;
+        Ok(())
+    }
+}
+
+/// A duration for people: the largest unit or two.
+fn human(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        s if s >= 365 * 86_400 => format!("{:.1} years", s as f64 / (365.25 * 86_400.0)),
+        s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s => format!("{s}s"),
     }
 }
 

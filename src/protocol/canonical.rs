@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::{RejectReason, Rejection};
-use crate::event::{DedupKey, Event, EventType, FieldKind, Source, valid_device_id};
+use super::{RejectReason, Rejection, kept_raw};
+use crate::event::{DedupKey, Event, EventType, FieldKind, Flaw, Source, valid_device_id};
 
 /// CONTRACT.md: canonical payloads are at most 64 KiB.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -49,6 +49,9 @@ pub fn device_from_topic<'t>(root: &str, topic: &'t str) -> Result<&'t str, Reje
 /// Checks a payload's size against [`MAX_PAYLOAD_BYTES`] and parses it as JSON; `Err` is the
 /// rejection reason and detail. Shared by the canonical format and the vendor profiles.
 pub fn parse_payload(payload: &[u8]) -> Result<Value, (RejectReason, String)> {
+    // Some vendors' JSON writers start with a UTF-8 byte-order mark; it carries no meaning
+    // (RFC 8259 §8.1 lets a parser ignore it) and must not cost an alarm.
+    let payload = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err((
             RejectReason::PayloadTooLarge,
@@ -75,13 +78,13 @@ pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc
             device_id,
             reason,
             detail,
-            raw: payload.to_vec(),
+            raw: kept_raw(reason, payload),
         })],
     };
     let device_id = match device_from_topic(root, topic) {
         Ok(id) => id.to_owned(),
         Err(mut r) => {
-            r.raw = payload.to_vec();
+            r.raw = kept_raw(RejectReason::PayloadTooLarge, payload);
             return Decoded {
                 device_id: None,
                 items: vec![Err(r)],
@@ -170,27 +173,27 @@ fn decode_object(
     index: usize,
 ) -> Result<Event, Rejection> {
     let raw = |o: &Map<String, Value>| Value::Object(o.clone()).to_string().into_bytes();
-    let reject = |reason, detail: String, raw: Vec<u8>| Rejection {
+    let reject = |reason, detail: String, o: &Map<String, Value>| Rejection {
         device_id: Some(device_id.to_owned()),
         reason,
         detail,
-        raw,
+        raw: raw(o),
     };
     let event_type = match obj.get("type") {
         None => {
             return Err(reject(
                 RejectReason::MissingType,
                 "object has no \"type\"".into(),
-                raw(&obj),
+                &obj,
             ));
         }
-        Some(Value::String(s)) => match EventType::parse(s) {
+        Some(Value::String(s)) => match EventType::parse_loose(s) {
             Some(t) => t,
             None => {
                 return Err(reject(
                     RejectReason::UnknownType,
                     format!("unknown type {s:?}"),
-                    raw(&obj),
+                    &obj,
                 ));
             }
         },
@@ -198,69 +201,102 @@ fn decode_object(
             return Err(reject(
                 RejectReason::UnknownType,
                 format!("\"type\" is {}, not a string", kind_of(other)),
-                raw(&obj),
+                &obj,
             ));
+        }
+    };
+    // An alarm is never refused for anything it carries besides its type (DESIGN.md
+    // guarantee 5): what cannot be used is kept as a flaw and the alarm stands without it.
+    // Other types are refused whole, so a sender learns its payload is wrong.
+    let alarm = event_type.is_life_safety();
+    let mut flaws = Vec::new();
+    let mut problem = |field: &str, value: &Value, why: String| -> Result<(), Rejection> {
+        if alarm {
+            flaws.push(Flaw::new(field, value_text(value), why));
+            Ok(())
+        } else {
+            Err(reject(RejectReason::BadField, why, &obj))
         }
     };
     let device_time = match obj.get("ts") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => match DateTime::parse_from_rfc3339(s) {
-            Ok(t) => Some(t.with_timezone(&Utc)),
-            Err(e) => {
-                return Err(reject(
-                    RejectReason::BadField,
-                    format!("\"ts\" {s:?} is not RFC 3339: {e}"),
-                    raw(&obj),
-                ));
+        Some(v) => match parse_ts(v) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                problem("ts", v, format!("\"ts\" {why}; receive time used"))?;
+                None
             }
         },
-        Some(other) => {
-            return Err(reject(
-                RejectReason::BadField,
-                format!("\"ts\" is {}, not an RFC 3339 string", kind_of(other)),
-                raw(&obj),
-            ));
-        }
     };
     let seq = match obj.get("seq") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(n) if n >= 0 => Some(n),
             _ => {
-                return Err(reject(
-                    RejectReason::BadField,
-                    format!("\"seq\" is {v}, not a non-negative integer"),
-                    raw(&obj),
-                ));
+                problem(
+                    "seq",
+                    v,
+                    format!("\"seq\" is {v}, not a non-negative integer; ignored"),
+                )?;
+                None
             }
         },
     };
+    // DESIGN.md: the device id in the topic must match the one in the payload, when given.
+    if let Some(v) = obj.get("device_id")
+        && v.as_str() != Some(device_id)
+    {
+        let why = format!(
+            "the payload names device {} but the topic names {device_id:?}",
+            value_text(v)
+        );
+        if alarm {
+            flaws.push(Flaw::new(
+                "device_id",
+                value_text(v),
+                format!("{why}; raised for the topic's device"),
+            ));
+        } else {
+            return Err(reject(RejectReason::DeviceMismatch, why, &obj));
+        }
+    }
     let mut fields = Map::new();
     for spec in event_type.fields() {
-        match obj.remove(spec.name) {
-            None | Some(Value::Null) if spec.required => {
-                return Err(reject(
-                    RejectReason::BadField,
-                    format!("{event_type} needs \"{}\"", spec.name),
-                    raw(&obj),
-                ));
-            }
-            None | Some(Value::Null) => {}
-            Some(v) => {
-                if let Err(why) = check_field(spec.kind, &v) {
-                    return Err(reject(
-                        RejectReason::BadField,
-                        format!("{event_type} field \"{}\" {why}", spec.name),
-                        raw(&obj),
-                    ));
+        let value = obj.get(spec.name).filter(|v| !v.is_null());
+        let why = match value {
+            None if spec.required => format!("{event_type} needs \"{}\"", spec.name),
+            None => continue,
+            Some(v) => match check_field(spec.kind, v) {
+                Ok(()) => {
+                    fields.insert(spec.name.to_owned(), v.clone());
+                    continue;
                 }
-                fields.insert(spec.name.to_owned(), v);
-            }
+                Err(why) => format!("{event_type} field \"{}\" {why}", spec.name),
+            },
+        };
+        if !alarm {
+            return Err(reject(RejectReason::BadField, why, &obj));
+        }
+        // A smoke or gas report whose state cannot be read is taken as an alarm: a false
+        // alarm costs a phone call, a missed one a life.
+        let stand_in = spec.required.then(|| alarm_stand_in(event_type, spec.name)).flatten();
+        let why = match &stand_in {
+            Some(v) => format!("{why}; taken as {v}"),
+            None => format!("{why}; ignored"),
+        };
+        flaws.push(Flaw::new(
+            spec.name,
+            value.map(value_text).unwrap_or_else(|| "(missing)".into()),
+            why,
+        ));
+        if let Some(v) = stand_in {
+            fields.insert(spec.name.to_owned(), v);
         }
     }
     if let Err(why) = event_type.check_fields(&fields) {
-        return Err(reject(RejectReason::BadField, why, raw(&obj)));
+        return Err(reject(RejectReason::BadField, why, &obj));
     }
+    obj.clear();
     let dedup_key = if seq.is_some() || device_time.is_some() {
         DedupKey::Device(DedupKey::device_part(seq, device_time))
     } else {
@@ -278,8 +314,34 @@ fn decode_object(
         still_active: false,
         resident_id: None,
         redelivered: false,
-        flaws: Vec::new(),
+        flaws,
     })
+}
+
+/// The value a required field of an alarm takes when the device's own cannot be read.
+pub(crate) fn alarm_stand_in(t: EventType, field: &str) -> Option<Value> {
+    match (t, field) {
+        (EventType::Smoke | EventType::Gas, "state") => Some(Value::from("alarm")),
+        _ => None,
+    }
+}
+
+/// `ts`: RFC 3339 text.
+fn parse_ts(v: &Value) -> Result<DateTime<Utc>, String> {
+    match v {
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| format!("{s:?} is not RFC 3339 ({e})")),
+        other => Err(format!("is {}, not an RFC 3339 string", kind_of(other))),
+    }
+}
+
+/// A JSON value as text for a [`Flaw`]: strings without their quotes.
+pub(crate) fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Checks a value against a field's kind; `Err` completes "field X …".
@@ -377,7 +439,7 @@ mod tests {
     #[test]
     fn a_mixed_array_keeps_the_valid_objects() {
         let d = dec(
-            r#"[{"type":"heartbeat"},{"type":"nope"},3,{"type":"smoke","state":"alarm"},{"type":"smoke","state":"fire"}]"#,
+            r#"[{"type":"heartbeat"},{"type":"nope"},3,{"type":"smoke","state":"alarm"},{"type":"water","state":"flood"}]"#,
         );
         let kinds: Vec<_> = d
             .items
@@ -397,6 +459,67 @@ mod tests {
                 "bad_field"
             ]
         );
+    }
+
+    /// The payloads an adversarial test found refused as a whole: each must raise its alarm,
+    /// with the bad value kept as a flaw.
+    #[test]
+    fn an_alarm_is_never_refused_for_what_it_carries_besides_its_type() {
+        let cases: [(&str, EventType, &[&str]); 9] = [
+            (r#"{"type":"sos","seq":"7"}"#, EventType::Sos, &["seq"]),
+            (r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#, EventType::Sos, &["ts"]),
+            (r#"{"type":"sos","ts":1733466600}"#, EventType::Sos, &["ts"]),
+            (r#"{"type":"fall","seq":-1}"#, EventType::Fall, &["seq"]),
+            ("\u{feff}{\"type\":\"sos\"}", EventType::Sos, &[]),
+            (r#"{"type":"SOS"}"#, EventType::Sos, &[]),
+            (r#"{"type":"smoke"}"#, EventType::Smoke, &["state"]),
+            (r#"{"type":"gas","state":"boom","gas":"ether"}"#, EventType::Gas, &["state", "gas"]),
+            (r#"{"type":"sos","device_id":"d2"}"#, EventType::Sos, &["device_id"]),
+        ];
+        for (payload, t, flawed) in cases {
+            let d = dec(payload);
+            let e = d.items[0]
+                .as_ref()
+                .unwrap_or_else(|r| panic!("{payload} refused: {}", r.detail));
+            assert_eq!(e.event_type, t, "{payload}");
+            let fields: Vec<&str> = e.flaws.iter().map(|f| f.field.as_str()).collect();
+            assert_eq!(fields, flawed, "{payload}");
+            assert!(e.device_time.is_none() && e.seq.is_none(), "{payload}");
+        }
+        let smoke = dec(r#"{"type":"smoke"}"#);
+        let smoke = smoke.items[0].as_ref().unwrap();
+        assert_eq!(smoke.text("state"), Some("alarm"), "an unreadable state is an alarm");
+        let bad_ts = dec(r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#);
+        let f = &bad_ts.items[0].as_ref().unwrap().flaws[0];
+        assert_eq!(f.value, "2026-12-07 03:00:00");
+        assert!(f.problem.contains("receive time"), "{}", f.problem);
+    }
+
+    #[test]
+    fn other_types_keep_the_strict_contract() {
+        for (payload, reason) in [
+            (r#"{"type":"heartbeat","seq":"7"}"#, RejectReason::BadField),
+            (r#"{"type":"vitals","heart_rate":70,"ts":"yesterday"}"#, RejectReason::BadField),
+            (r#"{"type":"door","state":"ajar"}"#, RejectReason::BadField),
+            (r#"{"type":"heartbeat","device_id":"d2"}"#, RejectReason::DeviceMismatch),
+        ] {
+            let d = dec(payload);
+            assert_eq!(d.items[0].as_ref().unwrap_err().reason, reason, "{payload}");
+        }
+        let same = dec(r#"{"type":"heartbeat","device_id":"d1"}"#);
+        assert!(same.items[0].is_ok(), "the topic's own id is fine");
+        let bom = dec("\u{feff}{\"type\":\"heartbeat\"}");
+        assert!(bom.items[0].is_ok(), "a byte-order mark is skipped for every type");
+    }
+
+    #[test]
+    fn an_oversized_payload_keeps_only_a_prefix() {
+        let big = format!(r#"{{"type":"sos","pad":"{}"}}"#, "x".repeat(1 << 20));
+        let d = dec(&big);
+        let r = d.items[0].as_ref().unwrap_err();
+        assert_eq!(r.reason, RejectReason::PayloadTooLarge);
+        assert_eq!(r.raw.len(), crate::protocol::OVERSIZE_KEPT_BYTES);
+        assert!(r.raw.starts_with(br#"{"type":"sos""#));
     }
 
     #[test]
@@ -505,6 +628,26 @@ mod tests {
                         prop_assert!(!r.detail.is_empty());
                     }
                 }
+            }
+
+            /// Guarantee 5: whatever else an object carries, `"type":"sos"` is an SOS.
+            #[test]
+            fn any_object_typed_sos_yields_an_sos_event(v in json_value(), t in prop_oneof![Just("sos"), Just("SOS"), Just(" Sos ")]) {
+                let mut obj = match v {
+                    Value::Object(o) => o,
+                    other => {
+                        let mut o = Map::new();
+                        o.insert("extra".into(), other);
+                        o
+                    }
+                };
+                obj.insert("type".into(), Value::from(t));
+                let bytes = Value::Object(obj).to_string().into_bytes();
+                let d = decode("anxin/v1", "anxin/v1/devices/d1/events", &bytes, at());
+                prop_assert_eq!(d.items.len(), 1);
+                let e = d.items[0].as_ref().map_err(|r| TestCaseError::fail(r.detail.clone()))?;
+                prop_assert_eq!(e.event_type, EventType::Sos);
+                prop_assert_eq!(e.device_id.as_str(), "d1");
             }
 
             #[test]

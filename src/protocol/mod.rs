@@ -35,6 +35,12 @@ pub enum RejectReason {
     Unmapped,
     /// The topic names one device and the payload another.
     DeviceMismatch,
+    /// A value of an alarm that could not be used; the alarm was raised without it (the
+    /// event is kept: only the value is refused).
+    IgnoredField,
+    /// A device time too far from the receive time to show; receive time stood in (the event
+    /// is kept: only the time is refused).
+    ImplausibleTime,
 }
 
 impl RejectReason {
@@ -54,6 +60,8 @@ impl RejectReason {
             RejectReason::UnknownDevice => "unknown_device",
             RejectReason::Unmapped => "unmapped",
             RejectReason::DeviceMismatch => "device_mismatch",
+            RejectReason::IgnoredField => "ignored_field",
+            RejectReason::ImplausibleTime => "implausible_time",
         }
     }
 }
@@ -61,6 +69,32 @@ impl RejectReason {
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl Rejection {
+    /// Whether the refused bytes may be an alarm (they name SOS, fall, smoke or gas): its
+    /// refusal is then never hidden by log throttling.
+    pub fn may_be_alarm(&self) -> bool {
+        let raw = &self.raw[..self.raw.len().min(OVERSIZE_KEPT_BYTES)];
+        let lower = raw.to_ascii_lowercase();
+        [&b"sos"[..], b"fall", b"smoke", b"gas"]
+            .iter()
+            .any(|w| lower.windows(w.len()).any(|x| x == *w))
+    }
+}
+
+/// Bytes of an oversized payload kept with its refusal: enough to see what it was and who
+/// sent it, without storing megabytes a broker let through.
+pub const OVERSIZE_KEPT_BYTES: usize = 4096;
+
+/// The raw bytes a refusal keeps: the whole payload, or its first [`OVERSIZE_KEPT_BYTES`]
+/// when it was refused for its size.
+pub fn kept_raw(reason: RejectReason, payload: &[u8]) -> Vec<u8> {
+    if reason == RejectReason::PayloadTooLarge || payload.len() > canonical::MAX_PAYLOAD_BYTES {
+        payload[..payload.len().min(OVERSIZE_KEPT_BYTES)].to_vec()
+    } else {
+        payload.to_vec()
     }
 }
 

@@ -14,9 +14,14 @@ use crate::event::{DedupKey, Event, EventType};
 use crate::pipeline::rules::Severity;
 use crate::protocol::Rejection;
 
-/// SQLite allows 32 766 bound parameters per statement; PostgreSQL 65 535. Ten columns per
-/// row keeps a chunk well under both.
+/// SQLite allows 32 766 bound parameters per statement; PostgreSQL 65 535. Eleven columns
+/// per row keeps a chunk well under both.
 const ROWS_PER_STATEMENT: usize = 1000;
+
+/// An event's flaws as stored: a JSON array, or NULL when there is none.
+fn flaws_json(e: &Event) -> Option<String> {
+    (!e.flaws.is_empty()).then(|| serde_json::to_string(&e.flaws).unwrap_or_default())
+}
 
 /// A rule an event triggered (evaluated before the transaction: rules are pure).
 #[derive(Debug, Clone, PartialEq)]
@@ -60,10 +65,17 @@ pub enum WriteItem {
 pub struct WriteBatch {
     /// Items in receive order.
     pub items: Vec<WriteItem>,
-    /// How long `(device, seq, ts)` keys are kept.
+    /// How long `(device, seq, ts)` keys, and the payload keys a broker-flagged copy is
+    /// matched against, are kept.
     pub dedup_window: Duration,
-    /// How long payload-hash keys are kept.
-    pub redelivery_window: Duration,
+}
+
+/// Whether an event is new whatever the dedup table says: without `seq` or `ts` nothing but
+/// the transport can tell a redelivery from the next press (two identical SOS payloads are
+/// two presses, DESIGN.md guarantee 2), so only a copy the broker flagged (MQTT DUP) is
+/// looked up. Its key is still written, for such a copy to find.
+fn new_by_transport(event: &Event) -> bool {
+    matches!(event.dedup_key, DedupKey::Payload(_)) && !event.redelivered
 }
 
 /// What happened to an alert in a batch, for the live feed and metrics.
@@ -106,25 +118,27 @@ impl Store {
 
         // Unique (device, key) pairs with their expiry; a pair twice in one statement would
         // make PostgreSQL's ON CONFLICT DO UPDATE fail, and is a duplicate anyway.
-        // (device, key, seen, valid_until, expires, broker-flagged redelivery of a hash key)
+        // (device, key, seen, valid_until, expires, matched against expires_at)
         let mut keys: Vec<(String, String, i64, i64, i64, bool)> = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut devices: HashMap<&str, i64> = HashMap::new();
         for item in &batch.items {
             if let WriteItem::Event { event, .. } = item {
-                let (valid, dup_hash) = match event.dedup_key {
-                    DedupKey::Device(_) => (batch.dedup_window, false),
-                    DedupKey::Payload(_) => (batch.redelivery_window, event.redelivered),
-                };
                 let received = to_millis(event.received_at);
+                // A payload key is valid for nothing by itself (the next identical press is a
+                // press); only a DUP-flagged copy matches it, for the whole dedup window.
+                let (valid, by_expiry) = match event.dedup_key {
+                    DedupKey::Device(_) => (to_millis(event.received_at + batch.dedup_window), false),
+                    DedupKey::Payload(_) => (received, event.redelivered),
+                };
                 if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {
                     keys.push((
                         event.device_id.clone(),
                         event.dedup_key.as_str().to_owned(),
                         received,
-                        to_millis(event.received_at + valid),
+                        valid,
                         to_millis(event.received_at + batch.dedup_window),
-                        dup_hash,
+                        by_expiry,
                     ));
                 }
                 let last = devices.entry(&event.device_id).or_insert(received);
@@ -140,7 +154,7 @@ impl Store {
 
             // 1. Which keys are new: inserted, or overwriting a row no longer valid. A payload
             //    hash the broker flagged DUP matches for the whole dedup window (a redelivery
-            //    after a long outage); an unflagged one only within the redelivery window.
+            //    after a long outage); an unflagged one is new whatever the table holds.
             let mut fresh: HashSet<(String, String)> = HashSet::new();
             let (flagged, plain_keys): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.5);
             for (rows, horizon) in [(plain_keys, "valid_until"), (flagged, "expires_at")] {
@@ -185,7 +199,8 @@ impl Store {
                         rejected.push((rejection, origin.as_str(), to_millis(*received_at)));
                     }
                     WriteItem::Event { event, hits } => {
-                        let new = fresh.remove(&(event.device_id.clone(), event.dedup_key.as_str().to_owned()));
+                        let new = fresh.remove(&(event.device_id.clone(), event.dedup_key.as_str().to_owned()))
+                            || new_by_transport(event);
                         if !new {
                             out.duplicates += 1;
                             // A redelivery goes on the timeline of what it would have counted on,
@@ -208,8 +223,8 @@ impl Store {
                         // Ids follow receive order: what queued up before this event goes first.
                         insert_plain!(tx, plain, committed_at);
                         let event_id: i64 = sqlx::query_scalar(
-                            "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                            "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key, flaws) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
                         )
                         .bind(&event.device_id)
                         .bind(event.event_type.name())
@@ -221,6 +236,7 @@ impl Store {
                         .bind(&event.source.protocol)
                         .bind(&event.source.origin)
                         .bind(event.dedup_key.as_str())
+                        .bind(flaws_json(event))
                         .fetch_one(&mut *tx)
                         .await?;
                         if event.event_type == EventType::Cancel {
@@ -328,7 +344,7 @@ macro_rules! insert_plain {
     ($tx:expr, $plain:expr, $at:expr) => {{
             for chunk in $plain.chunks(ROWS_PER_STATEMENT) {
                 let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key) ",
+                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key, flaws) ",
                 );
                 q.push_values(chunk, |mut b, e| {
                     b.push_bind(e.device_id.clone())
@@ -340,7 +356,8 @@ macro_rules! insert_plain {
                         .push_bind($at)
                         .push_bind(e.source.protocol.clone())
                         .push_bind(e.source.origin.clone())
-                        .push_bind(e.dedup_key.as_str().to_owned());
+                        .push_bind(e.dedup_key.as_str().to_owned())
+                        .push_bind(flaws_json(e));
                 });
                 q.build().execute(&mut *$tx).await?;
             }
@@ -383,15 +400,19 @@ use note_on_open;
 macro_rules! timeline {
     ($tx:expr, $alert_id:expr, $at:expr, $action:expr, $event:expr, $event_id:expr) => {{
         let event: &Event = $event;
-        let detail = serde_json::json!({
+        let mut detail = serde_json::json!({
             "event_id": $event_id,
             "type": event.event_type.name(),
             "fields": event.fields,
             "seq": event.seq,
             "device_time": event.device_time,
             "received_at": event.received_at,
-        })
-        .to_string();
+        });
+        if !event.flaws.is_empty() {
+            // What the device sent that could not be used, for the operator to see.
+            detail["flaws"] = serde_json::json!(event.flaws);
+        }
+        let detail = detail.to_string();
         sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'engine', $3, $4)")
             .bind($alert_id)
             .bind($at)

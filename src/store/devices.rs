@@ -6,7 +6,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::{Store, StoreError, on_pool};
+use super::{AlertChange, Store, StoreError, on_pool};
+use crate::pipeline::UNREGISTERED_RULE;
+
+/// The outcome of an `unregistered_device` alert the engine resolved because the device was
+/// registered.
+pub const REGISTERED_OUTCOME: &str = "device_registered";
 use crate::clock::{from_millis, to_millis};
 use crate::registry::Registration;
 
@@ -106,6 +111,70 @@ impl Store {
         Ok(())
     }
 
+    /// Unregistered devices that already had their `unregistered_device` alert, open or
+    /// resolved by an operator (one resolved because the device was registered does not
+    /// count: were the device unregistered again, it would get a new one).
+    pub async fn quarantined_devices(&self) -> Result<Vec<String>, StoreError> {
+        let ids = on_pool!(self, pool => {
+            sqlx::query_scalar::<_, String>(
+                "SELECT DISTINCT a.device_id FROM alerts a JOIN devices d ON d.id = a.device_id \
+                 WHERE a.rule = $1 AND d.registered = 0 \
+                 AND (a.status <> 'resolved' OR a.outcome IS NULL OR a.outcome <> $2)",
+            )
+            .bind(UNREGISTERED_RULE)
+            .bind(REGISTERED_OUTCOME)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(ids)
+    }
+
+    /// Resolves the open `unregistered_device` alerts of devices just registered (by the
+    /// engine, outcome `device_registered`), with a timeline entry each.
+    pub async fn resolve_quarantine(
+        &self,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AlertChange>, StoreError> {
+        let at = to_millis(now);
+        let detail = serde_json::json!({ "outcome": REGISTERED_OUTCOME }).to_string();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut changes = Vec::new();
+            for id in ids {
+                let rows: Vec<(i64, String, String)> = sqlx::query_as(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $3, resolved_by = 'anxin', \
+                     outcome = $4, updated_at = $3 \
+                     WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' \
+                     RETURNING id, kind, severity",
+                )
+                .bind(id)
+                .bind(UNREGISTERED_RULE)
+                .bind(at)
+                .bind(REGISTERED_OUTCOME)
+                .fetch_all(&mut *tx)
+                .await?;
+                for (alert_id, kind, severity) in rows {
+                    sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'anxin', 'resolved', $3)")
+                        .bind(alert_id)
+                        .bind(at)
+                        .bind(&detail)
+                        .execute(&mut *tx)
+                        .await?;
+                    changes.push(AlertChange {
+                        alert_id,
+                        device_id: id.clone(),
+                        kind,
+                        severity,
+                        action: "resolved".into(),
+                    });
+                }
+            }
+            tx.commit().await?;
+            Ok(changes)
+        })
+    }
+
     /// Every registered device, to load the in-memory registry at start.
     pub async fn registered_devices(&self) -> Result<Vec<Registration>, StoreError> {
         let rows = on_pool!(self, pool => {
@@ -127,7 +196,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Value>, StoreError> {
         let rows = on_pool!(self, pool => {
-            let mut q = sqlx::QueryBuilder::<Db>::new(format!("SELECT {COLUMNS} FROM devices WHERE 1=1"));
+            // The quarantine view (registered=false) shows each device's open
+            // `unregistered_device` alert, for the operator to find and register it.
+            let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                "SELECT {COLUMNS}, (SELECT MIN(a.id) FROM alerts a WHERE a.device_id = devices.id \
+                 AND a.rule = 'unregistered_device' AND a.status <> 'resolved') AS quarantine_alert \
+                 FROM devices WHERE 1=1"
+            ));
             if let Some(r) = registered {
                 q.push(" AND registered = ").push_bind(i64::from(r));
             }
@@ -139,7 +214,11 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(|r| row_json(r).map(|(v, _)| v))
+                .map(|r| {
+                    let (mut v, _) = row_json(r)?;
+                    v["quarantine_alert"] = serde_json::json!(r.try_get::<Option<i64>, _>("quarantine_alert")?);
+                    Ok(v)
+                })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?
         });
         Ok(rows)

@@ -18,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 pub use batch::{AlertChange, BatchOutcome, RuleHit, WriteBatch, WriteItem};
+pub use devices::REGISTERED_OUTCOME;
 
 use crate::clock::{from_millis, to_millis};
 

@@ -22,9 +22,11 @@ use sha2::{Digest, Sha256};
 
 pub use topic::TopicPattern;
 
-use super::canonical::{Decoded, check_field, kind_of, parse_payload};
-use super::{RejectReason, Rejection};
-use crate::event::{DedupKey, Event, EventType, FieldKind, FieldSpec, Source, valid_device_id};
+use super::canonical::{Decoded, alarm_stand_in, check_field, kind_of, parse_payload, value_text};
+use super::{RejectReason, Rejection, kept_raw};
+use crate::event::{
+    DedupKey, Event, EventType, FieldKind, FieldSpec, Flaw, Source, valid_device_id,
+};
 
 /// A JSON pointer (RFC 6901) into the current element, or with a leading `$` into the whole
 /// payload.
@@ -320,7 +322,7 @@ impl Profile {
                 device_id: topic_device.map(str::to_owned),
                 reason,
                 detail: format!("profile {}: {detail}", self.name),
-                raw: payload.to_vec(),
+                raw: kept_raw(reason, payload),
             })],
         };
         if let Some(d) = topic_device
@@ -335,7 +337,7 @@ impl Profile {
                         "profile {}: device id {d:?} in topic breaks [A-Za-z0-9_.:-]{{1,64}}",
                         self.name
                     ),
-                    raw: payload.to_vec(),
+                    raw: kept_raw(RejectReason::BadDeviceId, payload),
                 })],
             };
         }
@@ -437,6 +439,9 @@ impl Profile {
     }
 }
 
+/// A mapping's fields, and the (field, value, why) of each that could not be read.
+type MappedFields = (Map<String, Value>, Vec<(&'static str, String, String)>);
+
 /// One element being mapped.
 struct Element<'a> {
     profile: &'a Profile,
@@ -472,57 +477,136 @@ impl Element<'_> {
             )));
             return;
         }
-        let device = match self.device_id() {
-            Ok(d) => d,
+        // An alarm is never refused for anything it carries besides its type (DESIGN.md
+        // guarantee 5): a device id that disagrees with the topic's, a bad time or counter, a
+        // bad field — each is kept as a flaw on the alarm, which stands without it. Other
+        // events of the element are refused as before.
+        let (device, mismatch) = match self.device_id() {
+            Ok(d) => (d, None),
+            Err((RejectReason::DeviceMismatch, detail)) if self.topic_device.is_some() => {
+                let topic = self.topic_device.unwrap_or_default().to_owned();
+                (topic, Some(detail))
+            }
             Err((reason, detail)) => {
                 items.push(Err(self.reject(None, reason, detail)));
                 return;
             }
         };
-        let (device_time, seq) = match (self.time(), self.seq()) {
-            (Ok(t), Ok(s)) => (t, s),
-            (Err(e), _) | (_, Err(e)) => {
-                items.push(Err(self.reject(Some(&device), RejectReason::BadField, e)));
-                return;
+        let (device_time, time_problem) = match self.time() {
+            Ok(t) => (t, None),
+            Err(e) => (None, Some(e)),
+        };
+        let (seq, seq_problem) = match self.seq() {
+            Ok(s) => (s, None),
+            Err(e) => (None, Some(e)),
+        };
+        let mut element_flaws = Vec::new();
+        if let Some(detail) = &mismatch {
+            element_flaws.push(Flaw::new(
+                "device_id",
+                self.payload_device_text(),
+                format!("{detail}; raised for the topic's device"),
+            ));
+        }
+        if let Some((field, value, detail)) = &time_problem {
+            element_flaws.push(Flaw::new(
+                field.as_str(),
+                value,
+                format!("{detail}; receive time used"),
+            ));
+        }
+        if let Some((field, value, detail)) = &seq_problem {
+            element_flaws.push(Flaw::new(field.as_str(), value, format!("{detail}; ignored")));
+        }
+        // Why the element's other events are refused, if they are: the first problem.
+        let refusal = match (&mismatch, &time_problem, &seq_problem) {
+            (Some(d), _, _) => Some((RejectReason::DeviceMismatch, d.clone())),
+            (None, Some((_, _, d)), _) | (None, None, Some((_, _, d))) => {
+                Some((RejectReason::BadField, d.clone()))
             }
+            (None, None, None) => None,
         };
         let before = items.len();
+        let mut refused = false;
         for (m_index, mapping) in self.profile.mappings.iter().enumerate() {
             if !mapping.when.iter().all(|c| c.holds(self.value, self.root)) {
                 continue;
             }
-            match self.map(mapping) {
-                None => {}
-                Some(Err(detail)) => items.push(Err(self.reject(
-                    Some(&device),
-                    RejectReason::BadField,
-                    format!("{}: {detail}", mapping.label),
-                ))),
-                Some(Ok(fields)) => {
-                    let key_tail = format!("{}:{}.{m_index}", self.profile.name, self.index);
-                    let dedup_key = if seq.is_some() || device_time.is_some() {
-                        DedupKey::Device(format!(
-                            "{key_tail}|{}",
-                            DedupKey::device_part(seq, device_time)
-                        ))
-                    } else {
-                        DedupKey::Payload(format!("h{}:{key_tail}", self.digest))
-                    };
-                    let mut e = Event::new(
-                        device.clone(),
-                        mapping.event_type,
-                        self.received_at,
-                        self.source.clone(),
-                        dedup_key,
-                    );
-                    e.fields = fields;
-                    e.device_time = device_time;
-                    e.seq = seq;
-                    items.push(Ok(e));
+            let Some((mut fields, problems)) = self.map(mapping) else {
+                continue;
+            };
+            let alarm = mapping.event_type.is_life_safety();
+            if !alarm {
+                if refusal.is_some() {
+                    refused = true;
+                    continue;
+                }
+                if let Some((_, _, detail)) = problems.first() {
+                    items.push(Err(self.reject(
+                        Some(&device),
+                        RejectReason::BadField,
+                        format!("{}: {detail}", mapping.label),
+                    )));
+                    continue;
+                }
+                if let Err(why) = mapping.event_type.check_fields(&fields) {
+                    items.push(Err(self.reject(
+                        Some(&device),
+                        RejectReason::BadField,
+                        format!("{}: {why}", mapping.label),
+                    )));
+                    continue;
                 }
             }
+            let mut flaws = element_flaws.clone();
+            for (name, value, detail) in problems {
+                flaws.push(Flaw::new(
+                    name,
+                    value,
+                    format!("{}: {detail}; ignored", mapping.label),
+                ));
+            }
+            if alarm {
+                // A smoke or gas report whose state cannot be read is taken as an alarm.
+                for spec in mapping.event_type.fields().iter().filter(|f| f.required) {
+                    if !fields.contains_key(spec.name)
+                        && let Some(v) = alarm_stand_in(mapping.event_type, spec.name)
+                    {
+                        flaws.push(Flaw::new(
+                            spec.name,
+                            "(missing or unreadable)",
+                            format!("{}: taken as {v}", mapping.label),
+                        ));
+                        fields.insert(spec.name.to_owned(), v);
+                    }
+                }
+            }
+            let key_tail = format!("{}:{}.{m_index}", self.profile.name, self.index);
+            let dedup_key = if seq.is_some() || device_time.is_some() {
+                DedupKey::Device(format!(
+                    "{key_tail}|{}",
+                    DedupKey::device_part(seq, device_time)
+                ))
+            } else {
+                DedupKey::Payload(format!("h{}:{key_tail}", self.digest))
+            };
+            let mut e = Event::new(
+                device.clone(),
+                mapping.event_type,
+                self.received_at,
+                self.source.clone(),
+                dedup_key,
+            );
+            e.fields = fields;
+            e.device_time = device_time;
+            e.seq = seq;
+            e.flaws = flaws;
+            items.push(Ok(e));
         }
-        if items.len() == before {
+        if refused || (items.len() == before && refusal.is_some()) {
+            let (reason, detail) = refusal.unwrap_or((RejectReason::BadField, String::new()));
+            items.push(Err(self.reject(Some(&device), reason, detail)));
+        } else if items.len() == before {
             items.push(Err(self.reject(
                 Some(&device),
                 RejectReason::Unmapped,
@@ -533,6 +617,16 @@ impl Element<'_> {
                 ),
             )));
         }
+    }
+
+    /// The payload's device id as text, for a flaw.
+    fn payload_device_text(&self) -> String {
+        self.profile
+            .device_id
+            .as_ref()
+            .and_then(|spec| spec.pointer.get(self.value, self.root))
+            .map(value_text)
+            .unwrap_or_default()
     }
 
     fn device_id(&self) -> Result<String, (RejectReason, String)> {
@@ -610,14 +704,21 @@ impl Element<'_> {
         Ok(id)
     }
 
-    fn time(&self) -> Result<Option<DateTime<Utc>>, String> {
+    /// The element's device time; `Err` is (field, value, why) of a time that cannot be read.
+    fn time(&self) -> Result<Option<DateTime<Utc>>, (String, String, String)> {
         let Some(spec) = &self.profile.time else {
             return Ok(None);
         };
         let Some(v) = spec.pointer.get(self.value, self.root) else {
             return Ok(None);
         };
-        let bad = |why: &str| format!("time {v} at {} {why}", spec.pointer);
+        let bad = |why: &str| {
+            (
+                spec.pointer.to_string(),
+                value_text(v),
+                format!("time {v} at {} {why}", spec.pointer),
+            )
+        };
         let number = || match v {
             Value::Number(n) => n.as_f64(),
             Value::String(s) => s.trim().parse::<f64>().ok(),
@@ -647,7 +748,8 @@ impl Element<'_> {
         Ok(Some(t))
     }
 
-    fn seq(&self) -> Result<Option<i64>, String> {
+    /// The element's counter; `Err` is (field, value, why) of one that cannot be read.
+    fn seq(&self) -> Result<Option<i64>, (String, String, String)> {
         let Some(p) = &self.profile.seq else {
             return Ok(None);
         };
@@ -661,19 +763,24 @@ impl Element<'_> {
         };
         match n {
             Some(n) if n >= 0 => Ok(Some(n)),
-            _ => Err(format!("seq {v} at {p} is not a non-negative integer")),
+            _ => Err((
+                p.to_string(),
+                value_text(v),
+                format!("seq {v} at {p} is not a non-negative integer"),
+            )),
         }
     }
 
     /// `None` when the mapping does not apply: all its fields are read from the payload, none
     /// has a default, and none is present. (A mapping with a constant or a default applies
     /// whenever its `when` holds, so a gated alarm is never skipped for a missing detail.)
-    /// Else its fields, or why a value was refused.
-    fn map(&self, m: &Mapping) -> Option<Result<Map<String, Value>, String>> {
+    /// Else the fields that could be read, and for each that could not: (field, the value as
+    /// sent, why).
+    fn map(&self, m: &Mapping) -> Option<MappedFields> {
         let mut fields = Map::new();
         let mut optional = true;
         let mut found = false;
-        let mut error = None;
+        let mut problems = Vec::new();
         for f in &m.fields {
             let raw = match &f.source {
                 ValueSource::Const(v) => {
@@ -695,25 +802,21 @@ impl Element<'_> {
                 continue;
             };
             found = true;
-            if error.is_some() {
-                continue;
-            }
             match self.transform(f, raw) {
                 Ok(v) => {
                     fields.insert(f.spec.name.to_owned(), v);
                 }
-                Err(why) => {
-                    error = Some(format!("field {}: value {raw} at {p} {why}", f.spec.name))
-                }
+                Err(why) => problems.push((
+                    f.spec.name,
+                    value_text(raw),
+                    format!("field {}: value {raw} at {p} {why}", f.spec.name),
+                )),
             }
         }
         if optional && !found && !m.fields.is_empty() {
             return None;
         }
-        if let Some(e) = error {
-            return Some(Err(e));
-        }
-        Some(m.event_type.check_fields(&fields).map(|()| fields))
+        Some((fields, problems))
     }
 
     fn transform(&self, f: &FieldMap, raw: &Value) -> Result<Value, String> {
