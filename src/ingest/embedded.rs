@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use anyhow::{Context, bail};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
+use crate::protocol::canonical::MAX_PAYLOAD_BYTES;
+
 /// rumqttd's fixed outgoing window (`MAX_INFLIGHT` in `router/iobufs.rs`).
 pub const WINDOW: usize = 100;
 
@@ -33,8 +35,13 @@ pub fn start(addr: SocketAddr) -> anyhow::Result<()> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            // CONTRACT.md: canonical payloads are at most 64 KiB; allow topic and header room.
-            max_payload_size: 70 * 1024,
+            // CONTRACT.md: canonical payloads are at most 64 KiB. rumqttd checks a packet's
+            // remaining length (topic, packet id, payload) and drops the connection above it,
+            // so an oversized payload is refused to the device rather than taken and then
+            // refused by the engine. 64 KiB + the overhead of the shortest canonical topic
+            // (`anxin/v1/devices/X/events`: 2 + 25 bytes, packet id 2): nothing above 64 KiB
+            // passes; a payload within a few bytes of it on a longer topic is refused too.
+            max_payload_size: MAX_PAYLOAD_BYTES + 29,
             max_inflight_count: 100,
             auth: None,
             external_auth: None,

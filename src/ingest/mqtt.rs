@@ -22,12 +22,17 @@ use crate::clock::SharedClock;
 use crate::config::MqttConfig;
 use crate::pipeline::acks::{AckToken, AckTracker};
 use crate::pipeline::{AckSink, Delivery, Pipeline};
+use crate::protocol::OVERSIZE_KEPT_BYTES;
 use crate::protocol::canonical::MAX_PAYLOAD_BYTES;
 use crate::telemetry::names;
 
-/// Largest packet we accept: the canonical payload limit plus topic and header room
-/// (rumqttc's default of 10 KiB would silently drop larger payloads, PITFALLS 11).
-const MAX_PACKET_BYTES: usize = MAX_PAYLOAD_BYTES + 4 * 1024;
+/// Largest packet we accept: the largest MQTT allows (a remaining length of 268 435 455 bytes,
+/// MQTT 3.1.1 §2.2.3 and MQTT 5 §1.5.5, plus the fixed header). The payload limit is ours to
+/// enforce, with a refusal that leaves a trace: below the broker's own limit an oversized
+/// message would vanish (an MQTT 5 broker discards what exceeds the client's Maximum Packet
+/// Size, MQTT 5 §3.1.2.11.4) or, over 3.1.1, fail the connection on every redelivery. The
+/// shipped broker configs refuse such payloads first, so the device learns (PITFALLS 11).
+const MAX_PACKET_BYTES: usize = 268_435_455 + 5;
 
 /// A received publish, kept so it can be acked later.
 #[derive(Debug)]
@@ -468,11 +473,20 @@ impl MqttIngest {
                     };
                     let generation = conn.generation();
                     let pos = sink.tracker.register(AckToken { generation, handle });
+                    // An oversized payload is refused in the shard; only its prefix travels,
+                    // so a queue of them stays as small as a queue of valid messages.
+                    let size = payload.len();
+                    let payload = if size > MAX_PAYLOAD_BYTES {
+                        Bytes::copy_from_slice(&payload[..OVERSIZE_KEPT_BYTES])
+                    } else {
+                        payload
+                    };
                     let d = Delivery::Mqtt {
                         pos,
                         generation,
                         topic,
                         payload,
+                        size,
                         received_at: clock.now(),
                         dup,
                         retain,

@@ -43,8 +43,10 @@ pub enum Delivery {
         generation: u64,
         /// Topic.
         topic: String,
-        /// Payload.
+        /// Payload; of an oversized one only its first bytes.
         payload: Bytes,
+        /// The payload's size as received.
+        size: usize,
         /// Receive time (injected clock).
         received_at: DateTime<Utc>,
         /// The broker flagged it as sent before (MQTT DUP).
@@ -409,18 +411,23 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
             Delivery::Mqtt {
                 topic,
                 payload,
+                size,
                 received_at,
                 dup,
                 retain,
                 ..
             } => {
-                let decoded = decode_mqtt(
-                    &shared.topic_root,
-                    &current.profiles,
-                    topic,
-                    payload,
-                    *received_at,
-                );
+                let decoded = if *size > canonical::MAX_PAYLOAD_BYTES {
+                    oversized(shared, &current.profiles, topic, payload, *size)
+                } else {
+                    decode_mqtt(
+                        &shared.topic_root,
+                        &current.profiles,
+                        topic,
+                        payload,
+                        *received_at,
+                    )
+                };
                 let transport = Transport {
                     json: true,
                     dup: *dup,
@@ -453,6 +460,34 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
             dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
         },
         quarantined,
+    }
+}
+
+/// The refusal of a payload above the format's limit, of which only `kept` (a prefix)
+/// arrived here; the device is taken from the topic where it names one.
+fn oversized(
+    shared: &Shared,
+    profiles: &crate::protocol::profile::ProfileSet,
+    topic: &str,
+    kept: &[u8],
+    size: usize,
+) -> canonical::Decoded {
+    let device = match canonical::device_from_topic(&shared.topic_root, topic) {
+        Ok(id) => Some(id.to_owned()),
+        Err(_) => profiles.route(topic).and_then(|(_, d)| d.map(str::to_owned)),
+    };
+    canonical::Decoded {
+        device_id: device.clone(),
+        items: vec![Err(Rejection {
+            device_id: device,
+            reason: RejectReason::PayloadTooLarge,
+            detail: format!(
+                "payload is {size} bytes, the maximum is {}; its first {} bytes are kept",
+                canonical::MAX_PAYLOAD_BYTES,
+                kept.len()
+            ),
+            raw: kept.to_vec(),
+        })],
     }
 }
 
