@@ -359,3 +359,27 @@ pub fn tcp_closed(family: &'static str, peer: &str, device: Option<&str>, why: &
         "Device connection closed"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_noisy_device_never_hides_another_devices_line_nor_an_alarm() {
+        // Reason names unique to this test: the budget is process-wide.
+        let reason = "test_noisy_device";
+        let logged = (0..50)
+            .filter(|_| allow_device_log(reason, "noisy", false).is_some())
+            .count();
+        assert_eq!(logged, PER_DEVICE_WINDOW as usize, "the noisy device is summarised");
+        assert_eq!(
+            allow_device_log(reason, "quiet", false),
+            Some(0),
+            "another device's first line is written"
+        );
+        assert!(
+            allow_device_log(reason, "noisy", true).is_some(),
+            "an alarm's line is written even past the budget"
+        );
+    }
+}
