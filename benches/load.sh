@@ -18,7 +18,8 @@ PG_BASE=${PG_ADMIN%/*}
 
 cargo build --release -q
 SIM=target/release/anxin-sim
-ANXIN=target/release/anxin
+# ANXIN_BIN: another engine binary to measure with the same script (e.g. an older build).
+ANXIN=${ANXIN_BIN:-target/release/anxin}
 tmp=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cleanup() {
@@ -76,6 +77,12 @@ report() { # $1 url, $2 label
     sleep 1.5 # the peak gauge is refreshed every second
     local peak; peak=$(curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk '/^anxin_mqtt_unacked_messages_peak/ {print $2}')
     echo "$2: per-device order violations: $bad; most messages held unacked at once: $peak"
+    # Statements the server ran for this database, when it counts them (benches/pg_private.sh
+    # starts a server with pg_stat_statements); migrations and this report add a few dozen.
+    local db=${url##*/}; db=${db%%\?*}
+    local stm; stm=$(q "$PG_ADMIN" "SELECT COALESCE(sum(s.calls), 0) FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '$db'" 2>/dev/null || true)
+    [ -n "$stm" ] && echo "$2: statements run: $stm ($(python3 -c "print(round($stm / $COUNT, 3))") per message)"
+    return 0
 }
 
 for proto in ${PROTOS:-5 4}; do
