@@ -315,7 +315,7 @@ pub fn tcp_skipped(
 ) {
     counter!(names::TCP_SKIPPED_BYTES, "family" => family, "reason" => reason)
         .increment(bytes as u64);
-    if let Some(suppressed) = allow_log("tcp_skipped") {
+    if let Some(suppressed) = allow_device_log("tcp_skipped", device.unwrap_or(peer), false) {
         tracing::warn!(
             family,
             peer,
@@ -337,7 +337,7 @@ pub fn tcp_decode_error(
     detail: &str,
 ) {
     counter!(names::TCP_DECODE_ERRORS, "family" => family, "reason" => reason).increment(1);
-    if let Some(suppressed) = allow_log(reason) {
+    if let Some(suppressed) = allow_device_log(reason, device.unwrap_or(peer), false) {
         tracing::warn!(
             family,
             peer,
