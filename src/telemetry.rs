@@ -68,6 +68,8 @@ pub mod names {
     pub const PROFILE_REJECTED: &str = "anxin_profile_rejected_total";
     /// Configuration reloads, by `result` (`ok` or `refused`).
     pub const CONFIG_RELOADS: &str = "anxin_config_reloads_total";
+    /// CONNACKs without the broker session the engine had: what the broker held is gone.
+    pub const MQTT_SESSION_LOST: &str = "anxin_mqtt_session_lost_total";
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.
