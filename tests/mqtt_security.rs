@@ -293,34 +293,49 @@ async fn mqtts_with_a_private_ca_and_a_client_certificate_raises_the_sos_and_a_w
     // Unreadable or invalid PEM files stop start-up with the setting and file named.
     let garbage = write(d, "garbage.pem", "not a certificate\n");
     let missing = "/nonexistent/client.key";
-    let cases: [(&str, Vec<(&str, &str)>, &str, &str, &str); 3] = [
-        (
-            "check-config",
-            vec![("ANXIN_MQTT_CA_FILE", &garbage)],
-            "ANXIN_MQTT_CA_FILE",
-            &garbage,
-            "no certificate in it",
-        ),
-        (
-            "run",
-            vec![("ANXIN_MQTT_CA_FILE", &garbage)],
-            "ANXIN_MQTT_CA_FILE",
-            &garbage,
-            "no certificate in it",
-        ),
-        (
-            "check-config",
-            vec![
+    /// A start-up that must fail: command, environment, and what the error names.
+    struct BadPem<'a> {
+        command: &'a str,
+        env: Vec<(&'a str, &'a str)>,
+        key: &'a str,
+        path: &'a str,
+        problem: &'a str,
+    }
+    let cases = [
+        BadPem {
+            command: "check-config",
+            env: vec![("ANXIN_MQTT_CA_FILE", &garbage)],
+            key: "ANXIN_MQTT_CA_FILE",
+            path: &garbage,
+            problem: "no certificate in it",
+        },
+        BadPem {
+            command: "run",
+            env: vec![("ANXIN_MQTT_CA_FILE", &garbage)],
+            key: "ANXIN_MQTT_CA_FILE",
+            path: &garbage,
+            problem: "no certificate in it",
+        },
+        BadPem {
+            command: "check-config",
+            env: vec![
                 ("ANXIN_MQTT_CA_FILE", &ca),
                 ("ANXIN_MQTT_CLIENT_CERT_FILE", &client_cert),
                 ("ANXIN_MQTT_CLIENT_KEY_FILE", missing),
             ],
-            "ANXIN_MQTT_CLIENT_KEY_FILE",
-            missing,
-            "cannot read",
-        ),
+            key: "ANXIN_MQTT_CLIENT_KEY_FILE",
+            path: missing,
+            problem: "cannot read",
+        },
     ];
-    for (command, env, key, path, problem) in cases {
+    for BadPem {
+        command,
+        env,
+        key,
+        path,
+        problem,
+    } in cases
+    {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_anxin"));
         cmd.arg(command)
             .arg("--config")
@@ -663,4 +678,136 @@ async fn a_broker_restart_that_keeps_the_session_raises_nothing() {
     // Both decisions were made (readyz above) and neither was a loss.
     assert_eq!(e.metric("anxin_mqtt_session_lost_total").await, 0.0);
     assert!(e.alerts("kind=system").await.is_empty());
+}
+
+/// The store side on both backends: the session record, and a `system` alert that counts
+/// while open and opens anew once resolved.
+#[tokio::test]
+async fn session_records_and_system_alerts_on_both_backends() {
+    use anxin::pipeline::rules::Severity;
+    use anxin::store::{Store, SystemAlert};
+    use chrono::{DateTime, Utc};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pg = match std::env::var("ANXIN_TEST_POSTGRES_URL") {
+        Ok(admin) if !admin.is_empty() => Some(TempDb::create(&admin).await),
+        _ => None,
+    };
+    let mut urls = vec![format!(
+        "sqlite://{}",
+        dir.path().join("anxin.db").display()
+    )];
+    urls.extend(pg.as_ref().map(|d| d.url.clone()));
+    let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+    for url in urls {
+        let store = Store::connect(&url, 2).await.unwrap();
+        let b = store.backend();
+        assert_eq!(store.mqtt_session("anxin-1", "h:1883").await.unwrap(), None);
+        store
+            .record_mqtt_session("anxin-1", "h:1883", t(0))
+            .await
+            .unwrap();
+        store
+            .record_mqtt_session("anxin-1", "h:1883", t(5))
+            .await
+            .unwrap();
+        let r = store
+            .mqtt_session("anxin-1", "h:1883")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.first_at, r.last_at), (t(0), t(5)), "{b}");
+        assert_eq!(
+            store.mqtt_session("anxin-1", "other:1883").await.unwrap(),
+            None
+        );
+        assert_eq!(store.mqtt_session("anxin-2", "h:1883").await.unwrap(), None);
+
+        let a = SystemAlert {
+            rule: "broker_session_lost",
+            severity: Severity::High,
+            title: "t",
+            detail: serde_json::json!({ "n": 1 }),
+        };
+        let first = store.raise_system_alert(&a, t(10)).await.unwrap();
+        assert_eq!(
+            (
+                first.action.as_str(),
+                first.kind.as_str(),
+                first.device_id.as_str()
+            ),
+            ("opened", "system", "system"),
+            "{b}"
+        );
+        let second = store.raise_system_alert(&a, t(20)).await.unwrap();
+        assert_eq!(
+            (second.alert_id, second.action.as_str()),
+            (first.alert_id, "counted")
+        );
+        let (alert, timeline) = store.get_alert(first.alert_id).await.unwrap();
+        assert_eq!((alert.count, alert.severity.as_str()), (2, "high"), "{b}");
+        assert_eq!(
+            timeline
+                .iter()
+                .map(|e| e.action.as_str())
+                .collect::<Vec<_>>(),
+            ["opened", "event"],
+            "{b}"
+        );
+        assert_eq!(timeline[0].detail["n"], 1);
+        store
+            .resolve(first.alert_id, "admin", t(30), "other", None)
+            .await
+            .unwrap();
+        let third = store.raise_system_alert(&a, t(40)).await.unwrap();
+        assert_eq!(third.action, "opened", "{b}");
+        assert_ne!(third.alert_id, first.alert_id);
+        store.close().await;
+    }
+}
+
+/// A loss seen while the store is unreachable is counted and shown at once, and the alert is
+/// written once the store answers again: never dropped.
+#[tokio::test]
+async fn a_session_loss_during_a_database_outage_is_alerted_when_the_store_returns() {
+    let Some(admin) = common::service_url("ANXIN_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = TempDb::create(&admin).await;
+    let upstream = {
+        let rest = admin.split_once("://").unwrap().1;
+        let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+        let hostport = host.split('/').next().unwrap();
+        let (h, p) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+        let h = if h == "localhost" { "127.0.0.1" } else { h };
+        format!("{h}:{p}").parse().unwrap()
+    };
+    let proxy = common::Proxy::start(upstream).await;
+    let mut broker =
+        Broker::start("127.0.0.1", &[("persistence", "false".into())], &[], vec![]).await;
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(format!("mqtt://127.0.0.1:{}", broker.port)),
+        store_url: Some(db.url_via(proxy.port)),
+        ..Default::default()
+    })
+    .await;
+    wait_session(&e, 1, "new").await;
+
+    proxy.cut();
+    broker.stop();
+    broker.spawn().await;
+    poll("the loss shown while the store is away", || async {
+        (readyz(&e).await.1["mqtt"]["session"] == "lost").then_some(())
+    })
+    .await;
+    assert_eq!(e.metric("anxin_mqtt_session_lost_total").await, 1.0);
+    proxy.restore();
+    let alert = system_alert(&e, 1).await;
+    assert_eq!(alert["rule"], "broker_session_lost");
+    assert!(
+        e.log()
+            .contains("Cannot record the broker session loss alert; retrying"),
+        "{}",
+        e.log()
+    );
 }
