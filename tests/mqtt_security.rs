@@ -473,7 +473,7 @@ async fn url_credentials_and_the_acl_example_let_a_device_publish_only_to_its_ow
 }
 
 #[tokio::test]
-async fn an_ipv6_broker_url_works() {
+async fn ipv6_broker_urls_work() {
     let broker = Broker::start("::1", &[], &[], vec![]).await;
     let e = Engine::start(EngineOpts {
         mqtt_url: Some(format!("mqtt://[::1]:{}", broker.port)),
@@ -490,6 +490,26 @@ async fn an_ipv6_broker_url_works() {
     .await;
     poll("the SOS over IPv6", || async {
         e.alerts("device_id=v6-1&kind=sos").await.into_iter().next()
+    })
+    .await;
+
+    // The embedded broker on an IPv6 address.
+    let port = free_port();
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(format!("embedded://[::1]:{port}")),
+        env: vec![("ANXIN_MQTT_TOPIC_ROOT".into(), "anxin/v1".into())],
+        ..Default::default()
+    })
+    .await;
+    publish_as(
+        "::1",
+        port,
+        None,
+        &[("anxin/v1/devices/v6-2/events", r#"{"type":"sos"}"#)],
+    )
+    .await;
+    poll("the SOS through the embedded broker over IPv6", || async {
+        e.alerts("device_id=v6-2&kind=sos").await.into_iter().next()
     })
     .await;
 }

@@ -695,4 +695,46 @@ mod tests {
         assert!(MqttTarget::parse("mqtts://x:8883").is_ok());
         assert!(MqttTarget::parse("http://x").is_err());
     }
+
+    #[test]
+    fn mqtt_tls_files_are_relative_to_the_config_file_and_need_mqtts() {
+        let src = "[mqtt]\nurl = \"mqtt://b\"\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\nclient_key_file = \"/k.pem\"\n";
+        let mut c = Config::default();
+        assert!(read_engine(Path::new("etc/anxin.toml"), src, &mut c).is_empty());
+        assert_eq!(c.mqtt.tls.ca_file.as_deref(), Some(Path::new("etc/ca.pem")));
+        assert_eq!(
+            c.mqtt.tls.client_cert_file.as_deref(),
+            Some(Path::new("etc/c.pem"))
+        );
+        assert_eq!(
+            c.mqtt.tls.client_key_file.as_deref(),
+            Some(Path::new("/k.pem"))
+        );
+        let p = check_mqtt_tls(&c, Some(Path::new("etc/anxin.toml")), &no_env);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "mqtt.url");
+        assert!(p[0].message.contains("not mqtts://"), "{}", p[0].message);
+
+        // The environment wins and is named in the problem.
+        let env = |k: &str| match k {
+            "ANXIN_MQTT_URL" => Some("mqtts://u:hunter2@b".to_owned()),
+            "ANXIN_MQTT_CA_FILE" => Some("/nonexistent/ca.pem".to_owned()),
+            _ => None,
+        };
+        assert!(apply_env(&mut c, &env).is_empty());
+        assert_eq!(
+            c.mqtt.tls.ca_file.as_deref(),
+            Some(Path::new("/nonexistent/ca.pem"))
+        );
+        let p = check_mqtt_tls(&c, Some(Path::new("etc/anxin.toml")), &env);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].file, Path::new("(environment)"));
+        assert_eq!(p[0].key, "ANXIN_MQTT_CA_FILE");
+        assert!(
+            p[0].message.contains("/nonexistent/ca.pem: cannot read"),
+            "{}",
+            p[0].message
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 }
