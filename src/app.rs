@@ -283,7 +283,14 @@ pub async fn run(
     }
     upkeep.abort();
     hup.abort();
-    session_task.abort();
+    // The session recorder makes one last attempt at a loss not yet written.
+    let mut session_task = session_task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut session_task)
+        .await
+        .is_err()
+    {
+        session_task.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     store.close().await;
     tracing::info!("Stopped");

@@ -217,7 +217,8 @@ impl SessionWatch {
 
 /// Writes what [`SessionWatch`] saw to the store: the session record on every CONNACK
 /// (external brokers), and one alert entry per loss, pushed to the live feed. Retries with
-/// backoff while the store fails; ends at `stop`.
+/// backoff while the store fails; at `stop`, makes one last attempt at what is pending and
+/// ends.
 pub async fn record(
     watch: Arc<SessionWatch>,
     store: Store,
@@ -230,6 +231,7 @@ pub async fn record(
     let mut alerted = 0;
     let mut backoff = Duration::from_millis(200);
     loop {
+        let stopping = stop.is_cancelled();
         let view = rx.borrow_and_update().clone();
         let mut failed = false;
         // The alert first: if the process dies before the record, the next start still knows
@@ -274,10 +276,13 @@ pub async fn record(
                 }
             }
         }
+        if stopping {
+            return;
+        }
         if failed {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -285,7 +290,7 @@ pub async fn record(
         backoff = Duration::from_millis(200);
         tokio::select! {
             changed = rx.changed() => if changed.is_err() { return },
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {}
         }
     }
 }
