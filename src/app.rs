@@ -16,7 +16,8 @@ use crate::config::live::Live;
 use crate::config::{Loaded, MqttTarget};
 use crate::dispatch::{self, AppState};
 use crate::ingest::mqtt::MqttIngest;
-use crate::ingest::{embedded, tcp};
+use crate::ingest::session::{self, SessionWatch};
+use crate::ingest::{embedded, tcp, tls};
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -94,7 +95,7 @@ pub async fn run(
             tracing::warn!(%addr, "Embedded MQTT broker running: it acks devices on receipt and keeps nothing on disk; use an external broker for durability");
             (addr.ip().to_string(), addr.port(), false, embedded::WINDOW)
         }
-        MqttTarget::External { host, port } => (
+        MqttTarget::External { host, port, .. } => (
             host.clone(),
             *port,
             config.mqtt.protocol == 5,
@@ -107,6 +108,21 @@ pub async fn run(
             },
         ),
     };
+    let tls = match &config.mqtt.target {
+        MqttTarget::External { tls: true, .. } => Some(
+            tls::client_config(&config.mqtt.tls).context("setting up TLS to the MQTT broker")?,
+        ),
+        _ => None,
+    };
+    // 4b. What we knew about this broker: a session we had there must still be there.
+    let prior_session = match config.mqtt.target.broker_key() {
+        Some(broker) => store
+            .mqtt_session(&client_id, &broker)
+            .await
+            .context("reading the MQTT session record")?,
+        None => None,
+    };
+    let session_watch = SessionWatch::new(&client_id, &config.mqtt.target, prior_session);
     let ingest = MqttIngest::new(
         &config.mqtt,
         live_config.filters(),
@@ -115,7 +131,9 @@ pub async fn run(
         port,
         v5,
         window,
-    );
+        tls,
+    )
+    .with_session_watch(session_watch.clone());
     let conn = ingest.conn();
     let sink = ingest.sink();
 
@@ -134,6 +152,13 @@ pub async fn run(
         registry.clone(),
         hard_stop.clone(),
     );
+    let session_task = tokio::spawn(session::record(
+        session_watch.clone(),
+        store.clone(),
+        live.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
     let grace = Duration::from_secs(config.pipeline.shutdown_grace_secs);
     let depths = pipeline.clone();
     let tcp_tasks = TaskTracker::new();
@@ -234,6 +259,7 @@ pub async fn run(
         config: live_config.clone(),
         downlinks,
         subscribed: Arc::new(move |f: &str| filter_conn.is_filter_subscribed(f)),
+        mqtt_detail: Arc::new(move || session_watch.readyz()),
     };
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();
@@ -263,6 +289,14 @@ pub async fn run(
     }
     upkeep.abort();
     hup.abort();
+    // The session recorder makes one last attempt at a loss not yet written.
+    let mut session_task = session_task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut session_task)
+        .await
+        .is_err()
+    {
+        session_task.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     store.close().await;
     tracing::info!("Stopped");

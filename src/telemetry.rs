@@ -71,6 +71,8 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "anxin_config_reloads_total";
     /// Retained messages replayed by the broker: recorded, never counted as presses.
     pub const MQTT_RETAINED: &str = "anxin_mqtt_retained_total";
+    /// CONNACKs without the broker session the engine had: what the broker held is gone.
+    pub const MQTT_SESSION_LOST: &str = "anxin_mqtt_session_lost_total";
 }
 
 /// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.

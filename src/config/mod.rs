@@ -1,9 +1,12 @@
 //! Engine configuration: `config/anxin.toml`, environment overrides (CONTRACT.md), defaults in
 //! one place ([`Config::default`]). Loading collects every problem with file, line and key.
 
+pub mod broker;
 pub mod live;
 pub mod profiles;
 pub mod reader;
+
+pub use broker::{Credentials, MqttTarget, MqttTls, Secret};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,61 +24,6 @@ pub const DEFAULT_CONFIG: &str = "config/anxin.toml";
 
 /// The profiles directory used when the config names none, relative to the working directory.
 pub const DEFAULT_PROFILES_DIR: &str = "protocols";
-
-/// Where the engine's MQTT connection goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MqttTarget {
-    /// rumqttd in-process, listening on this address (MQTT 3.1.1).
-    Embedded(SocketAddr),
-    /// An external broker.
-    External {
-        /// Host name or address.
-        host: String,
-        /// TCP port.
-        port: u16,
-    },
-}
-
-impl MqttTarget {
-    /// Parses `embedded`, `embedded://HOST:PORT` or `mqtt://host:port`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "embedded" {
-            return Ok(MqttTarget::Embedded(SocketAddr::from((
-                [127, 0, 0, 1],
-                1883,
-            ))));
-        }
-        if let Some(addr) = s.strip_prefix("embedded://") {
-            return addr
-                .parse()
-                .map(MqttTarget::Embedded)
-                .map_err(|_| format!("{s:?}: embedded://HOST:PORT needs an IP address and port"));
-        }
-        if s.starts_with("mqtts://") {
-            return Err(format!(
-                "{s:?}: TLS to the broker (mqtts://) is not built yet; use mqtt:// on a trusted network or a local TLS-terminating proxy"
-            ));
-        }
-        let rest = s.strip_prefix("mqtt://").ok_or_else(|| {
-            format!("{s:?}: expected embedded, embedded://HOST:PORT or mqtt://HOST:PORT")
-        })?;
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("{s:?}: port {p:?} is not a number"))?,
-            ),
-            None => (rest, 1883),
-        };
-        if host.is_empty() {
-            return Err(format!("{s:?}: no host"));
-        }
-        Ok(MqttTarget::External {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
 
 /// `[store]`.
 #[derive(Debug, Clone)]
@@ -107,6 +55,8 @@ pub struct MqttConfig {
     pub keep_alive_secs: u64,
     /// Longest pause between reconnect attempts.
     pub reconnect_max_backoff_ms: u64,
+    /// TLS files for an `mqtts://` broker.
+    pub tls: MqttTls,
 }
 
 /// `[pipeline]`.
@@ -233,6 +183,7 @@ impl Default for Config {
                 session_expiry_secs: 7 * 24 * 3600,
                 keep_alive_secs: 30,
                 reconnect_max_backoff_ms: 5_000,
+                tls: MqttTls::default(),
             },
             pipeline: PipelineConfig {
                 shards: 4,
@@ -323,6 +274,7 @@ pub fn load(
         config.file = Some(file.clone());
     }
     problems.extend(apply_env(&mut config, env));
+    problems.extend(check_mqtt_tls(&config, file.as_deref(), env));
     let rules = match std::fs::read_to_string(&config.rules_file) {
         Ok(src) => match RuleSet::parse(&config.rules_file, &src) {
             Ok(r) => Some(r),
@@ -441,6 +393,15 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         }
         if let Some(v) = s.int("reconnect_max_backoff_ms", 10..=600_000) {
             m.reconnect_max_backoff_ms = v as u64;
+        }
+        if let Some((p, _)) = s.string("ca_file") {
+            m.tls.ca_file = Some(base.join(p));
+        }
+        if let Some((p, _)) = s.string("client_cert_file") {
+            m.tls.client_cert_file = Some(base.join(p));
+        }
+        if let Some((p, _)) = s.string("client_key_file") {
+            m.tls.client_key_file = Some(base.join(p));
         }
         s.finish();
     }
@@ -631,7 +592,65 @@ fn apply_env(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<P
             config.admin_token = Some(v);
         }
     }
+    let tls = &mut config.mqtt.tls;
+    for (key, slot) in [
+        ("ANXIN_MQTT_CA_FILE", &mut tls.ca_file),
+        ("ANXIN_MQTT_CLIENT_CERT_FILE", &mut tls.client_cert_file),
+        ("ANXIN_MQTT_CLIENT_KEY_FILE", &mut tls.client_key_file),
+    ] {
+        if let Some(v) = env(key) {
+            *slot = Some(PathBuf::from(v));
+        }
+    }
     problems
+}
+
+/// Checks the `[mqtt]` TLS settings against the target and loads the PEM files once, so an
+/// unreadable or invalid file is a configuration problem (`check-config`, start-up), not a
+/// reconnect loop.
+fn check_mqtt_tls(
+    config: &Config,
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Problem> {
+    let origin = |env_key: &str, key: &str| -> (PathBuf, String) {
+        if env(env_key).is_some() {
+            (PathBuf::from("(environment)"), env_key.to_owned())
+        } else {
+            (
+                file.map(Path::to_owned)
+                    .unwrap_or_else(|| "(defaults)".into()),
+                format!("mqtt.{key}"),
+            )
+        }
+    };
+    let problem = |(file, key): (PathBuf, String), message: String| Problem {
+        file,
+        line: 0,
+        key,
+        message,
+    };
+    let tls = &config.mqtt.tls;
+    let is_tls = matches!(config.mqtt.target, MqttTarget::External { tls: true, .. });
+    if !is_tls {
+        if tls.any() {
+            return vec![problem(
+                origin("ANXIN_MQTT_URL", "url"),
+                format!(
+                    "TLS files are set (ca_file / client_cert_file / client_key_file) but the broker URL {} is not mqtts://; the connection would be plain TCP",
+                    config.mqtt.target
+                ),
+            )];
+        }
+        return Vec::new();
+    }
+    match crate::ingest::tls::client_config(tls) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let (env_key, key) = e.setting();
+            vec![problem(origin(env_key, key), e.to_string())]
+        }
+    }
 }
 
 #[cfg(test)]
@@ -683,10 +702,7 @@ mod tests {
         let p = apply_env(&mut c, &env);
         assert_eq!(
             c.mqtt.target,
-            MqttTarget::External {
-                host: "broker".into(),
-                port: 1884
-            }
+            MqttTarget::parse("mqtt://broker:1884").unwrap()
         );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key, "ANXIN_HTTP_ADDR");
@@ -699,11 +715,49 @@ mod tests {
             MqttTarget::parse("embedded://127.0.0.1:1999"),
             Ok(MqttTarget::Embedded("127.0.0.1:1999".parse().unwrap()))
         );
-        assert!(
-            MqttTarget::parse("mqtts://x:8883")
-                .unwrap_err()
-                .contains("TLS")
-        );
+        assert!(MqttTarget::parse("mqtts://x:8883").is_ok());
         assert!(MqttTarget::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn mqtt_tls_files_are_relative_to_the_config_file_and_need_mqtts() {
+        let src = "[mqtt]\nurl = \"mqtt://b\"\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\nclient_key_file = \"/k.pem\"\n";
+        let mut c = Config::default();
+        assert!(read_engine(Path::new("etc/anxin.toml"), src, &mut c).is_empty());
+        assert_eq!(c.mqtt.tls.ca_file.as_deref(), Some(Path::new("etc/ca.pem")));
+        assert_eq!(
+            c.mqtt.tls.client_cert_file.as_deref(),
+            Some(Path::new("etc/c.pem"))
+        );
+        assert_eq!(
+            c.mqtt.tls.client_key_file.as_deref(),
+            Some(Path::new("/k.pem"))
+        );
+        let p = check_mqtt_tls(&c, Some(Path::new("etc/anxin.toml")), &no_env);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key, "mqtt.url");
+        assert!(p[0].message.contains("not mqtts://"), "{}", p[0].message);
+
+        // The environment wins and is named in the problem.
+        let env = |k: &str| match k {
+            "ANXIN_MQTT_URL" => Some("mqtts://u:hunter2@b".to_owned()),
+            "ANXIN_MQTT_CA_FILE" => Some("/nonexistent/ca.pem".to_owned()),
+            _ => None,
+        };
+        assert!(apply_env(&mut c, &env).is_empty());
+        assert_eq!(
+            c.mqtt.tls.ca_file.as_deref(),
+            Some(Path::new("/nonexistent/ca.pem"))
+        );
+        let p = check_mqtt_tls(&c, Some(Path::new("etc/anxin.toml")), &env);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].file, Path::new("(environment)"));
+        assert_eq!(p[0].key, "ANXIN_MQTT_CA_FILE");
+        assert!(
+            p[0].message.contains("/nonexistent/ca.pem: cannot read"),
+            "{}",
+            p[0].message
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

@@ -61,7 +61,12 @@ pub struct AppState {
     pub config: Arc<crate::config::live::Live>,
     /// MQTT subscription state per filter.
     pub subscribed: SubscribedCheck,
+    /// The `mqtt` detail of `/readyz` (broker session: resumed, new, lost).
+    pub mqtt_detail: ReadyDetail,
 }
+
+/// Extra detail for `/readyz` that never decides readiness.
+pub type ReadyDetail = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// The router.
 pub fn router(state: AppState) -> Router {
@@ -115,7 +120,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .await
         .is_ok_and(|r| r.is_ok());
     let ingest_ok = (s.ingest_ready)();
-    let body = serde_json::json!({ "store": store_ok, "ingest": ingest_ok });
+    let body =
+        serde_json::json!({ "store": store_ok, "ingest": ingest_ok, "mqtt": (s.mqtt_detail)() });
     let code = if store_ok && ingest_ok {
         StatusCode::OK
     } else {

@@ -2,4 +2,6 @@
 
 pub mod embedded;
 pub mod mqtt;
+pub mod session;
 pub mod tcp;
+pub mod tls;

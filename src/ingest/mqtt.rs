@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttTarget};
+use crate::ingest::session::SessionWatch;
 use crate::pipeline::acks::{AckToken, AckTracker};
 use crate::pipeline::{AckSink, Delivery, Pipeline};
 use crate::protocol::OVERSIZE_KEPT_BYTES;
@@ -266,12 +267,17 @@ pub struct MqttIngest {
     max_backoff: Duration,
     /// How many messages the broker may have in flight to us.
     pub window: usize,
+    /// Told of every CONNACK (broker session loss).
+    session: Option<Arc<SessionWatch>>,
 }
 
 impl MqttIngest {
     /// Prepares a client for `host:port`. `v5` selects MQTT 5 (with Receive Maximum and a
     /// session expiry); otherwise MQTT 3.1.1 with clean session off. `filters` is the
-    /// subscription list (canonical first), followed as it changes on reload.
+    /// subscription list (canonical first), followed as it changes on reload. The user name
+    /// and password come from `cfg.target`; `tls` (built by [`super::tls::client_config`])
+    /// turns on TLS.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &MqttConfig,
         filters: watch::Receiver<Vec<String>>,
@@ -280,7 +286,10 @@ impl MqttIngest {
         port: u16,
         v5: bool,
         window_if_v4: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> MqttIngest {
+        let login = login(cfg);
+        let transport = tls.map(|c| rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(c)));
         let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
         // The request channel carries acks and subscribes; room for the whole window keeps the
         // ack task from ever waiting on it (PITFALLS 6).
@@ -295,6 +304,12 @@ impl MqttIngest {
                 .set_receive_maximum(Some(cfg.receive_maximum))
                 .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
                 .set_manual_acks(true);
+            if let Some((user, pass)) = &login {
+                o.set_credentials(user.as_str(), pass.as_str());
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
             let (c, el) = rumqttc::v5::AsyncClient::new(o, window * 2 + 64);
             (Client::V5(c), EventLoop::V5(Box::new(el)), window)
         } else {
@@ -303,6 +318,12 @@ impl MqttIngest {
                 .set_clean_session(false)
                 .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
                 .set_manual_acks(true);
+            if let Some((user, pass)) = &login {
+                o.set_credentials(user.as_str(), pass.as_str());
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
             let (c, el) = rumqttc::AsyncClient::new(o, window_if_v4 * 2 + 64);
             (Client::V4(c), EventLoop::V4(Box::new(el)), window_if_v4)
         };
@@ -322,7 +343,14 @@ impl MqttIngest {
             filters,
             max_backoff: Duration::from_millis(cfg.reconnect_max_backoff_ms),
             window,
+            session: None,
         }
+    }
+
+    /// Reports every CONNACK's session flag to `w` (broker session loss, `/readyz`).
+    pub fn with_session_watch(mut self, w: Arc<SessionWatch>) -> Self {
+        self.session = Some(w);
+        self
     }
 
     /// The sink shards resolve messages through.
@@ -352,6 +380,7 @@ impl MqttIngest {
             conn,
             mut filters,
             max_backoff,
+            session,
             ..
         } = self;
         // Subscriptions sent on this connection and not yet acknowledged, in order (a broker
@@ -429,6 +458,9 @@ impl MqttIngest {
                         generation = conn.generation(),
                         "Connected to MQTT broker"
                     );
+                    if let Some(w) = &session {
+                        w.on_connack(session_present, clock.now());
+                    }
                     // Subscribe on every CONNACK: the broker may have lost the session, and
                     // rumqttc never re-subscribes by itself (PITFALLS 3).
                     awaiting.clear();
@@ -544,6 +576,24 @@ impl MqttIngest {
         .await;
         ack_task.abort();
         drop(pipeline);
+    }
+}
+
+/// User name and password for CONNECT, from the broker URL. An empty password is left out of
+/// CONNECT by rumqttc (MQTT allows a user name alone).
+fn login(cfg: &MqttConfig) -> Option<(String, String)> {
+    match &cfg.target {
+        MqttTarget::External {
+            credentials: Some(c),
+            ..
+        } => Some((
+            c.username.clone(),
+            c.password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        )),
+        _ => None,
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod batch;
 mod devices;
+mod sessions;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 
 pub use batch::{AlertChange, BatchOutcome, RuleHit, WriteBatch, WriteItem};
 pub use devices::REGISTERED_OUTCOME;
+pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 
 use crate::clock::{from_millis, to_millis};
 
