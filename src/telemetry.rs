@@ -373,7 +373,10 @@ mod tests {
         let logged = (0..50)
             .filter(|_| allow_device_log(reason, "noisy", false).is_some())
             .count();
-        assert_eq!(logged, PER_DEVICE_WINDOW as usize, "the noisy device is summarised");
+        assert_eq!(
+            logged, PER_DEVICE_WINDOW as usize,
+            "the noisy device is summarised"
+        );
         assert_eq!(
             allow_device_log(reason, "quiet", false),
             Some(0),

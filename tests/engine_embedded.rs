@@ -105,7 +105,11 @@ async fn identical_payloads_without_seq_or_ts_are_each_a_press() {
     e.publish("d2", r#"{"type":"sos"}"#);
     wait_processed(&e, 4.0).await;
     let open = e.alerts("status=open&kind=sos&device_id=d2").await;
-    assert_eq!(open.len(), 1, "the second press opened a new alert: {open:?}");
+    assert_eq!(
+        open.len(),
+        1,
+        "the second press opened a new alert: {open:?}"
+    );
     assert_ne!(open[0]["id"], first["id"]);
 }
 

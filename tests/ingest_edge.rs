@@ -41,14 +41,25 @@ async fn flush(e: &Engine, device: &str) {
 }
 
 async fn rejected(e: &Engine, reason: &str) -> f64 {
-    e.metric(&format!("anxin_ingest_rejected_total{{reason=\"{reason}\"}}"))
-        .await
+    e.metric(&format!(
+        "anxin_ingest_rejected_total{{reason=\"{reason}\"}}"
+    ))
+    .await
 }
 
 /// `mosquitto_pub` with extra arguments; returns whether it succeeded.
 fn mosquitto_pub(port: u16, topic: &str, args: &[&str]) -> bool {
     Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
         .args(args)
         .output()
         .expect("mosquitto_pub is installed (Debian package mosquitto-clients)")
@@ -65,8 +76,13 @@ async fn each_alarm_with_a_bad_optional_field_raises_one_critical_alert_through_
     })
     .await;
     // (device, payload, the flawed field and the value kept, or none)
-    let cases: [(&str, &str, Option<(&str, &str)>); 7] = [
-        ("seq-text", r#"{"type":"sos","seq":"7"}"#, Some(("seq", "7"))),
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>);
+    let cases: [Case; 7] = [
+        (
+            "seq-text",
+            r#"{"type":"sos","seq":"7"}"#,
+            Some(("seq", "7")),
+        ),
         (
             "ts-local",
             r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#,
@@ -77,7 +93,11 @@ async fn each_alarm_with_a_bad_optional_field_raises_one_critical_alert_through_
             r#"{"type":"sos","ts":1733466600}"#,
             Some(("ts", "1733466600")),
         ),
-        ("seq-neg", r#"{"type":"fall","seq":-1}"#, Some(("seq", "-1"))),
+        (
+            "seq-neg",
+            r#"{"type":"fall","seq":-1}"#,
+            Some(("seq", "-1")),
+        ),
         ("bom", "\u{feff}{\"type\":\"sos\"}", None),
         ("shout", r#"{"type":"SOS"}"#, None),
         (
@@ -122,7 +142,10 @@ async fn each_alarm_with_a_bad_optional_field_raises_one_critical_alert_through_
     // Six alarms carried a value that could not be used: each counted as its own reason.
     assert_eq!(rejected(&e, "ignored_field").await, 6.0);
     let log = e.log();
-    assert!(log.contains("seq-text") && log.contains("ts-local"), "{log}");
+    assert!(
+        log.contains("seq-text") && log.contains("ts-local"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -171,12 +194,10 @@ async fn a_payload_over_the_limit_is_refused_with_a_trace_and_the_shipped_broker
     .await;
     flush(&e, "big-2").await;
     assert!(e.alerts("device_id=big-2").await.is_empty());
-    let store = anxin::store::Store::connect(
-        &format!("sqlite://{}/anxin.db", e.dir.path().display()),
-        1,
-    )
-    .await
-    .unwrap();
+    let store =
+        anxin::store::Store::connect(&format!("sqlite://{}/anxin.db", e.dir.path().display()), 1)
+            .await
+            .unwrap();
     let rows = store.rejected(10).await.unwrap();
     let (reason, detail, raw) = rows
         .iter()
@@ -237,7 +258,11 @@ async fn unregistered_devices_get_one_alert_each_and_registration_resolves_it() 
         .await;
     let alerts = e.alerts("kind=unregistered_device").await;
     assert_eq!(alerts.len(), 10, "{alerts:?}");
-    assert!(alerts.iter().all(|a| a["count"] == 1 && a["severity"] == "low"));
+    assert!(
+        alerts
+            .iter()
+            .all(|a| a["count"] == 1 && a["severity"] == "low")
+    );
 
     let (status, body) = e
         .post(
@@ -257,14 +282,20 @@ async fn unregistered_devices_get_one_alert_each_and_registration_resolves_it() 
     let (_, view) = e.get("/api/devices?registered=false").await;
     let listed = view["items"].as_array().unwrap();
     assert_eq!(listed.len(), 9, "{view}");
-    assert!(listed.iter().all(|d| d["quarantine_alert"].is_i64()), "{view}");
+    assert!(
+        listed.iter().all(|d| d["quarantine_alert"].is_i64()),
+        "{view}"
+    );
 
     // Across a restart the engine still knows who has an alert: no second one.
     assert_eq!(e.terminate(), Some(0));
     e.spawn(&[]);
     e.wait_ready().await;
     for i in 0..10 {
-        e.publish(&format!("stranger-{i}"), r#"{"type":"heartbeat","seq":500}"#);
+        e.publish(
+            &format!("stranger-{i}"),
+            r#"{"type":"heartbeat","seq":500}"#,
+        );
     }
     e.wait_metric("anxin_ingest_events_accepted_total", 10.0)
         .await;
@@ -295,13 +326,14 @@ async fn device_clocks_years_off_are_flagged_or_refused_never_stored_as_given() 
             .is_some_and(|v| v.starts_with("0001-01-01")),
         "{d}"
     );
-    let store = anxin::store::Store::connect(
-        &format!("sqlite://{}/anxin.db", e.dir.path().display()),
-        1,
-    )
-    .await
-    .unwrap();
+    let store =
+        anxin::store::Store::connect(&format!("sqlite://{}/anxin.db", e.dir.path().display()), 1)
+            .await
+            .unwrap();
     for t in store.event_timings().await.unwrap() {
-        assert!(t.device_ts.is_none(), "a device time stored as given: {t:?}");
+        assert!(
+            t.device_ts.is_none(),
+            "a device time stored as given: {t:?}"
+        );
     }
 }

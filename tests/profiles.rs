@@ -183,7 +183,10 @@ async fn a_new_vendor_format_is_onboarded_with_a_profile_file_and_a_reload() {
     let mismatched = alert(&e, "AC-1002", "sos").await;
     let (_, detail) = e.get(&format!("/api/alerts/{}", mismatched["id"])).await;
     let flaws = detail["timeline"][0]["detail"]["flaws"].to_string();
-    assert!(flaws.contains("AC-1001") && flaws.contains("AC-1002"), "{detail}");
+    assert!(
+        flaws.contains("AC-1001") && flaws.contains("AC-1002"),
+        "{detail}"
+    );
     assert!(
         e.alerts("device_id=AC-1001")
             .await

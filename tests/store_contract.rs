@@ -686,7 +686,11 @@ async fn a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it(s
 
     fx.advance(Duration::seconds(1));
     let again = fx.send("pendant-1", press).await;
-    assert_eq!(outcome_counts(&again), (1, 0, 0), "a second press 1 s later");
+    assert_eq!(
+        outcome_counts(&again),
+        (1, 0, 0),
+        "a second press 1 s later"
+    );
     let (alert, timeline) = fx.alert(id).await;
     assert_eq!(alert.count, 2);
     assert_eq!(actions(&timeline), ["opened", "event"]);
@@ -694,7 +698,11 @@ async fn a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it(s
     let mut both = fx.message("pendant-1", press);
     both.extend(fx.message("pendant-1", press));
     let twice = fx.commit(both).await;
-    assert_eq!(outcome_counts(&twice), (2, 0, 0), "two presses in one batch");
+    assert_eq!(
+        outcome_counts(&twice),
+        (2, 0, 0),
+        "two presses in one batch"
+    );
     assert_eq!(fx.alert(id).await.0.count, 4);
     assert_eq!(fx.count(Table::Events).await, 4);
 
@@ -706,7 +714,10 @@ async fn a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it(s
     let after = fx.send("pendant-1", press).await;
     assert_eq!(outcome_counts(&after), (1, 0, 0));
     assert_eq!(after.changes.len(), 1);
-    assert_eq!(after.changes[0].action, "opened", "a press after resolve opens a new alert");
+    assert_eq!(
+        after.changes[0].action, "opened",
+        "a press after resolve opens a new alert"
+    );
     assert_ne!(after.changes[0].alert_id, id);
 }
 

@@ -107,7 +107,10 @@ async fn tls_to_postgres_follows_the_url_sslmode() {
             panic!("not PostgreSQL")
         };
         // Whether the server is set up for TLS decides what `prefer` gets.
-        let server_tls: String = sqlx::query_scalar("SHOW ssl").fetch_one(pool).await.unwrap();
+        let server_tls: String = sqlx::query_scalar("SHOW ssl")
+            .fetch_one(pool)
+            .await
+            .unwrap();
         let ours: bool =
             sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 .fetch_one(pool)

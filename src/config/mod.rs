@@ -426,9 +426,7 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
             p.device_clock_limit_secs = v as u64;
         }
         if p.device_clock_limit_secs < p.device_clock_tolerance_secs {
-            s.problem_here(
-                "device_clock_limit_secs must not be below device_clock_tolerance_secs",
-            );
+            s.problem_here("device_clock_limit_secs must not be below device_clock_tolerance_secs");
         }
         // Before 2026-12 a payload without seq or ts was a duplicate when its bytes repeated
         // within this window; duplicates without identity are now the transport's call

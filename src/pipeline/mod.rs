@@ -474,7 +474,9 @@ fn oversized(
 ) -> canonical::Decoded {
     let device = match canonical::device_from_topic(&shared.topic_root, topic) {
         Ok(id) => Some(id.to_owned()),
-        Err(_) => profiles.route(topic).and_then(|(_, d)| d.map(str::to_owned)),
+        Err(_) => profiles
+            .route(topic)
+            .and_then(|(_, d)| d.map(str::to_owned)),
     };
     canonical::Decoded {
         device_id: device.clone(),

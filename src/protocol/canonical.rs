@@ -279,7 +279,10 @@ fn decode_object(
         }
         // A smoke or gas report whose state cannot be read is taken as an alarm: a false
         // alarm costs a phone call, a missed one a life.
-        let stand_in = spec.required.then(|| alarm_stand_in(event_type, spec.name)).flatten();
+        let stand_in = spec
+            .required
+            .then(|| alarm_stand_in(event_type, spec.name))
+            .flatten();
         let why = match &stand_in {
             Some(v) => format!("{why}; taken as {v}"),
             None => format!("{why}; ignored"),
@@ -467,14 +470,26 @@ mod tests {
     fn an_alarm_is_never_refused_for_what_it_carries_besides_its_type() {
         let cases: [(&str, EventType, &[&str]); 9] = [
             (r#"{"type":"sos","seq":"7"}"#, EventType::Sos, &["seq"]),
-            (r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#, EventType::Sos, &["ts"]),
+            (
+                r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#,
+                EventType::Sos,
+                &["ts"],
+            ),
             (r#"{"type":"sos","ts":1733466600}"#, EventType::Sos, &["ts"]),
             (r#"{"type":"fall","seq":-1}"#, EventType::Fall, &["seq"]),
             ("\u{feff}{\"type\":\"sos\"}", EventType::Sos, &[]),
             (r#"{"type":"SOS"}"#, EventType::Sos, &[]),
             (r#"{"type":"smoke"}"#, EventType::Smoke, &["state"]),
-            (r#"{"type":"gas","state":"boom","gas":"ether"}"#, EventType::Gas, &["state", "gas"]),
-            (r#"{"type":"sos","device_id":"d2"}"#, EventType::Sos, &["device_id"]),
+            (
+                r#"{"type":"gas","state":"boom","gas":"ether"}"#,
+                EventType::Gas,
+                &["state", "gas"],
+            ),
+            (
+                r#"{"type":"sos","device_id":"d2"}"#,
+                EventType::Sos,
+                &["device_id"],
+            ),
         ];
         for (payload, t, flawed) in cases {
             let d = dec(payload);
@@ -488,7 +503,11 @@ mod tests {
         }
         let smoke = dec(r#"{"type":"smoke"}"#);
         let smoke = smoke.items[0].as_ref().unwrap();
-        assert_eq!(smoke.text("state"), Some("alarm"), "an unreadable state is an alarm");
+        assert_eq!(
+            smoke.text("state"),
+            Some("alarm"),
+            "an unreadable state is an alarm"
+        );
         let bad_ts = dec(r#"{"type":"sos","ts":"2026-12-07 03:00:00"}"#);
         let f = &bad_ts.items[0].as_ref().unwrap().flaws[0];
         assert_eq!(f.value, "2026-12-07 03:00:00");
@@ -499,9 +518,15 @@ mod tests {
     fn other_types_keep_the_strict_contract() {
         for (payload, reason) in [
             (r#"{"type":"heartbeat","seq":"7"}"#, RejectReason::BadField),
-            (r#"{"type":"vitals","heart_rate":70,"ts":"yesterday"}"#, RejectReason::BadField),
+            (
+                r#"{"type":"vitals","heart_rate":70,"ts":"yesterday"}"#,
+                RejectReason::BadField,
+            ),
             (r#"{"type":"door","state":"ajar"}"#, RejectReason::BadField),
-            (r#"{"type":"heartbeat","device_id":"d2"}"#, RejectReason::DeviceMismatch),
+            (
+                r#"{"type":"heartbeat","device_id":"d2"}"#,
+                RejectReason::DeviceMismatch,
+            ),
         ] {
             let d = dec(payload);
             assert_eq!(d.items[0].as_ref().unwrap_err().reason, reason, "{payload}");
@@ -509,7 +534,10 @@ mod tests {
         let same = dec(r#"{"type":"heartbeat","device_id":"d1"}"#);
         assert!(same.items[0].is_ok(), "the topic's own id is fine");
         let bom = dec("\u{feff}{\"type\":\"heartbeat\"}");
-        assert!(bom.items[0].is_ok(), "a byte-order mark is skipped for every type");
+        assert!(
+            bom.items[0].is_ok(),
+            "a byte-order mark is skipped for every type"
+        );
     }
 
     #[test]

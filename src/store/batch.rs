@@ -128,7 +128,9 @@ impl Store {
                 // A payload key is valid for nothing by itself (the next identical press is a
                 // press); only a DUP-flagged copy matches it, for the whole dedup window.
                 let (valid, by_expiry) = match event.dedup_key {
-                    DedupKey::Device(_) => (to_millis(event.received_at + batch.dedup_window), false),
+                    DedupKey::Device(_) => {
+                        (to_millis(event.received_at + batch.dedup_window), false)
+                    }
                     DedupKey::Payload(_) => (received, event.redelivered),
                 };
                 if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {

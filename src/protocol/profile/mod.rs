@@ -516,7 +516,11 @@ impl Element<'_> {
             ));
         }
         if let Some((field, value, detail)) = &seq_problem {
-            element_flaws.push(Flaw::new(field.as_str(), value, format!("{detail}; ignored")));
+            element_flaws.push(Flaw::new(
+                field.as_str(),
+                value,
+                format!("{detail}; ignored"),
+            ));
         }
         // Why the element's other events are refused, if they are: the first problem.
         let refusal = match (&mismatch, &time_problem, &seq_problem) {
