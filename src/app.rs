@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::live::Live;
 use crate::config::{Loaded, MqttTarget};
 use crate::dispatch::{self, AppState};
+use crate::feed::AlertFeed;
 use crate::ingest::mqtt::MqttIngest;
 use crate::ingest::{embedded, tcp};
 use crate::pipeline::Pipeline;
@@ -50,6 +50,31 @@ pub async fn run(
     let store = connect_store(&url, config.store.max_connections, &shutdown).await?;
     let Some(store) = store else { return Ok(()) };
     tracing::info!(backend = store.backend(), "Store ready");
+    // The operator API's own pool: it fails fast while the pipeline's waits (Store::for_api).
+    let api_store = store
+        .for_api(
+            &url,
+            config.store.api_max_connections,
+            Duration::from_millis(config.store.api_acquire_timeout_ms),
+        )
+        .with_context(|| format!("opening the API's pool on {}", redact(&url)))?;
+    // Every series with its HELP text, at zero, before anything updates them.
+    let in_force = live_config.current();
+    telemetry::register_all(&telemetry::KnownLabels {
+        shards: config.pipeline.shards,
+        rule_alerts: in_force
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.kind.clone(), r.severity.as_str().to_owned()))
+            .collect(),
+        profiles: in_force
+            .profiles
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    });
 
     // 2. The device registry, kept in memory for the hot path.
     let registry = Registry::new(config.unknown_devices);
@@ -114,7 +139,7 @@ pub async fn run(
     let sink = ingest.sink();
 
     // 5. Pipeline.
-    let (live, _) = broadcast::channel(1024);
+    let live = AlertFeed::new(config.http.stream_replay_changes);
     let hard_stop = CancellationToken::new();
     let (pipeline, shards) = Pipeline::start(
         config.pipeline.clone(),
@@ -159,10 +184,13 @@ pub async fn run(
     let ingest_task = tokio::spawn(ingest.run(pipeline, clock.clone(), shutdown.clone(), grace));
     tracing::info!(client_id, host, port, mqtt5 = v5, topic_root = %config.mqtt.topic_root, "MQTT ingest started");
 
-    // 6. Upkeep: metrics histograms, gauges, expired dedup keys.
+    // 6. Upkeep: metrics histograms, gauges (open alerts from one indexed query every 5 s,
+    //    through the API's fail-fast pool so an outage cannot stall the loop), expired dedup
+    //    keys.
     let upkeep = {
         let (metrics, store, clock, sink) =
             (metrics.clone(), store.clone(), clock.clone(), sink.clone());
+        let api_store = api_store.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -179,6 +207,9 @@ pub async fn run(
                     .set(sink.oldest_age().map(|d| d.as_secs_f64()).unwrap_or(0.0));
                 for (i, d) in depths.depths().into_iter().enumerate() {
                     telemetry::queue_depth(i, d);
+                }
+                if n.is_multiple_of(5) {
+                    refresh_open_alerts(&api_store).await;
                 }
                 n += 1;
                 if n.is_multiple_of(60)
@@ -217,9 +248,9 @@ pub async fn run(
     let ready_conn = conn.clone();
     let filter_conn = conn.clone();
     let state = AppState {
-        store: store.clone(),
+        store: api_store.clone(),
         clock: clock.clone(),
-        live,
+        live: live.clone(),
         metrics,
         admin_token_sha256: token_hash,
         ingest_ready: Arc::new(move || ready_conn.is_subscribed()),
@@ -241,6 +272,8 @@ pub async fn run(
     // 8. Wait, then drain: intake stops, shards commit what they hold, acks go out. Shards
     //    finish once every pipeline handle is dropped: MQTT's and each connection's.
     shutdown.cancelled().await;
+    // Live-feed streams never end by themselves; the HTTP server's graceful stop waits for them.
+    live.close();
     let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
         tcp_tasks.wait().await;
         let _ = ingest_task.await;
@@ -258,9 +291,34 @@ pub async fn run(
     upkeep.abort();
     hup.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    api_store.close().await;
     store.close().await;
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// Sets `anxin_alerts_open{severity}` from the store; on failure the gauge keeps its value.
+async fn refresh_open_alerts(store: &Store) {
+    use crate::pipeline::rules::Severity;
+    let counted = tokio::time::timeout(Duration::from_secs(2), store.open_alerts_by_rank()).await;
+    match counted {
+        Ok(Ok(rows)) => {
+            let counts: Vec<(Severity, i64)> = rows
+                .into_iter()
+                .filter_map(|(rank, n)| {
+                    Severity::ALL
+                        .into_iter()
+                        .find(|s| s.rank() == rank)
+                        .map(|s| (s, n))
+                })
+                .collect();
+            telemetry::alerts_open(&counts);
+        }
+        Ok(Err(e)) => telemetry::alerts_open_failed(&e),
+        Err(_) => {
+            telemetry::alerts_open_failed(&crate::store::StoreError::Db(sqlx::Error::PoolTimedOut))
+        }
+    }
 }
 
 async fn connect_store(
