@@ -184,13 +184,10 @@ pub async fn run(
     let ingest_task = tokio::spawn(ingest.run(pipeline, clock.clone(), shutdown.clone(), grace));
     tracing::info!(client_id, host, port, mqtt5 = v5, topic_root = %config.mqtt.topic_root, "MQTT ingest started");
 
-    // 6. Upkeep: metrics histograms, gauges (open alerts from one indexed query every 5 s,
-    //    through the API's fail-fast pool so an outage cannot stall the loop), expired dedup
-    //    keys.
+    // 6. Upkeep: metrics histograms, gauges, expired dedup keys.
     let upkeep = {
         let (metrics, store, clock, sink) =
             (metrics.clone(), store.clone(), clock.clone(), sink.clone());
-        let api_store = api_store.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -208,15 +205,28 @@ pub async fn run(
                 for (i, d) in depths.depths().into_iter().enumerate() {
                     telemetry::queue_depth(i, d);
                 }
-                if n.is_multiple_of(5) {
-                    refresh_open_alerts(&api_store).await;
-                }
                 n += 1;
                 if n.is_multiple_of(60)
                     && let Err(e) = store.purge_dedup(clock.now()).await
                 {
                     tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");
                 }
+            }
+        })
+    };
+
+    // 6a. The open-alerts gauge: one indexed query every 2 s, in a task of its own through
+    //     the API's fail-fast pool, so a database outage stalls neither it nor the upkeep.
+    let open_alerts = {
+        let (api_store, stop) = (api_store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(OPEN_ALERTS_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                refresh_open_alerts(&api_store).await;
             }
         })
     };
@@ -289,6 +299,7 @@ pub async fn run(
         hard_stop.cancel();
     }
     upkeep.abort();
+    open_alerts.abort();
     hup.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     api_store.close().await;
@@ -296,6 +307,9 @@ pub async fn run(
     tracing::info!("Stopped");
     Ok(())
 }
+
+/// How often `anxin_alerts_open` is refreshed from the store.
+const OPEN_ALERTS_EVERY: Duration = Duration::from_secs(2);
 
 /// Sets `anxin_alerts_open{severity}` from the store; on failure the gauge keeps its value.
 async fn refresh_open_alerts(store: &Store) {

@@ -70,7 +70,7 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "anxin_config_reloads_total";
     /// Always 1; the labels say which build runs (`version`, `profile`, `features`).
     pub const BUILD_INFO: &str = "anxin_build_info";
-    /// Unresolved alerts, by `severity`; refreshed every few seconds from the store.
+    /// Unresolved alerts, by `severity`; refreshed from the store every 2 s.
     pub const ALERTS_OPEN: &str = "anxin_alerts_open";
     /// Consoles connected to `GET /api/stream`.
     pub const STREAM_CLIENTS: &str = "anxin_stream_clients";
@@ -188,7 +188,7 @@ const GAUGES: &[(&str, &str)] = &[
     ),
     (
         names::ALERTS_OPEN,
-        "Unresolved alerts by severity, refreshed from the store every few seconds.",
+        "Unresolved alerts by severity, refreshed from the store every 2 seconds.",
     ),
     (
         names::STREAM_CLIENTS,
@@ -402,8 +402,12 @@ pub fn init_tracing(format: LogFormat) {
             tracing_subscriber::EnvFilter::new(DEFAULT_FILTER)
         }
     };
-    // Naming rumqttd in RUST_LOG asks for everything it says, disconnects included.
-    let quiet = (!spec.contains("rumqttd")).then_some(QuietBrokerDisconnects);
+    // Asking for rumqttd's debug lines asks for everything it says, disconnects included.
+    let broker_verbose = spec.split(',').any(|d| {
+        d.trim().starts_with("rumqttd")
+            && matches!(d.rsplit('=').next().map(str::trim), Some("debug" | "trace"))
+    });
+    let quiet = (!broker_verbose).then_some(QuietBrokerDisconnects);
     let registry = tracing_subscriber::registry().with(filter).with(quiet);
     let _ = match format {
         LogFormat::Text => {

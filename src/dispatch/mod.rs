@@ -82,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/frames", get(devices::frames))
         .route("/api/config/reload", post(config::reload))
         .route("/api/profiles", get(config::profiles))
+        // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
+        // after authentication, so nobody unauthenticated makes us read a body.
+        .route_layer(middleware::from_fn(extract::limit_body))
+        .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
@@ -89,25 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(no_route)
-        // Extractors refuse a longer body as it streams in (no Content-Length needed);
-        // `body_limit` refuses a declared one up front, on every route.
-        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware::from_fn(body_limit))
         .with_state(state)
-}
-
-/// 413 for a body declared larger than [`BODY_LIMIT_BYTES`], whether or not the route reads
-/// it, before anything is read.
-async fn body_limit(req: Request, next: Next) -> Response {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > BODY_LIMIT_BYTES as u64 => ApiError::PayloadTooLarge.into_response(),
-        _ => next.run(req).await,
-    }
 }
 
 async fn no_route(req: Request) -> ApiError {
