@@ -773,6 +773,11 @@ fn whole_lines(log: &str) -> Vec<&str> {
     }
 }
 
+/// An ERROR line written by the embedded broker.
+fn is_broker_error(line: &str) -> bool {
+    line.contains("ERROR") && line.contains("rumqttd")
+}
+
 /// Clients connect and go as devices and probes do: a publisher that disconnects cleanly, a
 /// TCP connection closed before any MQTT; then a marker press, processed after them.
 async fn ordinary_disconnects(e: &Engine, marker: &str) {
@@ -799,20 +804,23 @@ async fn logs_are_plain_off_a_terminal_json_on_request_and_free_of_broker_discon
     assert!(log.contains("Alert opened"), "{log}");
     let broker_errors: Vec<&str> = whole_lines(&log)
         .into_iter()
-        .filter(|l| l.contains("ERROR") && l.contains("rumqttd"))
+        .filter(|l| is_broker_error(l))
         .collect();
     assert!(broker_errors.is_empty(), "{broker_errors:#?}");
 
-    // Control: asking for rumqttd's own debug lines shows those disconnects, so the check
-    // above could have failed.
+    // Control: asking for rumqttd's own debug lines shows those disconnects as ERRORs (which
+    // ones depends on timing inside the broker), so the check above could have failed.
     let verbose = Engine::start(EngineOpts {
         env: vec![("RUST_LOG".into(), "info,rumqttd=debug".into())],
         ..Default::default()
     })
     .await;
     ordinary_disconnects(&verbose, "marker2").await;
-    poll("rumqttd's disconnect lines", || async {
-        verbose.log().contains("router-drop").then_some(())
+    poll("rumqttd's disconnect ERROR lines", || async {
+        whole_lines(&verbose.log())
+            .into_iter()
+            .any(is_broker_error)
+            .then_some(())
     })
     .await;
 
