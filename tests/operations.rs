@@ -627,7 +627,7 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
 // ---------------------------------------------------------------------------------------
 // Metrics
 
-/// The metrics page as (HELP names, TYPE names, sample lines).
+/// The metrics page.
 async fn scrape(e: &Engine) -> String {
     reqwest::get(format!("http://{}/metrics", e.http))
         .await

@@ -158,8 +158,7 @@ async fn stream(
         .map(str::to_owned);
     let reader = s.live.reader(last.as_deref());
     let feed = s.live.clone();
-    telemetry::stream_clients(1.0);
-    let guard = ClientGauge;
+    let guard = ClientGauge::new();
     let events =
         futures_util::stream::unfold((reader, guard, last), move |(mut reader, guard, last)| {
             let feed = feed.clone();
@@ -190,6 +189,13 @@ async fn stream(
 
 /// Counts a live-feed client for as long as its stream exists.
 struct ClientGauge;
+
+impl ClientGauge {
+    fn new() -> ClientGauge {
+        telemetry::stream_clients(1.0);
+        ClientGauge
+    }
+}
 
 impl Drop for ClientGauge {
     fn drop(&mut self) {
