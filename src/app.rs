@@ -8,13 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::live::Live;
 use crate::config::{Loaded, MqttTarget};
 use crate::dispatch::{self, AppState};
+use crate::feed::AlertFeed;
 use crate::ingest::mqtt::MqttIngest;
 use crate::ingest::session::{self, SessionWatch};
 use crate::ingest::{embedded, tcp, tls};
@@ -51,6 +51,31 @@ pub async fn run(
     let store = connect_store(&url, config.store.max_connections, &shutdown).await?;
     let Some(store) = store else { return Ok(()) };
     tracing::info!(backend = store.backend(), "Store ready");
+    // The operator API's own pool: it fails fast while the pipeline's waits (Store::for_api).
+    let api_store = store
+        .for_api(
+            &url,
+            config.store.api_max_connections,
+            Duration::from_millis(config.store.api_acquire_timeout_ms),
+        )
+        .with_context(|| format!("opening the API's pool on {}", redact(&url)))?;
+    // Every series with its HELP text, at zero, before anything updates them.
+    let in_force = live_config.current();
+    telemetry::register_all(&telemetry::KnownLabels {
+        shards: config.pipeline.shards,
+        rule_alerts: in_force
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.kind.clone(), r.severity.as_str().to_owned()))
+            .collect(),
+        profiles: in_force
+            .profiles
+            .names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    });
 
     // 2. The device registry, kept in memory for the hot path.
     let registry = Registry::new(config.unknown_devices);
@@ -138,7 +163,7 @@ pub async fn run(
     let sink = ingest.sink();
 
     // 5. Pipeline.
-    let (live, _) = broadcast::channel(1024);
+    let live = AlertFeed::new(config.http.stream_replay_changes);
     let hard_stop = CancellationToken::new();
     let (pipeline, shards) = Pipeline::start(
         config.pipeline.clone(),
@@ -221,6 +246,22 @@ pub async fn run(
         })
     };
 
+    // 6a. The open-alerts gauge: one indexed query every 2 s, in a task of its own through
+    //     the API's fail-fast pool, so a database outage stalls neither it nor the upkeep.
+    let open_alerts = {
+        let (api_store, stop) = (api_store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(OPEN_ALERTS_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                refresh_open_alerts(&api_store).await;
+            }
+        })
+    };
+
     // 6b. SIGHUP reloads rules and profiles.
     let hup = {
         let live_config = live_config.clone();
@@ -248,9 +289,9 @@ pub async fn run(
     let ready_conn = conn.clone();
     let filter_conn = conn.clone();
     let state = AppState {
-        store: store.clone(),
+        store: api_store.clone(),
         clock: clock.clone(),
-        live,
+        live: live.clone(),
         metrics,
         admin_token_sha256: token_hash,
         ingest_ready: Arc::new(move || ready_conn.is_subscribed()),
@@ -273,6 +314,8 @@ pub async fn run(
     // 8. Wait, then drain: intake stops, shards commit what they hold, acks go out. Shards
     //    finish once every pipeline handle is dropped: MQTT's and each connection's.
     shutdown.cancelled().await;
+    // Live-feed streams never end by themselves; the HTTP server's graceful stop waits for them.
+    live.close();
     let drained = tokio::time::timeout(grace + Duration::from_secs(1), async {
         tcp_tasks.wait().await;
         let _ = ingest_task.await;
@@ -288,6 +331,7 @@ pub async fn run(
         hard_stop.cancel();
     }
     upkeep.abort();
+    open_alerts.abort();
     hup.abort();
     // The session recorder makes one last attempt at a loss not yet written.
     let mut session_task = session_task;
@@ -298,9 +342,37 @@ pub async fn run(
         session_task.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    api_store.close().await;
     store.close().await;
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// How often `anxin_alerts_open` is refreshed from the store.
+const OPEN_ALERTS_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets `anxin_alerts_open{severity}` from the store; on failure the gauge keeps its value.
+async fn refresh_open_alerts(store: &Store) {
+    use crate::pipeline::rules::Severity;
+    let counted = tokio::time::timeout(Duration::from_secs(2), store.open_alerts_by_rank()).await;
+    match counted {
+        Ok(Ok(rows)) => {
+            let counts: Vec<(Severity, i64)> = rows
+                .into_iter()
+                .filter_map(|(rank, n)| {
+                    Severity::ALL
+                        .into_iter()
+                        .find(|s| s.rank() == rank)
+                        .map(|s| (s, n))
+                })
+                .collect();
+            telemetry::alerts_open(&counts);
+        }
+        Ok(Err(e)) => telemetry::alerts_open_failed(&e),
+        Err(_) => {
+            telemetry::alerts_open_failed(&crate::store::StoreError::Db(sqlx::Error::PoolTimedOut))
+        }
+    }
 }
 
 async fn connect_store(

@@ -11,6 +11,16 @@ pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Log lines on stderr: `text` (coloured only at a terminal) or `json` (one object per
+    /// line). Verbosity: RUST_LOG (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "ANXIN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 /// Subcommands.

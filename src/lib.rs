@@ -7,6 +7,7 @@
 //! - [`pipeline`] — shards by device, group commit, rules, ack release in receive order;
 //! - [`store`] — SQLite or PostgreSQL behind one façade, one transaction per batch;
 //! - [`dispatch`] — the operator API: alerts, live feed, health, metrics;
+//! - [`feed`] — committed alert changes, numbered and kept for `Last-Event-ID` replay;
 //! - [`config`], [`telemetry`], [`clock`], [`app`] (wiring), [`cli`].
 
 pub mod app;
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod event;
+pub mod feed;
 pub mod ingest;
 pub mod pipeline;
 pub mod protocol;

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use anxin::cli::{Cli, Command};
 use anxin::clock::SystemClock;
 use anxin::config;
+use anxin::telemetry::LogFormat;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    anxin::telemetry::init_tracing();
+    anxin::telemetry::init_tracing(cli.log_format);
     match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::CheckConfig { config: path } => {
             match config::load(path.as_deref(), &config::process_env) {
@@ -97,7 +98,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("anxin: {e:#}");
+                    // Also said plainly, in case RUST_LOG hides errors; a JSON log stays
+                    // one object per line.
+                    if cli.log_format == LogFormat::Text {
+                        eprintln!("anxin: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }

@@ -73,16 +73,445 @@ pub mod names {
     pub const MQTT_RETAINED: &str = "anxin_mqtt_retained_total";
     /// CONNACKs without the broker session the engine had: what the broker held is gone.
     pub const MQTT_SESSION_LOST: &str = "anxin_mqtt_session_lost_total";
+    /// Always 1; the labels say which build runs (`version`, `profile`, `features`).
+    pub const BUILD_INFO: &str = "anxin_build_info";
+    /// Unresolved alerts, by `severity`; refreshed from the store every 2 s.
+    pub const ALERTS_OPEN: &str = "anxin_alerts_open";
+    /// Consoles connected to `GET /api/stream`.
+    pub const STREAM_CLIENTS: &str = "anxin_stream_clients";
+    /// Times a live-feed client was told to reload (`resync`), by `reason`.
+    pub const STREAM_RESYNCS: &str = "anxin_stream_resyncs_total";
 }
 
-/// Installs the global tracing subscriber (`RUST_LOG`, default `info`). Safe to call twice.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// HELP text of every counter, in one place so none is left without.
+const COUNTERS: &[(&str, &str)] = &[
+    (
+        names::MQTT_RECEIVED,
+        "MQTT publishes received from the broker.",
+    ),
+    (
+        names::MQTT_ACKED,
+        "MQTT publishes acknowledged to the broker, each after its commit.",
+    ),
+    (
+        names::MQTT_STALE_ACKS,
+        "Acks not sent because their connection is gone; the broker redelivers those messages.",
+    ),
+    (
+        names::MQTT_CONNECTS,
+        "Connections to the MQTT broker established.",
+    ),
+    (
+        names::MQTT_ERRORS,
+        "MQTT connection errors (each followed by a reconnect).",
+    ),
+    (
+        names::REJECTED,
+        "Messages or array elements refused, by reason; each is stored with its raw bytes.",
+    ),
+    (names::ACCEPTED, "Events stored."),
+    (
+        names::DUPLICATES,
+        "Events recognised as retransmits or redeliveries and not stored again.",
+    ),
+    (
+        names::COMMIT_ERRORS,
+        "Failed batch commits; the batch is retried and its messages stay unacked.",
+    ),
+    (
+        names::HANDOFF_WAITS,
+        "Times the hand-off to a shard waited because its queue was full.",
+    ),
+    (
+        names::TCP_REFUSED,
+        "Device connections refused at the connection limit, by family.",
+    ),
+    (
+        names::TCP_FRAMES,
+        "Frames received from 4G devices, by family.",
+    ),
+    (
+        names::TCP_DECODE_ERRORS,
+        "Frames a decoder had a problem with, by family and reason.",
+    ),
+    (
+        names::TCP_SKIPPED_BYTES,
+        "Bytes a framer skipped to find the next frame, by family and reason.",
+    ),
+    (
+        names::TCP_THROTTLED,
+        "Times a connection's reads were paused by its frame-rate limit.",
+    ),
+    (names::ALERTS_OPENED, "Alerts opened, by kind and severity."),
+    (
+        names::PROFILE_EVENTS,
+        "Events a vendor profile produced, by profile.",
+    ),
+    (
+        names::PROFILE_REJECTED,
+        "Elements or messages a vendor profile refused, by profile and reason (also in anxin_ingest_rejected_total).",
+    ),
+    (
+        names::CONFIG_RELOADS,
+        "Configuration reloads, by result (ok or refused).",
+    ),
+    (
+        names::STREAM_RESYNCS,
+        "Live-feed clients told to reload from GET /api/alerts, by reason.",
+    ),
+    (
+        names::MQTT_RETAINED,
+        "Retained messages the broker replayed on subscribe: recorded, never counted as presses.",
+    ),
+    (
+        names::MQTT_SESSION_LOST,
+        "Connections on which the broker no longer had the engine's session: what it held for us is gone.",
+    ),
+];
+
+/// HELP text of every gauge.
+const GAUGES: &[(&str, &str)] = &[
+    (
+        names::MQTT_READY,
+        "1 while connected to the broker and subscribed, else 0.",
+    ),
+    (
+        names::MQTT_UNACKED,
+        "Messages received from the broker and not yet acked.",
+    ),
+    (
+        names::MQTT_UNACKED_PEAK,
+        "Most messages held unacked at once since start: the broker's real in-flight window.",
+    ),
+    (
+        names::MQTT_OLDEST_UNACKED,
+        "Age in seconds of the oldest message received and not yet acked.",
+    ),
+    (
+        names::QUEUE_DEPTH,
+        "Messages waiting in a pipeline shard's queue, by shard.",
+    ),
+    (
+        names::TCP_CONNECTIONS,
+        "Open 4G device connections, by family.",
+    ),
+    (
+        names::BUILD_INFO,
+        "Always 1; the labels name the running build.",
+    ),
+    (
+        names::ALERTS_OPEN,
+        "Unresolved alerts by severity, refreshed from the store every 2 seconds.",
+    ),
+    (
+        names::STREAM_CLIENTS,
+        "Consoles connected to the live feed (GET /api/stream).",
+    ),
+];
+
+/// HELP text of every histogram.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (names::BATCH_SIZE, "Messages per committed batch."),
+    (
+        names::COMMIT_SECONDS,
+        "Time to commit one batch, in seconds.",
+    ),
+];
+
+/// Label values known at start-up, so every series can be shown (at zero) before its first
+/// event: a dashboard or alert rule then sees 0, not "no data".
+#[derive(Debug, Clone, Default)]
+pub struct KnownLabels {
+    /// Pipeline shards.
+    pub shards: usize,
+    /// (kind, severity) of each rule.
+    pub rule_alerts: Vec<(String, String)>,
+    /// Vendor profile names.
+    pub profiles: Vec<String>,
+}
+
+/// Gives every series its HELP text and registers every series whose labels are known now at
+/// zero (labels that only a decoder knows, such as TCP decode-error reasons, appear on first
+/// use). Call once at start-up, before the tasks that update them run.
+pub fn register_all(known: &KnownLabels) {
+    use crate::pipeline::rules::Severity;
+    use crate::protocol::RejectReason;
+    use crate::protocol::tcp::Protocol;
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+    for (name, help) in COUNTERS {
+        describe_counter!(*name, *help);
+    }
+    for (name, help) in GAUGES {
+        describe_gauge!(*name, *help);
+    }
+    for (name, help) in HISTOGRAMS {
+        describe_histogram!(*name, *help);
+    }
+    for name in [
+        names::MQTT_RECEIVED,
+        names::MQTT_ACKED,
+        names::MQTT_STALE_ACKS,
+        names::MQTT_CONNECTS,
+        names::MQTT_ERRORS,
+        names::ACCEPTED,
+        names::DUPLICATES,
+        names::COMMIT_ERRORS,
+        names::HANDOFF_WAITS,
+        names::TCP_THROTTLED,
+        names::MQTT_RETAINED,
+        names::MQTT_SESSION_LOST,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [
+        names::MQTT_READY,
+        names::MQTT_UNACKED,
+        names::MQTT_UNACKED_PEAK,
+        names::MQTT_OLDEST_UNACKED,
+        names::STREAM_CLIENTS,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    // Registering is enough: the exporter renders a registered histogram with empty buckets.
+    let _ = histogram!(names::BATCH_SIZE);
+    let _ = histogram!(names::COMMIT_SECONDS);
+    for r in RejectReason::ALL {
+        counter!(names::REJECTED, "reason" => r.as_str()).increment(0);
+    }
+    for p in Protocol::ALL {
+        gauge!(names::TCP_CONNECTIONS, "family" => p.name()).set(0.0);
+        counter!(names::TCP_REFUSED, "family" => p.name()).increment(0);
+        counter!(names::TCP_FRAMES, "family" => p.name()).increment(0);
+    }
+    for shard in 0..known.shards {
+        gauge!(names::QUEUE_DEPTH, "shard" => shard.to_string()).set(0.0);
+    }
+    for (kind, severity) in &known.rule_alerts {
+        counter!(names::ALERTS_OPENED, "kind" => kind.clone(), "severity" => severity.clone())
+            .increment(0);
+    }
+    for profile in &known.profiles {
+        counter!(names::PROFILE_EVENTS, "profile" => profile.clone()).increment(0);
+        for r in RejectReason::ALL {
+            counter!(names::PROFILE_REJECTED, "profile" => profile.clone(), "reason" => r.as_str())
+                .increment(0);
+        }
+    }
+    for result in ["ok", "refused"] {
+        counter!(names::CONFIG_RELOADS, "result" => result).increment(0);
+    }
+    for s in Severity::ALL {
+        gauge!(names::ALERTS_OPEN, "severity" => s.as_str()).set(0.0);
+    }
+    for reason in ResyncReason::ALL {
+        counter!(names::STREAM_RESYNCS, "reason" => reason.as_str()).increment(0);
+    }
+    gauge!(
+        names::BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "profile" => if cfg!(debug_assertions) { "debug" } else { "release" },
+        "features" => if cfg!(feature = "test-hooks") { "test-hooks" } else { "" }
+    )
+    .set(1.0);
+}
+
+/// Sets the open-alerts gauge from a count per severity; severities missing from `counts`
+/// have none open.
+pub fn alerts_open(counts: &[(crate::pipeline::rules::Severity, i64)]) {
+    for s in crate::pipeline::rules::Severity::ALL {
+        let n = counts
+            .iter()
+            .filter(|(sev, _)| *sev == s)
+            .map(|(_, n)| *n)
+            .sum::<i64>();
+        gauge!(names::ALERTS_OPEN, "severity" => s.as_str()).set(n as f64);
+    }
+}
+
+/// Counting the open alerts failed (the store is unreachable); the gauge keeps its last value.
+pub fn alerts_open_failed(e: &StoreError) {
+    if let Some(suppressed) = allow_log("alerts_open") {
+        tracing::warn!(error = %e, suppressed_since_last = suppressed, "Could not count open alerts; anxin_alerts_open keeps its last value");
+    }
+}
+
+/// Why a live-feed client is told to reload from `GET /api/alerts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncReason {
+    /// Its `Last-Event-ID` is from another engine run (a restart) or not one of ours.
+    UnknownId,
+    /// Its `Last-Event-ID` is older than the replay buffer reaches.
+    TooOld,
+    /// It read more slowly than changes came and the buffer moved past it.
+    FellBehind,
+}
+
+impl ResyncReason {
+    /// Every reason.
+    pub const ALL: [ResyncReason; 3] = [
+        ResyncReason::UnknownId,
+        ResyncReason::TooOld,
+        ResyncReason::FellBehind,
+    ];
+
+    /// The metric label and the `reason` in the `resync` event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResyncReason::UnknownId => "unknown_id",
+            ResyncReason::TooOld => "too_old",
+            ResyncReason::FellBehind => "fell_behind",
+        }
+    }
+}
+
+/// A live-feed client connected (`+1`) or left (`-1`).
+pub fn stream_clients(delta: f64) {
+    gauge!(names::STREAM_CLIENTS).increment(delta);
+}
+
+/// A live-feed client is told to reload.
+pub fn stream_resync(reason: ResyncReason, last_event_id: Option<&str>) {
+    counter!(names::STREAM_RESYNCS, "reason" => reason.as_str()).increment(1);
+    if let Some(suppressed) = allow_log("stream_resync") {
+        tracing::info!(
+            reason = reason.as_str(),
+            last_event_id = last_event_id.unwrap_or("-"),
+            suppressed_since_last = suppressed,
+            "Live feed client told to reload (resync)"
+        );
+    }
+}
+
+/// How log lines are written to stderr (`--log-format`, `ANXIN_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`, the event's
+    /// fields at the top level, and the spans), for log shippers.
+    Json,
+}
+
+/// The filter when `RUST_LOG` is unset: our own lines from `info`, the embedded broker's only
+/// from `warn` (at `info` it logs every connection, subscription and disconnection).
+const DEFAULT_FILTER: &str = "info,rumqttd=warn";
+
+/// Installs the global tracing subscriber: `RUST_LOG` (default [`DEFAULT_FILTER`]), written to
+/// stderr as `format`. Safe to call twice (the second call changes nothing).
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&spec) {
+        _ if spec.trim().is_empty() => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+        Ok(f) if spec.contains("rumqttd") => f,
+        // The broker's per-connection INFO lines would drown ours; an operator who wants
+        // them names rumqttd in RUST_LOG.
+        Ok(f) => f.add_directive("rumqttd=warn".parse().expect("a valid directive")),
+        Err(e) => {
+            eprintln!("anxin: ignoring RUST_LOG={spec:?} ({e}); using {DEFAULT_FILTER:?}");
+            tracing_subscriber::EnvFilter::new(DEFAULT_FILTER)
+        }
+    };
+    // Asking for rumqttd's debug lines asks for everything it says, disconnects included.
+    let broker_verbose = spec.split(',').any(|d| {
+        d.trim().starts_with("rumqttd")
+            && matches!(d.rsplit('=').next().map(str::trim), Some("debug" | "trace"))
+    });
+    let quiet = (!broker_verbose).then_some(QuietBrokerDisconnects);
+    let registry = tracing_subscriber::registry().with(filter).with(quiet);
+    let _ = match format {
+        LogFormat::Text => {
+            // Escape codes only for a person at a terminal: journald, files and pipes get
+            // plain text (and NO_COLOR is honoured even at a terminal).
+            let colour = std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(colour),
+                )
+                .try_init()
+        }
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+}
+
+/// Drops the ERROR lines the embedded broker (rumqttd 0.20.0, pinned) writes for ordinary
+/// client disconnections; its other errors pass untouched. A filter directive cannot do this:
+/// the same callsites log real failures, so the decision needs the message and the error.
+struct QuietBrokerDisconnects;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietBrokerDisconnects {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let meta = event.metadata();
+        if *meta.level() != tracing::Level::ERROR || !meta.target().starts_with("rumqttd") {
+            return true;
+        }
+        let mut fields = BrokerLine::default();
+        event.record(&mut fields);
+        !is_normal_disconnect(&fields.message, &fields.error)
+    }
+}
+
+/// The `message` and `error` fields of a rumqttd log line, as text.
+#[derive(Default)]
+struct BrokerLine {
+    message: String,
+    error: String,
+}
+
+impl tracing::field::Visit for BrokerLine {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "error" => self.error = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a rumqttd ERROR line (message, `error` field in Debug form) reports an ordinary end
+/// of a client connection. Read from rumqttd 0.20.0 `server/broker.rs` (`remote`) and
+/// `router/routing.rs` (`handle_disconnection`):
+/// - `router-drop` with `Recv(Disconnected)`: the router closed the link after the client's
+///   DISCONNECT (when the router drops a client for a fault, it logs the fault itself);
+/// - `no-connection id N is already gone`: a client that sent DISCONNECT and then closed the
+///   socket is disconnected twice (the source's own comment says clients may do this);
+/// - `disconnected` / `Error while handling MQTT connect packet` with a reset, aborted or
+///   broken connection, an early EOF or a keep-alive timeout: the peer went away (a device
+///   losing its mobile link, a port probe, a health check).
+fn is_normal_disconnect(message: &str, error: &str) -> bool {
+    const GONE: [&str; 5] = [
+        "ConnectionReset",
+        "ConnectionAborted",
+        "BrokenPipe",
+        "UnexpectedEof",
+        "KeepAlive(",
+    ];
+    match message {
+        "router-drop" => error.contains("Recv(Disconnected)"),
+        "disconnected" | "Error while handling MQTT connect packet" => {
+            GONE.iter().any(|k| error.contains(k))
+        }
+        m => m.starts_with("no-connection id ") && m.ends_with(" is already gone"),
+    }
 }
 
 /// The process-wide Prometheus recorder (PITFALLS 15: install once, share the handle).
@@ -283,6 +712,14 @@ pub fn commit_failed(e: &StoreError, messages: usize, backoff: Duration) {
     }
 }
 
+/// An API request failed on our side (5xx); during a database outage every request does, so
+/// the lines are rate-limited.
+pub fn api_request_failed(status: u16, error: &dyn std::fmt::Display) {
+    if let Some(suppressed) = allow_log("api_failed") {
+        tracing::error!(status, error = %error, suppressed_since_last = suppressed, "API request failed");
+    }
+}
+
 /// A shard's queue depth after taking a batch.
 pub fn queue_depth(shard: usize, depth: usize) {
     gauge!(names::QUEUE_DEPTH, "shard" => shard.to_string()).set(depth as f64);
@@ -386,5 +823,62 @@ mod tests {
             allow_device_log(reason, "noisy", true).is_some(),
             "an alarm's line is written even past the budget"
         );
+    }
+
+    #[test]
+    fn ordinary_broker_disconnects_are_recognised_and_real_errors_are_not() {
+        let normal = [
+            ("router-drop", "Recv(Disconnected)"),
+            ("no-connection id 7 is already gone", ""),
+            (
+                "disconnected",
+                r#"Network(Io(Custom { kind: ConnectionReset, error: "connection reset by peer" }))"#,
+            ),
+            ("disconnected", "Network(KeepAlive(Elapsed(())))"),
+            (
+                "Error while handling MQTT connect packet",
+                r#"Network(Io(Custom { kind: ConnectionReset, error: "connection reset by peer" }))"#,
+            ),
+        ];
+        for (message, error) in normal {
+            assert!(is_normal_disconnect(message, error), "{message} {error}");
+        }
+        let real = [
+            ("out of order ack.", ""),
+            ("Server error - V4", "Io(Os { code: 98, kind: AddrInUse })"),
+            ("router-drop", "Send(SendError { .. })"),
+            ("disconnected", "Network(Protocol(InvalidProtocol))"),
+            (
+                "Error while handling MQTT connect packet",
+                "Timeout(Elapsed(()))",
+            ),
+            ("no space for new connection", ""),
+            ("connection-stop", ""),
+        ];
+        for (message, error) in real {
+            assert!(!is_normal_disconnect(message, error), "{message} {error}");
+        }
+    }
+
+    #[test]
+    fn every_reject_reason_is_registered() {
+        // Counted from the enum's source, so a variant added without extending ALL fails here.
+        let src = include_str!("protocol/mod.rs");
+        let body = src
+            .split_once("pub enum RejectReason {")
+            .and_then(|(_, rest)| rest.split_once("\n}"))
+            .expect("the enum is in protocol/mod.rs")
+            .0;
+        let variants: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("//") && !l.starts_with('#') && l.ends_with(','))
+            .map(|l| l.trim_end_matches(','))
+            .collect();
+        let listed: Vec<String> = crate::protocol::RejectReason::ALL
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        assert_eq!(listed, variants);
     }
 }

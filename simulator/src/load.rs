@@ -1,6 +1,8 @@
 //! Rate mode: many devices publishing a paced, reproducible stream of events over one
 //! connection, with every publish counted only once its PUBACK arrives.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -42,6 +44,8 @@ pub struct LoadArgs {
     pub ack_timeout: Duration,
     /// PRNG seed, so that two runs send the same event sequence.
     pub seed: u64,
+    /// Print a progress line on stderr this often (`None`: never).
+    pub progress_every: Option<Duration>,
 }
 
 /// The id of simulated device number `index`.
@@ -345,6 +349,26 @@ async fn count_acks(mut notices: mpsc::UnboundedReceiver<Notice>, tally: watch::
     }
 }
 
+/// Every `every`, one stderr line: sent and acked so far and the acked rate since the last
+/// line, so a long run shows it is moving (or stuck waiting for PUBACKs).
+async fn report_progress(every: Duration, sent: Arc<AtomicU64>, tally: watch::Receiver<Acks>) {
+    let start = Instant::now();
+    let mut tick = tokio::time::interval_at(start + every, every);
+    let mut last_acked = 0;
+    loop {
+        tick.tick().await;
+        let acked = tally.borrow().ok;
+        eprintln!(
+            "progress {:.0} s: sent {}, acked {}, {:.1} msg/s acked",
+            start.elapsed().as_secs_f64(),
+            sent.load(Ordering::Relaxed),
+            acked,
+            (acked - last_acked) as f64 / every.as_secs_f64()
+        );
+        last_acked = acked;
+    }
+}
+
 /// What a run achieved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -417,6 +441,10 @@ pub async fn run(endpoint: &Endpoint, topic_root: &str, args: &LoadArgs) -> Resu
     let counter = tokio::spawn(count_acks(link.notices, tally_tx));
 
     let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = args
+        .progress_every
+        .map(|every| tokio::spawn(report_progress(every, sent.clone(), tally.clone())));
     let mut bucket = (args.rate > 0.0).then(|| TokenBucket::new(args.rate, started));
     let plan = Plan::new(
         args.devices,
@@ -438,6 +466,7 @@ pub async fn run(endpoint: &Endpoint, topic_root: &str, args: &LoadArgs) -> Resu
             break;
         }
         published += 1;
+        sent.store(published, Ordering::Relaxed);
     }
 
     // Whether it settles or times out, the tally at that moment is the answer.
@@ -446,6 +475,9 @@ pub async fn run(endpoint: &Endpoint, topic_root: &str, args: &LoadArgs) -> Resu
         tally.wait_for(|acks| acks.settled(published)),
     )
     .await;
+    if let Some(progress) = progress {
+        progress.abort();
+    }
     let acks = tally.borrow().clone();
     let all_acked = acks.ok + acks.refused >= published;
     let finished = match acks.last_at {

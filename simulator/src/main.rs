@@ -29,16 +29,19 @@ struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Connection (any subcommand)")]
 struct ConnectionArgs {
-    /// MQTT broker, as mqtt://host:port.
+    /// MQTT broker, as mqtt://host:port [default: the engine's ANXIN_MQTT_URL when set
+    /// (`embedded://HOST:PORT` means mqtt://HOST:PORT), else mqtt://127.0.0.1:1883].
+    #[arg(long, global = true, env = "ANXIN_SIM_MQTT_URL")]
+    url: Option<BrokerAddr>,
+    /// Topic root; devices publish on {root}/devices/{device_id}/events [default: the
+    /// engine's ANXIN_MQTT_TOPIC_ROOT when set].
     #[arg(
         long,
         global = true,
-        env = "ANXIN_SIM_MQTT_URL",
-        default_value = "mqtt://127.0.0.1:1883"
+        env = "ANXIN_MQTT_TOPIC_ROOT",
+        default_value = "anxin/v1",
+        value_parser = parse_topic_root
     )]
-    url: BrokerAddr,
-    /// Topic root; devices publish on {root}/devices/{device_id}/events.
-    #[arg(long, global = true, default_value = "anxin/v1", value_parser = parse_topic_root)]
     topic_root: String,
     /// MQTT protocol version: 4 (3.1.1) or 5.
     #[arg(long, global = true, value_enum, default_value = "4")]
@@ -148,6 +151,9 @@ struct LoadCli {
     /// Seed of the event mix; the same seed sends the same events.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds between progress lines on stderr (sent, acked, rate); 0 turns them off.
+    #[arg(long, default_value_t = 5)]
+    progress_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -220,17 +226,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The broker to use and where that choice came from: `--url` (or `ANXIN_SIM_MQTT_URL`), the
+/// engine's own `ANXIN_MQTT_URL`, or the default.
+fn broker(url: Option<BrokerAddr>) -> Result<(BrokerAddr, &'static str)> {
+    if let Some(url) = url {
+        return Ok((url, "--url or ANXIN_SIM_MQTT_URL"));
+    }
+    match std::env::var("ANXIN_MQTT_URL") {
+        Ok(engine) if !engine.trim().is_empty() => BrokerAddr::from_engine_url(&engine)
+            .map(|b| (b, "ANXIN_MQTT_URL"))
+            .map_err(|e| anyhow::anyhow!(e)),
+        _ => Ok((
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1883,
+            },
+            "default",
+        )),
+    }
+}
+
 /// Runs the chosen subcommand; `Ok(false)` when it ran but fell short of its goal.
 async fn run(cli: Cli) -> Result<bool> {
     let conn = cli.connection;
-    let endpoint = Endpoint {
-        broker: conn.url,
-        client_id: conn
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("anxin-sim-{}", std::process::id())),
-        protocol: conn.protocol,
-    };
     let root = conn.topic_root.as_str();
     match cli.command {
         Command::Scenario {
@@ -238,7 +256,7 @@ async fn run(cli: Cli) -> Result<bool> {
             device,
             seq_start,
         } => {
-            scenario::run(&endpoint, root, name, &device, seq_start).await?;
+            scenario::run(&endpoint(&conn)?, root, name, &device, seq_start).await?;
             Ok(true)
         }
         Command::Load(args) => {
@@ -250,10 +268,13 @@ async fn run(cli: Cli) -> Result<bool> {
                 pad_bytes: args.payload_size_pad,
                 ack_timeout: Duration::from_secs(args.ack_timeout_secs),
                 seed: args.seed,
+                progress_every: (args.progress_secs > 0)
+                    .then(|| Duration::from_secs(args.progress_secs)),
             };
-            load::run(&endpoint, root, &args).await
+            load::run(&endpoint(&conn)?, root, &args).await
         }
         Command::Drain(args) => {
+            let endpoint = endpoint(&conn)?;
             if args.subscribe_only && conn.client_id.is_none() {
                 eprintln!(
                     "note: no --client-id given; drain later with --client-id {}",
@@ -271,6 +292,24 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         Command::Tcp(tcp) => run_tcp(tcp).await,
     }
+}
+
+/// The MQTT endpoint of the MQTT subcommands; says on stderr which broker and topics it uses
+/// (stdout carries the lines scripts parse).
+fn endpoint(conn: &ConnectionArgs) -> Result<Endpoint> {
+    let (broker, source) = broker(conn.url.clone())?;
+    eprintln!(
+        "anxin-sim: MQTT broker {broker} ({source}), topics under {}/devices/",
+        conn.topic_root
+    );
+    Ok(Endpoint {
+        broker,
+        client_id: conn
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("anxin-sim-{}", std::process::id())),
+        protocol: conn.protocol,
+    })
 }
 
 /// Runs a `tcp` subcommand.
@@ -350,7 +389,7 @@ mod tests {
             "me",
         ])
         .unwrap();
-        assert_eq!(cli.connection.url.port, 1884);
+        assert_eq!(cli.connection.url.map(|u| u.port), Some(1884));
         assert_eq!(cli.connection.topic_root, "t/v1");
         assert_eq!(cli.connection.protocol, Protocol::V5);
         assert_eq!(cli.connection.client_id.as_deref(), Some("me"));

@@ -94,6 +94,37 @@ impl FromStr for BrokerAddr {
     }
 }
 
+impl BrokerAddr {
+    /// The broker the engine uses, from its `ANXIN_MQTT_URL` (CONTRACT.md): `embedded` is
+    /// 127.0.0.1:1883, `embedded://HOST:PORT` is that address (the engine's in-process broker
+    /// listens there), `mqtt://host:port` an external broker.
+    pub fn from_engine_url(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if url == "embedded" {
+            return Ok(BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1883,
+            });
+        }
+        if let Some(addr) = url.strip_prefix("embedded://") {
+            // The engine takes an IP address and port here, nothing else.
+            let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+                format!("ANXIN_MQTT_URL={url:?}: embedded://HOST:PORT needs an IP address and port")
+            })?;
+            return Ok(BrokerAddr {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        if url.starts_with("mqtts://") {
+            return Err(format!(
+                "ANXIN_MQTT_URL={url:?}: anxin-sim does not speak TLS; give --url mqtt://HOST:PORT"
+            ));
+        }
+        url.parse().map_err(|e| format!("ANXIN_MQTT_URL: {e}"))
+    }
+}
+
 impl fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.host.contains(':') {
@@ -451,6 +482,22 @@ mod tests {
         assert!(parse("mqtt://host:99999").is_err());
         assert!(parse("mqtt://user@host:1883").is_err());
         assert!(parse("mqtt://host:1883/path").is_err());
+    }
+
+    #[test]
+    fn the_engine_url_names_the_same_broker() {
+        let engine = |url: &str| BrokerAddr::from_engine_url(url).map(|b| (b.host, b.port));
+        assert_eq!(engine("embedded"), Ok(("127.0.0.1".into(), 1883)));
+        assert_eq!(
+            engine("embedded://127.0.0.1:18830"),
+            Ok(("127.0.0.1".into(), 18830))
+        );
+        assert_eq!(
+            engine("mqtt://broker.lan:1884"),
+            Ok(("broker.lan".into(), 1884))
+        );
+        assert!(engine("mqtts://broker.lan:8883").is_err());
+        assert!(engine("embedded://nowhere").is_err());
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// PostgreSQL pool size (SQLite always writes through one connection).
     pub max_connections: u32,
+    /// PostgreSQL: connections of the operator API's own pool.
+    pub api_max_connections: u32,
+    /// PostgreSQL: how long an API request waits for a connection before answering 503.
+    pub api_acquire_timeout_ms: u64,
 }
 
 /// `[mqtt]`.
@@ -130,6 +134,8 @@ pub fn parse_tcp_listen(
 pub struct HttpConfig {
     /// Listen address of the operator API.
     pub addr: SocketAddr,
+    /// Alert changes kept for live-feed clients that reconnect with `Last-Event-ID`.
+    pub stream_replay_changes: usize,
 }
 
 /// The whole engine configuration, after defaults and environment overrides.
@@ -170,6 +176,10 @@ impl Default for Config {
             store: StoreConfig {
                 url: None,
                 max_connections: 8,
+                api_max_connections: 4,
+                // An operator waiting longer than this for a page learns nothing more; the
+                // console shows the outage and retries.
+                api_acquire_timeout_ms: 1_000,
             },
             mqtt: MqttConfig {
                 target: MqttTarget::Embedded(SocketAddr::from(([127, 0, 0, 1], 1883))),
@@ -198,6 +208,7 @@ impl Default for Config {
             },
             http: HttpConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                stream_replay_changes: crate::feed::DEFAULT_REPLAY,
             },
             tcp: TcpConfig {
                 // Devices connect over the mobile network, so the listeners face outwards.
@@ -356,6 +367,12 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         if let Some(n) = s.int("max_connections", 1..=256) {
             config.store.max_connections = n as u32;
         }
+        if let Some(n) = s.int("api_max_connections", 1..=256) {
+            config.store.api_max_connections = n as u32;
+        }
+        if let Some(n) = s.int("api_acquire_timeout_ms", 50..=60_000) {
+            config.store.api_acquire_timeout_ms = n as u64;
+        }
         s.finish();
     }
     if let Some(mut s) = root.table("mqtt") {
@@ -487,6 +504,9 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
                 Ok(a) => config.http.addr = a,
                 Err(_) => s.problem(line, "addr", format!("{addr:?} is not an IP:port address")),
             }
+        }
+        if let Some(n) = s.int("stream_replay_changes", 1..=1_000_000) {
+            config.http.stream_replay_changes = n as usize;
         }
         s.finish();
     }

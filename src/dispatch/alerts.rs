@@ -1,10 +1,11 @@
 //! Alert routes.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{self, Path, Query};
 use super::{Actor, ApiError, AppState};
 use crate::ingest::tcp::DownlinkOutcome;
 use crate::store::{AlertChange, AlertFilter};
@@ -67,7 +68,7 @@ pub(super) async fn get_one(
 ) -> Result<Json<Value>, ApiError> {
     let (alert, timeline) = s.store.get_alert(id).await?;
     let device = s.store.get_device(&alert.device_id).await?;
-    let mut v = serde_json::to_value(&alert).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let mut v = serde_json::to_value(&alert).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["timeline"] = json!(timeline);
     v["device"] = device.unwrap_or(Value::Null);
     v["resident"] = Value::Null;
@@ -136,9 +137,8 @@ pub(super) async fn resolve(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
-    body: Result<Json<ResolveBody>, axum::extract::rejection::JsonRejection>,
+    extract::Json(body): extract::Json<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let alert = s
         .store
         .resolve(

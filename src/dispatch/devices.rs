@@ -2,42 +2,44 @@
 //! and the recent raw frames of a device for installers.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::extract::{self, Body, Path, Query};
 use super::{ApiError, AppState};
 use crate::registry::{Registration, RegistrationError, parse_csv};
 
-fn invalid(errors: Vec<RegistrationError>) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "error": "invalid registrations", "problems": errors })),
-    )
-        .into_response()
+/// Checks CSV syntax only — UTF-8 and rows of the header's width — so a malformed file is a
+/// 400 and only a well-formed one with bad values a 422.
+fn csv_syntax(data: &[u8]) -> Result<(), ApiError> {
+    if let Err(e) = std::str::from_utf8(data) {
+        return Err(ApiError::BadRequest(format!(
+            "the CSV is not UTF-8 (at byte {})",
+            e.valid_up_to()
+        )));
+    }
+    let mut rdr = csv::ReaderBuilder::new().from_reader(data);
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(ApiError::BadRequest(format!("malformed CSV: {e}"))),
+        }
+    }
 }
 
 /// `POST /api/devices`: a JSON object, a JSON array, or `text/csv`. All or nothing: any
 /// problem refuses the whole request and lists every problem with its row.
-pub(super) async fn register(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let is_csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/csv"));
-    let regs = if is_csv {
-        match parse_csv(&body) {
-            Ok(r) => r,
-            Err(e) => return Ok(invalid(e)),
-        }
-    } else {
-        let v: Value = serde_json::from_slice(&body)
+pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let regs = if body.media_type == "text/csv" {
+        csv_syntax(&body.bytes)?;
+        parse_csv(&body.bytes).map_err(ApiError::InvalidRegistrations)?
+    } else if body.is_json() {
+        let v: Value = serde_json::from_slice(&body.bytes)
             .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
         let items = match v {
             Value::Array(a) => a,
@@ -59,12 +61,17 @@ pub(super) async fn register(
             }
         }
         if !errors.is_empty() {
-            return Ok(invalid(errors));
+            return Err(ApiError::InvalidRegistrations(errors));
         }
         regs
+    } else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "POST /api/devices takes application/json or text/csv, not {:?}",
+            body.media_type
+        )));
     };
     if regs.is_empty() {
-        return Err(ApiError::BadRequest("no devices in the request".into()));
+        return Err(ApiError::Invalid("no devices in the request".into()));
     }
     s.store.register_devices(&regs, s.clock.now()).await?;
     let n = regs.len();
@@ -118,20 +125,20 @@ pub(super) async fn get_one(
 pub(super) async fn put(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Json(mut reg): Json<Registration>,
+    extract::Json(mut reg): extract::Json<Registration>,
 ) -> Result<Response, ApiError> {
     if reg.id.is_empty() {
         reg.id = id.clone();
     }
     if reg.id != id {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Invalid(format!(
             "body id {:?} differs from the path's {id:?}",
             reg.id
         )));
     }
     let problems = reg.problems(1);
     if !problems.is_empty() {
-        return Ok(invalid(problems));
+        return Err(ApiError::InvalidRegistrations(problems));
     }
     s.store
         .register_devices(std::slice::from_ref(&reg), s.clock.now())
@@ -156,7 +163,7 @@ async fn registered(s: &AppState, regs: &[Registration]) {
     match s.store.resolve_quarantine(&ids, s.clock.now()).await {
         Ok(changes) => {
             for c in changes {
-                let _ = s.live.send(c);
+                s.live.send(c);
             }
             for id in &ids {
                 s.registry.unmark_quarantined(id);

@@ -1,8 +1,16 @@
-//! Every error the API returns, mapped to its status in one exhaustive match.
+//! Every error the API returns, mapped to its status in one exhaustive match. One status per
+//! kind of failure, whatever the route (README "HTTP errors"): 400 malformed (JSON or CSV
+//! syntax, query string, path), 401 no credentials, 404 no such thing, 409 step not allowed
+//! now, 413 body over the limit, 415 content type not taken, 422 well-formed but invalid,
+//! 503 store unavailable. The body is always `{"error": "…"}`, plus `problems` when there are
+//! several.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::json;
 
+use super::extract::BODY_LIMIT_BYTES;
+use crate::registry::RegistrationError;
 use crate::store::StoreError;
 
 /// API errors.
@@ -11,9 +19,27 @@ pub enum ApiError {
     /// No or wrong credentials.
     #[error("missing or invalid bearer token")]
     Unauthorized,
-    /// Bad request parameters.
+    /// Malformed request: body syntax, query string or path parameters.
     #[error("{0}")]
     BadRequest(String),
+    /// No such route.
+    #[error("no route {0}")]
+    NoRoute(String),
+    /// The body is larger than [`BODY_LIMIT_BYTES`].
+    #[error("the request body is larger than the limit of {BODY_LIMIT_BYTES} bytes")]
+    PayloadTooLarge,
+    /// The route does not take this content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Well-formed but invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Device registrations with problems, every one listed with its row.
+    #[error("invalid registrations")]
+    InvalidRegistrations(Vec<RegistrationError>),
+    /// A fault of ours.
+    #[error("{0}")]
+    Internal(String),
     /// From the store.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -24,6 +50,13 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Invalid(_) | ApiError::InvalidRegistrations(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(e) => match e {
                 StoreError::NotFound(_) | StoreError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. } => StatusCode::CONFLICT,
@@ -32,12 +65,14 @@ impl IntoResponse for ApiError {
             },
         };
         if status.is_server_error() {
-            tracing::error!(error = %self, "API request failed");
+            crate::telemetry::api_request_failed(status.as_u16(), &self);
         }
-        (
-            status,
-            axum::Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        let body = match &self {
+            ApiError::InvalidRegistrations(problems) => {
+                json!({ "error": self.to_string(), "problems": problems })
+            }
+            _ => json!({ "error": self.to_string() }),
+        };
+        (status, axum::Json(body)).into_response()
     }
 }

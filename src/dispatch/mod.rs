@@ -4,29 +4,30 @@ mod alerts;
 mod config;
 mod devices;
 mod error;
+pub mod extract;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::clock::SharedClock;
+use crate::feed::{AlertFeed, Item};
 use crate::ingest::tcp::FrameLog;
 use crate::registry::Registry;
-use crate::store::{AlertChange, Store};
+use crate::store::Store;
+use crate::telemetry;
+use extract::BODY_LIMIT_BYTES;
 
 pub use error::ApiError;
 
@@ -39,12 +40,12 @@ pub type ReadyCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 /// Handler state; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store.
+    /// The store, through the API's own fail-fast pool ([`Store::for_api`]).
     pub store: Store,
     /// Injected time.
     pub clock: SharedClock,
-    /// Alert changes after commit.
-    pub live: broadcast::Sender<AlertChange>,
+    /// Alert changes after commit, numbered for the live feed.
+    pub live: AlertFeed,
     /// Prometheus rendering.
     pub metrics: PrometheusHandle,
     /// SHA-256 of the admin bearer token (the token itself is never kept).
@@ -86,13 +87,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices/{id}/frames", get(devices::frames))
         .route("/api/config/reload", post(config::reload))
         .route("/api/profiles", get(config::profiles))
+        // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
+        // after authentication, so nobody unauthenticated makes us read a body.
+        .route_layer(middleware::from_fn(extract::limit_body))
+        .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
         .with_state(state)
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
 }
 
 /// The authenticated caller.
@@ -138,21 +148,63 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /api/stream`: every committed alert change as an `alert` event whose `id` is
+/// `<run>-<seq>`. With `Last-Event-ID` (sent by EventSource when it reconnects) the stream
+/// first replays every change after that id, exactly once, from the bounded replay ring
+/// ([`crate::feed`]); an id the ring no longer reaches, or one from before a restart, gets a
+/// `resync` event (reload from `GET /api/alerts`) and the stream goes on from there. Without
+/// it, the first event is `ready`, carrying the id to resume from.
 async fn stream(
     State(s): State<AppState>,
+    headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let events = BroadcastStream::new(s.live.subscribe()).map(|msg| {
-        Ok(match msg {
-            Ok(change) => SseEvent::default()
-                .event("alert")
-                .json_data(&change)
-                .unwrap_or_else(|_| SseEvent::default().event("error")),
-            // A console that fell behind reloads from the store rather than slowing the
-            // pipeline down.
-            Err(BroadcastStreamRecvError::Lagged(n)) => SseEvent::default()
-                .event("resync")
-                .data(format!("{{\"missed\":{n}}}")),
-        })
-    });
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let reader = s.live.reader(last.as_deref());
+    let feed = s.live.clone();
+    let guard = ClientGauge::new();
+    let events =
+        futures_util::stream::unfold((reader, guard, last), move |(mut reader, guard, last)| {
+            let feed = feed.clone();
+            async move {
+                let event = match reader.next().await? {
+                    Item::Ready(seq) => SseEvent::default()
+                        .event("ready")
+                        .id(feed.event_id(seq))
+                        .data(format!("{{\"replay\":{}}}", feed.capacity())),
+                    Item::Resync(reason, seq) => {
+                        telemetry::stream_resync(reason, last.as_deref());
+                        SseEvent::default()
+                            .event("resync")
+                            .id(feed.event_id(seq))
+                            .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+                    }
+                    Item::Change(n) => SseEvent::default()
+                        .event("alert")
+                        .id(feed.event_id(n.seq))
+                        .json_data(&*n.change)
+                        .unwrap_or_else(|_| SseEvent::default().event("error")),
+                };
+                Some((Ok(event), (reader, guard, last)))
+            }
+        });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Counts a live-feed client for as long as its stream exists.
+struct ClientGauge;
+
+impl ClientGauge {
+    fn new() -> ClientGauge {
+        telemetry::stream_clients(1.0);
+        ClientGauge
+    }
+}
+
+impl Drop for ClientGauge {
+    fn drop(&mut self) {
+        telemetry::stream_clients(-1.0);
+    }
 }

@@ -23,13 +23,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use metrics::counter;
 use serde_json::json;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+
+use crate::feed::AlertFeed;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::MqttTarget;
 use crate::pipeline::rules::Severity;
-use crate::store::{AlertChange, MqttSessionRecord, Store, SystemAlert};
+use crate::store::{MqttSessionRecord, Store, SystemAlert};
 use crate::telemetry::names;
 
 /// Rule name of the alert.
@@ -222,7 +224,7 @@ impl SessionWatch {
 pub async fn record(
     watch: Arc<SessionWatch>,
     store: Store,
-    live: broadcast::Sender<AlertChange>,
+    live: AlertFeed,
     clock: SharedClock,
     stop: CancellationToken,
 ) {
@@ -251,7 +253,7 @@ pub async fn record(
                             .increment(1);
                     }
                     tracing::info!(alert = change.alert_id, action = %change.action, "Broker session loss recorded on a system alert");
-                    let _ = live.send(change);
+                    live.send(change);
                     alerted += 1;
                 }
                 Err(e) => {

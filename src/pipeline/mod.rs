@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +23,13 @@ use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::config::live::Live;
 use crate::event::{Event, Flaw};
+use crate::feed::AlertFeed;
 use crate::pipeline::rules::Severity;
 use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
 use crate::registry::{Registry, UnknownPolicy};
 use crate::store::RuleHit;
-use crate::store::{AlertChange, Store, WriteBatch, WriteItem};
+use crate::store::{Store, WriteBatch, WriteItem};
 use crate::telemetry;
 use crate::telemetry::names;
 
@@ -97,7 +98,7 @@ struct Shared {
     config: Arc<Live>,
     clock: SharedClock,
     sink: Arc<dyn AckSink>,
-    live: broadcast::Sender<AlertChange>,
+    live: AlertFeed,
     topic_root: String,
     cfg: PipelineConfig,
     registry: Registry,
@@ -122,7 +123,7 @@ impl Pipeline {
         config: Arc<Live>,
         clock: SharedClock,
         sink: Arc<dyn AckSink>,
-        live: broadcast::Sender<AlertChange>,
+        live: AlertFeed,
         topic_root: String,
         registry: Registry,
         hard_stop: CancellationToken,
@@ -289,8 +290,7 @@ async fn process(
                     }
                 }
                 for change in outcome.changes {
-                    // No receiver is fine: nobody is watching the live feed.
-                    let _ = shared.live.send(change);
+                    shared.live.send(change);
                 }
                 return true;
             }

@@ -44,6 +44,26 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in declaration order: `anxin_ingest_rejected_total{reason}` shows each
+    /// at zero from start-up. A new variant goes here too (a telemetry test checks).
+    pub const ALL: [RejectReason; 15] = [
+        RejectReason::BadTopic,
+        RejectReason::BadDeviceId,
+        RejectReason::PayloadTooLarge,
+        RejectReason::MalformedJson,
+        RejectReason::NotAnObject,
+        RejectReason::EmptyArray,
+        RejectReason::MissingType,
+        RejectReason::UnknownType,
+        RejectReason::BadField,
+        RejectReason::BadFrame,
+        RejectReason::UnknownDevice,
+        RejectReason::Unmapped,
+        RejectReason::DeviceMismatch,
+        RejectReason::IgnoredField,
+        RejectReason::ImplausibleTime,
+    ];
+
     /// The metric label and stored reason.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -247,6 +247,44 @@ impl Store {
         Ok(store)
     }
 
+    /// A handle for the operator API. On PostgreSQL: a pool of its own, at most
+    /// `max_connections`, connecting lazily, whose requests give up waiting for a connection
+    /// after `acquire_timeout` — so during a database outage the API answers 503 at once,
+    /// while the pipeline's pool keeps its long wait and its commits their own retry. On
+    /// SQLite: the same single connection (a file does not go away).
+    pub fn for_api(
+        &self,
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Sqlite(_) => self.clone(),
+            Store::Postgres(_) => Store::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .min_connections(0)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_lazy_with(PgConnectOptions::from_str(url)?),
+            ),
+        })
+    }
+
+    /// Unresolved alerts per severity rank (0 most urgent), as `GET /api/alerts?status=open`
+    /// counts them. `<> 'resolved'` is written as two ranges so the `alerts_queue` index
+    /// (status first) serves it without visiting the resolved alerts, which only pile up.
+    pub async fn open_alerts_by_rank(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = on_pool!(self, pool => {
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT severity_rank, COUNT(*) FROM alerts \
+                 WHERE status < 'resolved' OR status > 'resolved' GROUP BY severity_rank",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows)
+    }
+
     /// Which backend, for logs and metrics.
     pub fn backend(&self) -> &'static str {
         match self {
