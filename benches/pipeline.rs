@@ -88,6 +88,7 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
     WriteBatch {
         items,
         dedup_window: Duration::hours(24),
+        retry: false,
     }
 }
 

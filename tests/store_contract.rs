@@ -213,6 +213,9 @@ contract! {
     a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it
         => sqlite_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it,
            postgres_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it;
+    a_retried_batch_is_not_counted_twice_even_without_seq
+        => sqlite_a_retried_batch_is_not_counted_twice_even_without_seq,
+           postgres_a_retried_batch_is_not_counted_twice_even_without_seq;
     dedup_keys_expire_and_purge_removes_expired_keys
         => sqlite_dedup_keys_expire_and_purge_removes_expired_keys,
            postgres_dedup_keys_expire_and_purge_removes_expired_keys;
@@ -338,6 +341,7 @@ impl Fx {
         WriteBatch {
             items,
             dedup_window: self.dedup_window,
+            retry: false,
         }
     }
 
@@ -766,6 +770,52 @@ async fn a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_who
         .await;
     assert_eq!(outcome_counts(&never_seen), (1, 0, 0));
     assert_eq!(fx.alert(id).await.0.count, 3);
+}
+
+/// 4c. A commit whose answer was lost (the connection dropped after COMMIT was sent) is
+///     retried with the same messages: those the first attempt stored are recognised as its
+///     own and not counted twice — even identical presses without seq, which would otherwise
+///     each be new — while a different, earlier press with the same payload does not stand in
+///     the way of a message the first attempt never stored.
+async fn a_retried_batch_is_not_counted_twice_even_without_seq(store: Store) {
+    let fx = Fx::new(store);
+    let press = r#"{"type":"sos"}"#;
+    let earlier = fx.send("pendant-r", press).await;
+    assert_eq!(outcome_counts(&earlier), (1, 0, 0));
+    let id = earlier.changes[0].alert_id;
+
+    fx.advance(Duration::seconds(5));
+    let mut items = fx.message("pendant-r", press);
+    items.extend(fx.message("pendant-r", press));
+    let retry = |items: Vec<WriteItem>| WriteBatch {
+        items,
+        dedup_window: fx.dedup_window,
+        retry: true,
+    };
+    // The first attempt "failed" after committing: the retry finds its own rows.
+    let first = fx.commit(items.clone()).await;
+    assert_eq!(outcome_counts(&first), (2, 0, 0));
+    let again = fx
+        .store
+        .commit_batch(&retry(items), fx.commit_time())
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome_counts(&again),
+        (0, 2, 0),
+        "a retry of a committed batch"
+    );
+    assert_eq!(fx.alert(id).await.0.count, 3);
+
+    // A retry of a batch that never committed: the earlier identical press is no obstacle.
+    fx.advance(Duration::seconds(5));
+    let never = fx
+        .store
+        .commit_batch(&retry(fx.message("pendant-r", press)), fx.commit_time())
+        .await
+        .unwrap();
+    assert_eq!(outcome_counts(&never), (1, 0, 0));
+    assert_eq!(fx.alert(id).await.0.count, 4);
 }
 
 /// 5. Dedup keys expire: the same (seq, ts) after the dedup window counts again, and

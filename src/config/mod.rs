@@ -83,6 +83,9 @@ pub struct PipelineConfig {
     pub device_clock_limit_secs: u64,
     /// Longest pause between retries of a failed commit.
     pub commit_retry_max_backoff_ms: u64,
+    /// A commit that has not finished after this long is abandoned and retried (the database
+    /// host dropped off the network; TCP alone would wait many minutes).
+    pub commit_timeout_secs: u64,
     /// SIGTERM: how long to wait for the in-flight batches and owed acks.
     pub shutdown_grace_secs: u64,
 }
@@ -204,6 +207,7 @@ impl Default for Config {
                 // Ten years: a clock this far off has no time at all (year 1, year 9999).
                 device_clock_limit_secs: 10 * 365 * 24 * 3600,
                 commit_retry_max_backoff_ms: 5_000,
+                commit_timeout_secs: 30,
                 shutdown_grace_secs: 10,
             },
             http: HttpConfig {
@@ -456,6 +460,9 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         }
         if let Some(v) = s.int("commit_retry_max_backoff_ms", 10..=600_000) {
             p.commit_retry_max_backoff_ms = v as u64;
+        }
+        if let Some(v) = s.int("commit_timeout_secs", 1..=3600) {
+            p.commit_timeout_secs = v as u64;
         }
         if let Some(v) = s.int("shutdown_grace_secs", 1..=600) {
             p.shutdown_grace_secs = v as u64;

@@ -61,7 +61,9 @@ impl IntoResponse for ApiError {
                 StoreError::NotFound(_) | StoreError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                StoreError::Db(_) | StoreError::Migrate(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             },
         };
         if status.is_server_error() {

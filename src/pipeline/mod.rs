@@ -29,7 +29,7 @@ use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
 use crate::registry::{Registry, UnknownPolicy};
 use crate::store::RuleHit;
-use crate::store::{Store, WriteBatch, WriteItem};
+use crate::store::{Store, StoreError, WriteBatch, WriteItem};
 use crate::telemetry;
 use crate::telemetry::names;
 
@@ -254,6 +254,8 @@ async fn process(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     let max_backoff = Duration::from_millis(shared.cfg.commit_retry_max_backoff_ms);
+    let commit_timeout = Duration::from_secs(shared.cfg.commit_timeout_secs);
+    let mut attempt = 0u32;
     loop {
         // A message whose connection is gone and whose session the broker resumed comes back
         // as a fresh copy; committing the old one too would only make work for dedup.
@@ -270,10 +272,23 @@ async fn process(
                 return true;
             }
         }
-        let Built { write, quarantined } = build(shared, batch);
+        let Built {
+            mut write,
+            quarantined,
+        } = build(shared, batch);
+        write.retry = attempt > 0;
+        attempt += 1;
         test_hooks::before_commit().await;
         let started = std::time::Instant::now();
-        match shared.store.commit_batch(&write, shared.clock.now()).await {
+        // A commit cut off by a network partition would otherwise wait for TCP to give up
+        // (many minutes) before its retry; the retry is safe (`WriteBatch::retry`).
+        let committed = tokio::time::timeout(
+            commit_timeout,
+            shared.store.commit_batch(&write, shared.clock.now()),
+        )
+        .await
+        .unwrap_or(Err(StoreError::Unanswered(commit_timeout)));
+        match committed {
             Ok(outcome) => {
                 shared.registry.mark_quarantined(quarantined);
                 telemetry::batch_committed(batch.len(), started.elapsed(), &outcome);
@@ -458,6 +473,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
         write: WriteBatch {
             items,
             dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
+            retry: false,
         },
         quarantined,
     }

@@ -68,6 +68,10 @@ pub struct WriteBatch {
     /// How long `(device, seq, ts)` keys, and the payload keys a broker-flagged copy is
     /// matched against, are kept.
     pub dedup_window: Duration,
+    /// An earlier attempt to commit these same messages failed — and may have committed
+    /// anyway (a connection lost after COMMIT was sent). A payload key then counts as new
+    /// only if the row it finds is not this very message's (same receive time).
+    pub retry: bool,
 }
 
 /// Whether an event is new whatever the dedup table says: without `seq` or `ts` nothing but
@@ -76,6 +80,26 @@ pub struct WriteBatch {
 /// looked up. Its key is still written, for such a copy to find.
 fn new_by_transport(event: &Event) -> bool {
     matches!(event.dedup_key, DedupKey::Payload(_)) && !event.redelivered
+}
+
+/// When a dedup row no longer stands in the way of a new event with its key: its validity
+/// ended, its retention ended (a broker-flagged copy), or — retrying a batch — it was written
+/// at another receive time than this event's (it is not this message's own earlier attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Horizon {
+    ValidUntil,
+    ExpiresAt,
+    OtherReceipt,
+}
+
+impl Horizon {
+    fn condition(self) -> &'static str {
+        match self {
+            Horizon::ValidUntil => "dedup.valid_until < excluded.seen_at",
+            Horizon::ExpiresAt => "dedup.expires_at < excluded.seen_at",
+            Horizon::OtherReceipt => "dedup.seen_at <> excluded.seen_at",
+        }
+    }
 }
 
 /// What happened to an alert in a batch, for the live feed and metrics.
@@ -118,8 +142,8 @@ impl Store {
 
         // Unique (device, key) pairs with their expiry; a pair twice in one statement would
         // make PostgreSQL's ON CONFLICT DO UPDATE fail, and is a duplicate anyway.
-        // (device, key, seen, valid_until, expires, matched against expires_at)
-        let mut keys: Vec<(String, String, i64, i64, i64, bool)> = Vec::new();
+        // (device, key, seen, valid_until, expires, when an existing row gives way)
+        let mut keys: Vec<(String, String, i64, i64, i64, Horizon)> = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut devices: HashMap<&str, i64> = HashMap::new();
         for item in &batch.items {
@@ -127,11 +151,14 @@ impl Store {
                 let received = to_millis(event.received_at);
                 // A payload key is valid for nothing by itself (the next identical press is a
                 // press); only a DUP-flagged copy matches it, for the whole dedup window.
-                let (valid, by_expiry) = match event.dedup_key {
-                    DedupKey::Device(_) => {
-                        (to_millis(event.received_at + batch.dedup_window), false)
-                    }
-                    DedupKey::Payload(_) => (received, event.redelivered),
+                let (valid, horizon) = match event.dedup_key {
+                    DedupKey::Device(_) => (
+                        to_millis(event.received_at + batch.dedup_window),
+                        Horizon::ValidUntil,
+                    ),
+                    DedupKey::Payload(_) if event.redelivered => (received, Horizon::ExpiresAt),
+                    DedupKey::Payload(_) if batch.retry => (received, Horizon::OtherReceipt),
+                    DedupKey::Payload(_) => (received, Horizon::ValidUntil),
                 };
                 if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {
                     keys.push((
@@ -140,7 +167,7 @@ impl Store {
                         received,
                         valid,
                         to_millis(event.received_at + batch.dedup_window),
-                        by_expiry,
+                        horizon,
                     ));
                 }
                 let last = devices.entry(&event.device_id).or_insert(received);
@@ -158,8 +185,8 @@ impl Store {
             //    hash the broker flagged DUP matches for the whole dedup window (a redelivery
             //    after a long outage); an unflagged one is new whatever the table holds.
             let mut fresh: HashSet<(String, String)> = HashSet::new();
-            let (flagged, plain_keys): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k.5);
-            for (rows, horizon) in [(plain_keys, "valid_until"), (flagged, "expires_at")] {
+            for horizon in [Horizon::ValidUntil, Horizon::ExpiresAt, Horizon::OtherReceipt] {
+                let rows: Vec<_> = keys.iter().filter(|k| k.5 == horizon).collect();
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, valid_until, expires_at) ");
                     q.push_values(chunk, |mut b, (d, k, seen, valid, exp, _)| {
@@ -167,10 +194,10 @@ impl Store {
                     });
                     q.push(
                         " ON CONFLICT (device_id, key) DO UPDATE SET seen_at = excluded.seen_at, valid_until = excluded.valid_until, \
-                         expires_at = excluded.expires_at WHERE dedup.",
+                         expires_at = excluded.expires_at WHERE ",
                     )
-                    .push(horizon)
-                    .push(" < excluded.seen_at RETURNING device_id, key");
+                    .push(horizon.condition())
+                    .push(" RETURNING device_id, key");
                     for row in q.build().fetch_all(&mut *tx).await? {
                         fresh.insert((row.try_get("device_id")?, row.try_get("key")?));
                     }
@@ -201,8 +228,18 @@ impl Store {
                         rejected.push((rejection, origin.as_str(), to_millis(*received_at)));
                     }
                     WriteItem::Event { event, hits } => {
-                        let new = fresh.remove(&(event.device_id.clone(), event.dedup_key.as_str().to_owned()))
-                            || new_by_transport(event);
+                        let key = (event.device_id.clone(), event.dedup_key.as_str().to_owned());
+                        let new = if !new_by_transport(event) {
+                            // One copy of a device key in a batch is the event; the others
+                            // are its retransmits.
+                            fresh.remove(&key)
+                        } else if batch.retry {
+                            // Identical payloads in one batch are each a press: they share
+                            // one verdict, "was this batch committed before?".
+                            fresh.contains(&key)
+                        } else {
+                            true
+                        };
                         if !new {
                             out.duplicates += 1;
                             // A redelivery goes on the timeline of what it would have counted on,

@@ -52,6 +52,9 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not answer in time (the request was abandoned).
+    #[error("the database did not answer within {0:?}")]
+    Unanswered(std::time::Duration),
 }
 
 /// A connection pool of either backend.
