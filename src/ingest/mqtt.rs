@@ -187,12 +187,12 @@ struct PollError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum V5Refusal {
     /// CONNACK reason code 0x84 "Unsupported Protocol Version" (MQTT 5.0 §3.2.2.2), or a
-    /// CONNACK that does not parse as MQTT 5: a 3.1.1 broker answers with its own 4-byte
-    /// CONNACK, return code 0x01 "unacceptable protocol version" (MQTT 3.1.1 §3.2.2.3).
+    /// packet in answer to CONNECT that does not parse as MQTT 5.
     Explicit,
-    /// The connection closed after the TCP connect and before any CONNACK. MQTT 3.1.1
-    /// §3.1.2.2 [MQTT-3.1.2-2] has a broker answer an unsupported level with CONNACK 0x01 and
-    /// close; nats-server 2.9 closes without a CONNACK rumqttc can read.
+    /// The connection closed after the TCP connect and before any CONNACK. A 3.1.1 broker
+    /// answers an unsupported level with CONNACK 0x01 and closes (MQTT 3.1.1 §3.1.2.2,
+    /// [MQTT-3.1.2-2]); rumqttc 0.25.1 reads that 4-byte CONNACK as an incomplete MQTT 5 one,
+    /// so it shows as this close (tests/broker_fallback.rs), as does nats-server 2.9's answer.
     Closed,
 }
 
