@@ -350,3 +350,51 @@ async fn a_broker_that_refuses_mqtt_5_gets_3_1_1_by_itself_logged_once() {
     .await;
     assert_eq!(e.log().matches(FALLBACK).count(), 1, "log:\n{}", e.log());
 }
+
+/// nats-server sends a held message again every `ack_wait` (10 s in the shipped config) on
+/// the same connection. During a database outage the engine holds every ack, so it receives
+/// copies; once the database is back each press is stored and counted once.
+#[tokio::test]
+async fn nats_copies_of_held_messages_during_a_database_outage_are_counted_once() {
+    let Some(admin) = service_url("ANXIN_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let broker = Broker::start(BrokerKind::Nats).await;
+    let db = TempDb::create(&admin).await;
+    let proxy = Proxy::start(pg_upstream(&admin)).await;
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(broker.url()),
+        store_url: Some(db.url_via(proxy.port)),
+        ..Default::default()
+    })
+    .await;
+    proxy.cut();
+    let (devices, n) = (30, 300);
+    let msgs = (0..n)
+        .map(|i| {
+            (
+                e.topic(&format!("o{}", i % devices)),
+                format!(r#"{{"type":"sos","seq":{}}}"#, i / devices + 1),
+            )
+        })
+        .collect();
+    common::publish_many(broker.port(), msgs).await;
+    // Every message once, then again after ack_wait: the copies are on the wire.
+    e.wait_metric("anxin_mqtt_messages_received_total", (2 * n) as f64)
+        .await;
+    assert_eq!(e.metric("anxin_mqtt_messages_acked_total").await, 0.0);
+
+    proxy.restore();
+    let store = Store::connect(&db.url, 1).await.unwrap();
+    poll("every press stored", || async {
+        (store.count(Table::Events).await.unwrap() >= n).then_some(())
+    })
+    .await;
+    flush_device(&e, "o0", (n / devices + 1) as u32).await;
+    assert_eq!(store.count(Table::Events).await.unwrap(), n + 1);
+    let alerts = e.alerts("kind=sos&limit=100").await;
+    assert_eq!(alerts.len(), devices as usize);
+    let presses: i64 = alerts.iter().map(|a| a["count"].as_i64().unwrap()).sum();
+    assert_eq!(presses, n, "a copy was counted as a press");
+    store.close().await;
+}
