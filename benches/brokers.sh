@@ -48,6 +48,7 @@ broker_start() { # $1 kind, $2 directory
             { [ -n "${NATS_OVERRIDE:-}" ] && printf '%b\n' "$NATS_OVERRIDE"
               awk -v port="$BROKER_PORT" -v store="$BROKER_DIR/store" '
                 { t = $0; sub(/^[ \t]+/, "", t) }
+                t ~ /^#/ { print; next }
                 t ~ /^listen:/ && depth == 0 { print "listen: 127.0.0.1:-1"; next }
                 t ~ /^listen:/ && block == "mqtt" { print "listen: 127.0.0.1:" port; next }
                 t ~ /^store_dir:/ && block == "jetstream" { print "store_dir: \"" store "\""; next }

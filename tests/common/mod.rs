@@ -698,7 +698,9 @@ fn nats_conf(shipped: &str, mqtt_port: u16, store: &Path) -> String {
             }
             _ => line.to_owned(),
         };
-        if let Some(name) = t.strip_suffix('{') {
+        if t.starts_with('#') {
+            // A comment never opens or closes a block.
+        } else if let Some(name) = t.strip_suffix('{') {
             block.push(name.trim().to_owned());
         } else if t == "}" {
             block.pop();
