@@ -3,7 +3,9 @@
 //! port), PostgreSQL (a database per test, reached through a proxy the test can cut), SIGKILL
 //! and SIGTERM of the real binary and of the broker.
 //!
-//! Every black-box durability test runs once per broker: `NAME::mosquitto` and `NAME::nats`.
+//! The data-path tests run once per broker (`NAME::mosquitto`, `NAME::nats`); the `nats_*` ones
+//! check what only nats-server promises (a broker kill -9 loses nothing) or does (redelivery
+//! every `ack_wait`); the last one uses the machine's shared Mosquitto.
 
 mod common;
 
