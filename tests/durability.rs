@@ -5,7 +5,7 @@
 //!
 //! The data-path tests run once per broker (`NAME::mosquitto`, `NAME::nats`); the `nats_*` ones
 //! check what only nats-server promises (a broker kill -9 loses nothing) or does (redelivery
-//! every `ack_wait`); the last one uses the machine's shared Mosquitto.
+//! every `ack_wait`); `alarms_flow_through_the_shared_mosquitto_…` uses the machine's own Mosquitto.
 
 mod common;
 
