@@ -1,47 +1,45 @@
 #!/usr/bin/env bash
 # End-to-end load measurement for BENCHMARKS.md:
-#   anxin-sim → Mosquitto (the shipped config/mosquitto.conf, private, on a free port)
+#   anxin-sim → broker (BROKER=mosquitto: the shipped config/mosquitto.conf; BROKER=nats:
+#               nats-server with JetStream from config/nats-server.conf; private, on a free port)
 #             → anxin (ack after commit) → PostgreSQL (a fresh database per run).
 # For each MQTT version it measures, on the same broker and payloads:
 #   - the backlog drain rate of a bare rumqttc subscriber that acks on receipt (the baseline),
 #   - the backlog drain rate of the engine (first receive → last commit, from the database),
 # and, with the engine live, the publish → commit latency (device ts → committed_at) at the
 # highest publisher rate and at a fixed rate. It also checks events stored = published and
-# per-device order. Usage: benches/load.sh  (env: COUNT, DEVICES, RATE, ANXIN_TEST_POSTGRES_URL)
+# per-device order. Usage: benches/load.sh  (env: BROKER, COUNT, DEVICES, RATE, PROTOS,
+# ANXIN_TEST_POSTGRES_URL). nats-server speaks MQTT 3.1.1 only: with BROKER=nats only protocol 4
+# is measured and the engine's live runs reach it through its 3.1.1 fallback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BROKER=${BROKER:-mosquitto}
 COUNT=${COUNT:-50000}
 DEVICES=${DEVICES:-1000}
 RATE=${RATE:-2000}
 PG_ADMIN=${ANXIN_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_BASE=${PG_ADMIN%/*}
 
-cargo build --release -q
-SIM=target/release/anxin-sim
+. benches/brokers.sh
+bench_bins
 # ANXIN_BIN: another engine binary to measure with the same script (e.g. an older build).
-ANXIN=${ANXIN_BIN:-target/release/anxin}
+ANXIN=${ANXIN_BIN:-$ANXIN}
 tmp=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cleanup() {
     [ -n "${ENGINE_PID:-}" ] && kill "$ENGINE_PID" 2>/dev/null || true
-    [ -n "${MQ_PID:-}" ] && kill "$MQ_PID" 2>/dev/null || true
+    broker_stop
     for db in $DBS; do psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
     rm -rf "$tmp"
 }
 DBS=""
 trap cleanup EXIT
 
-MQ_PORT=$(free_port)
-sed -e "s#^listener .*#listener $MQ_PORT 127.0.0.1#" -e "s#^persistence_location .*#persistence_location $tmp/#" \
-    config/mosquitto.conf > "$tmp/mosquitto.conf"
-[ "$(id -u)" = 0 ] && echo "user root" >> "$tmp/mosquitto.conf"
-# MOSQ_OVERRIDE: extra lines for experiments (e.g. "autosave_interval 1800"); later lines win.
-[ -n "${MOSQ_OVERRIDE:-}" ] && printf '%b\n' "$MOSQ_OVERRIDE" >> "$tmp/mosquitto.conf"
-mosquitto -c "$tmp/mosquitto.conf" 2> "$tmp/mosquitto.log" &
-MQ_PID=$!
-sleep 0.5
+# MOSQ_OVERRIDE / NATS_OVERRIDE: extra lines for experiments (e.g. "autosave_interval 1800").
+broker_start "$BROKER" "$tmp/broker"
+MQ_PORT=$BROKER_PORT
 MQ_URL="mqtt://127.0.0.1:$MQ_PORT"
-echo "mosquitto $(mosquitto -h | sed -n 1p | awk '{print $3}') on $MQ_PORT (shipped config); $COUNT messages, $DEVICES devices"
+echo "$(broker_version "$BROKER") on $MQ_PORT (shipped config); $COUNT messages, $DEVICES devices"
+[ "$BROKER" = nats ] && PROTOS=${PROTOS:-4}
 
 new_db() {
     local db="anxin_bench_$RANDOM$RANDOM"
@@ -86,7 +84,7 @@ report() { # $1 url, $2 label
 }
 
 for proto in ${PROTOS:-5 4}; do
-    window=$([ $proto = 5 ] && echo "Receive Maximum 1000" || echo "Mosquitto's 3.1.1 window (max_inflight_messages 20)")
+    window=$([ $proto = 5 ] && echo "Receive Maximum 1000" || { [ "$BROKER" = nats ] && echo "nats-server's max_ack_pending 1000 per subscription" || echo "Mosquitto's 3.1.1 window (max_inflight_messages 20)"; })
     echo "== MQTT $proto, $window =="
     # Each phase has its own topic root, so the persistent sessions of earlier phases (which
     # stay subscribed) do not make the broker queue this phase's messages for them too.
@@ -117,6 +115,7 @@ for rate in ${LIVE_RATES:-0 $RATE}; do
     report "$url" "engine live, --rate $rate"
     stop_engine
 done
+[ "$BROKER" = nats ] && exit 0 # the embedded broker does not depend on BROKER
 echo "== embedded rumqttd (its fixed window of 100 is enforced), live =="
 EMB=$(free_port)
 ROOT="emb-$$/v1"
@@ -126,4 +125,4 @@ $SIM --url "mqtt://127.0.0.1:$EMB" --topic-root "$ROOT" load --devices "$DEVICES
 wait_events "$url" "$COUNT"
 report "$url" "engine live, embedded broker"
 stop_engine
-grep -h "Outgoing messages are being dropped" "$tmp/mosquitto.log" | head -3 || true
+grep -h "Outgoing messages are being dropped" "$tmp/broker/broker.log" | head -3 || true

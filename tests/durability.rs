@@ -1,14 +1,36 @@
-//! The guarantees that need real, external parts: Mosquitto started from the shipped config
-//! (private to each test, on a free port), PostgreSQL (a database per test, reached through a
-//! proxy the test can cut), SIGKILL and SIGTERM of the real binary.
+//! The guarantees that need real, external parts: each production broker started from its
+//! shipped config (Mosquitto and nats-server with JetStream, private to each test, on a free
+//! port), PostgreSQL (a database per test, reached through a proxy the test can cut), SIGKILL
+//! and SIGTERM of the real binary and of the broker.
+//!
+//! The data-path tests run once per broker (`NAME::mosquitto`, `NAME::nats`); the `nats_*` ones
+//! check what only nats-server promises (a broker kill -9 loses nothing) or does (redelivery
+//! every `ack_wait`); `alarms_flow_through_the_shared_mosquitto_…` uses the machine's own Mosquitto.
 
 mod common;
 
 use std::net::SocketAddr;
 
 use anxin::store::{Store, Table};
-use common::{Engine, EngineOpts, Mosquitto, Proxy, TempDb, poll, service_url};
+use common::{Broker, BrokerKind, Engine, EngineOpts, Proxy, TempDb, poll, service_url};
 use serde_json::Value;
+
+/// Runs the `async fn NAME(kind: BrokerKind)` above it as `NAME::mosquitto` and `NAME::nats`.
+macro_rules! on_both_brokers {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn mosquitto() {
+                super::$name(super::BrokerKind::Mosquitto).await
+            }
+
+            #[tokio::test]
+            async fn nats() {
+                super::$name(super::BrokerKind::Nats).await
+            }
+        }
+    };
+}
 
 fn pg_upstream(admin: &str) -> SocketAddr {
     let rest = admin.split_once("://").unwrap().1;
@@ -35,12 +57,13 @@ async fn flush_device(e: &Engine, device: &str, seq: u32) {
         .await;
 }
 
-#[tokio::test]
-async fn an_sos_during_a_database_outage_survives_sigkill_and_raises_exactly_one_alert() {
+async fn an_sos_during_a_database_outage_survives_sigkill_and_raises_exactly_one_alert(
+    kind: BrokerKind,
+) {
     let Some(admin) = service_url("ANXIN_TEST_POSTGRES_URL") else {
         return;
     };
-    let mq = Mosquitto::start().await;
+    let mq = Broker::start(kind).await;
     let db = TempDb::create(&admin).await;
     let proxy = Proxy::start(pg_upstream(&admin)).await;
     let mut e = Engine::start(EngineOpts {
@@ -77,11 +100,11 @@ async fn an_sos_during_a_database_outage_survives_sigkill_and_raises_exactly_one
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["count"], 1);
 }
+on_both_brokers!(an_sos_during_a_database_outage_survives_sigkill_and_raises_exactly_one_alert);
 
 #[cfg(feature = "test-hooks")]
-#[tokio::test]
-async fn sigkill_between_receipt_and_commit_loses_nothing_and_duplicates_nothing() {
-    let mq = Mosquitto::start().await;
+async fn sigkill_between_receipt_and_commit_loses_nothing_and_duplicates_nothing(kind: BrokerKind) {
+    let mq = Broker::start(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("holding");
     let mut e = Engine::start(EngineOpts {
@@ -114,10 +137,11 @@ async fn sigkill_between_receipt_and_commit_loses_nothing_and_duplicates_nothing
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["count"], 1);
 }
+#[cfg(feature = "test-hooks")]
+on_both_brokers!(sigkill_between_receipt_and_commit_loses_nothing_and_duplicates_nothing);
 
-#[tokio::test]
-async fn sigterm_commits_what_was_received_and_sends_the_owed_acks() {
-    let mq = Mosquitto::start().await;
+async fn sigterm_commits_what_was_received_and_sends_the_owed_acks(kind: BrokerKind) {
+    let mq = Broker::start(kind).await;
     let mut e = Engine::start(EngineOpts {
         mqtt_url: Some(mq.url()),
         ..Default::default()
@@ -132,7 +156,7 @@ async fn sigterm_commits_what_was_received_and_sends_the_owed_acks() {
             )
         })
         .collect();
-    common::publish_many(mq.port, msgs).await;
+    common::publish_many(mq.port(), msgs).await;
     e.wait_metric("anxin_mqtt_messages_received_total", 1.0)
         .await;
     assert_eq!(e.terminate(), Some(0), "log:\n{}", e.log());
@@ -155,13 +179,15 @@ async fn sigterm_commits_what_was_received_and_sends_the_owed_acks() {
         "an owed ack was not sent"
     );
 }
+on_both_brokers!(sigterm_commits_what_was_received_and_sends_the_owed_acks);
 
-#[tokio::test]
-async fn mixed_load_through_mosquitto_into_postgres_keeps_every_event_in_device_order() {
+async fn mixed_load_through_the_broker_into_postgres_keeps_every_event_in_device_order(
+    kind: BrokerKind,
+) {
     let Some(admin) = service_url("ANXIN_TEST_POSTGRES_URL") else {
         return;
     };
-    let mq = Mosquitto::start().await;
+    let mq = Broker::start(kind).await;
     let db = TempDb::create(&admin).await;
     let e = Engine::start(EngineOpts {
         mqtt_url: Some(mq.url()),
@@ -191,7 +217,7 @@ async fn mixed_load_through_mosquitto_into_postgres_keeps_every_event_in_device_
             )
         })
         .collect();
-    common::publish_many(mq.port, msgs).await;
+    common::publish_many(mq.port(), msgs).await;
     let store = Store::connect(&db.url, 2).await.unwrap();
     poll("every event stored", || async {
         (store.count(Table::Events).await.unwrap() >= n).then_some(())
@@ -207,6 +233,7 @@ async fn mixed_load_through_mosquitto_into_postgres_keeps_every_event_in_device_
     assert_eq!(last.len() as i64, devices);
     store.close().await;
 }
+on_both_brokers!(mixed_load_through_the_broker_into_postgres_keeps_every_event_in_device_order);
 
 /// The machine's own Mosquitto (`ANXIN_TEST_MQTT_URL`), over MQTT 5 and over 3.1.1, into
 /// PostgreSQL: the production shape of the data path.
@@ -252,4 +279,124 @@ async fn alarms_flow_through_the_shared_mosquitto_into_postgres_over_both_protoc
         );
         assert_eq!(e.terminate(), Some(0));
     }
+}
+
+/// The measurement of BENCHMARKS.md "Broker crash", as a test for the broker that must pass
+/// it: 5 000 SOS from 250 devices, published and acknowledged while the engine is stopped,
+/// then nats-server is SIGKILLed and restarted: every one reaches the store, none twice.
+#[tokio::test]
+async fn nats_kill_9_with_a_backlog_loses_no_acknowledged_sos() {
+    let mut broker = Broker::start(BrokerKind::Nats).await;
+    let mut e = Engine::start(EngineOpts {
+        mqtt_url: Some(broker.url()),
+        ..Default::default()
+    })
+    .await;
+    // The engine's persistent session and subscriptions now exist; from here the broker alone
+    // holds what devices send.
+    assert_eq!(e.terminate(), Some(0), "log:\n{}", e.log());
+    let (devices, n) = (250, 5_000);
+    let msgs = (0..n)
+        .map(|i| {
+            (
+                e.topic(&format!("c{}", i % devices)),
+                format!(r#"{{"type":"sos","seq":{}}}"#, i / devices + 1),
+            )
+        })
+        .collect();
+    common::publish_many(broker.port(), msgs).await;
+    broker.kill_and_restart().await;
+
+    e.spawn(&[]);
+    e.wait_ready().await;
+    let store = Store::connect(&format!("sqlite://{}/anxin.db", e.dir.path().display()), 1)
+        .await
+        .unwrap();
+    poll("every acknowledged SOS stored", || async {
+        (store.count(Table::Events).await.unwrap() >= n).then_some(())
+    })
+    .await;
+    for d in [0, devices - 1] {
+        flush_device(&e, &format!("c{d}"), (n / devices + 1) as u32).await;
+    }
+    assert_eq!(store.count(Table::Events).await.unwrap(), n + 2);
+    assert_eq!(store.count(Table::Alerts).await.unwrap(), devices);
+    assert_eq!(e.metric("anxin_ingest_duplicates_total").await, 0.0);
+}
+
+/// nats-server speaks MQTT 3.1.1 only. With the shipped engine config (MQTT 5) the engine
+/// falls back by itself, says so once, and stays on 3.1.1 across a broker restart.
+#[tokio::test]
+async fn a_broker_that_refuses_mqtt_5_gets_3_1_1_by_itself_logged_once() {
+    const FALLBACK: &str = "The broker refused MQTT 5; reconnecting with MQTT 3.1.1";
+    let mut broker = Broker::start(BrokerKind::Nats).await;
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(broker.url()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.log().matches(FALLBACK).count(), 1, "log:\n{}", e.log());
+    e.publish("f1", r#"{"type":"sos","seq":1}"#);
+    poll("the SOS over 3.1.1", || async {
+        sos_alerts(&e, "f1").await.into_iter().next()
+    })
+    .await;
+
+    broker.kill_and_restart().await;
+    e.wait_metric("anxin_mqtt_connects_total", 2.0).await;
+    e.wait_ready().await;
+    e.publish("f2", r#"{"type":"sos","seq":1}"#);
+    poll("the SOS after the broker restart", || async {
+        sos_alerts(&e, "f2").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(e.log().matches(FALLBACK).count(), 1, "log:\n{}", e.log());
+}
+
+/// nats-server sends a held message again every `ack_wait` (10 s in the shipped config) on
+/// the same connection. During a database outage the engine holds every ack, so it receives
+/// copies; once the database is back each press is stored and counted once.
+#[tokio::test]
+async fn nats_copies_of_held_messages_during_a_database_outage_are_counted_once() {
+    let Some(admin) = service_url("ANXIN_TEST_POSTGRES_URL") else {
+        return;
+    };
+    let broker = Broker::start(BrokerKind::Nats).await;
+    let db = TempDb::create(&admin).await;
+    let proxy = Proxy::start(pg_upstream(&admin)).await;
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(broker.url()),
+        store_url: Some(db.url_via(proxy.port)),
+        ..Default::default()
+    })
+    .await;
+    proxy.cut();
+    let (devices, n) = (30, 300);
+    let msgs = (0..n)
+        .map(|i| {
+            (
+                e.topic(&format!("o{}", i % devices)),
+                format!(r#"{{"type":"sos","seq":{}}}"#, i / devices + 1),
+            )
+        })
+        .collect();
+    common::publish_many(broker.port(), msgs).await;
+    // Every message once, then again after ack_wait: the copies are on the wire.
+    e.wait_metric("anxin_mqtt_messages_received_total", (2 * n) as f64)
+        .await;
+    assert_eq!(e.metric("anxin_mqtt_messages_acked_total").await, 0.0);
+
+    proxy.restore();
+    let store = Store::connect(&db.url, 1).await.unwrap();
+    poll("every press stored", || async {
+        (store.count(Table::Events).await.unwrap() >= n).then_some(())
+    })
+    .await;
+    flush_device(&e, "o0", (n / devices + 1) as u32).await;
+    assert_eq!(store.count(Table::Events).await.unwrap(), n + 1);
+    let alerts = e.alerts("kind=sos&limit=100").await;
+    assert_eq!(alerts.len(), devices as usize);
+    let presses: i64 = alerts.iter().map(|a| a["count"].as_i64().unwrap()).sum();
+    assert_eq!(presses, n, "a copy was counted as a press");
+    store.close().await;
 }

@@ -122,11 +122,11 @@ impl Client {
 }
 
 impl EventLoop {
-    async fn poll(&mut self) -> Result<Polled, String> {
+    async fn poll(&mut self) -> Result<Polled, PollError> {
         match self {
             EventLoop::V4(el) => {
                 use rumqttc::{Event, Incoming, Outgoing};
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                Ok(match el.poll().await.map_err(PollError::other)? {
                     Event::Incoming(Incoming::ConnAck(c)) => Polled::ConnAck {
                         session_present: c.session_present,
                     },
@@ -151,7 +151,7 @@ impl EventLoop {
                 use rumqttc::Outgoing;
                 use rumqttc::v5::Event;
                 use v5b::Packet;
-                Ok(match el.poll().await.map_err(|e| e.to_string())? {
+                Ok(match el.poll().await.map_err(PollError::v5)? {
                     Event::Incoming(Packet::ConnAck(c)) => Polled::ConnAck {
                         session_present: c.session_present,
                     },
@@ -181,6 +181,118 @@ impl EventLoop {
             EventLoop::V4(el) => el.clean(),
             EventLoop::V5(el) => el.clean(),
         }
+    }
+}
+
+/// A failed `poll()`: what to log and, on an MQTT 5 client, whether it looks like the broker
+/// turning the protocol version down.
+#[derive(Debug)]
+struct PollError {
+    message: String,
+    refusal: Option<V5Refusal>,
+}
+
+/// How a broker answered an MQTT 5 CONNECT it does not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum V5Refusal {
+    /// CONNACK reason code 0x84 "Unsupported Protocol Version" (MQTT 5.0 §3.2.2.2), or a
+    /// packet in answer to CONNECT that does not parse as MQTT 5.
+    Explicit,
+    /// The connection closed after the TCP connect and before any CONNACK. A 3.1.1 broker
+    /// answers an unsupported level with CONNACK 0x01 and closes (MQTT 3.1.1 §3.1.2.2,
+    /// [MQTT-3.1.2-2]); rumqttc 0.25.1 reads that 4-byte CONNACK as an incomplete MQTT 5 one,
+    /// so it shows as this close (tests/broker_fallback.rs), as does nats-server 2.9's answer.
+    Closed,
+}
+
+impl PollError {
+    fn other(e: impl std::fmt::Display) -> PollError {
+        PollError {
+            message: e.to_string(),
+            refusal: None,
+        }
+    }
+
+    fn v5(e: rumqttc::v5::ConnectionError) -> PollError {
+        use rumqttc::v5::{ConnectionError as C, StateError as S};
+        use std::io::ErrorKind as K;
+        // Only kinds that mean "the peer hung up": a refused or timed-out TCP connect says
+        // nothing about the protocol version.
+        let hung_up = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
+            )
+        };
+        let refusal = match &e {
+            C::ConnectionRefused(v5b::ConnectReturnCode::UnsupportedProtocolVersion)
+            | C::MqttState(S::Deserialization(_)) => Some(V5Refusal::Explicit),
+            C::MqttState(S::ConnectionAborted) => Some(V5Refusal::Closed),
+            C::MqttState(S::Io(io)) | C::Io(io) if hung_up(io) => Some(V5Refusal::Closed),
+            _ => None,
+        };
+        PollError {
+            message: e.to_string(),
+            refusal,
+        }
+    }
+}
+
+impl std::fmt::Display for PollError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What is needed to reconnect over MQTT 3.1.1 when the broker turns MQTT 5 down
+/// (nats-server speaks 3.1.1 only): a production broker works with no config edit.
+struct V4Fallback {
+    cfg: MqttConfig,
+    filters: watch::Receiver<Vec<String>>,
+    client_id: String,
+    host: String,
+    port: u16,
+    window: usize,
+    /// TLS towards the broker, kept for the 3.1.1 client.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// MQTT 5 connections closed in answer to CONNECT, in a row.
+    closed: u32,
+}
+
+impl V4Fallback {
+    /// A broker that is going down also closes a fresh connection before CONNACK, so a close
+    /// counts only when it repeats; an explicit refusal counts at once.
+    const CLOSES_BEFORE_FALLBACK: u32 = 2;
+
+    /// Whether `e`, on an MQTT 5 client that never got a CONNACK, means "not MQTT 5".
+    fn refused(&mut self, e: &PollError) -> bool {
+        match e.refusal {
+            Some(V5Refusal::Explicit) => true,
+            Some(V5Refusal::Closed) => {
+                self.closed += 1;
+                self.closed >= Self::CLOSES_BEFORE_FALLBACK
+            }
+            None => {
+                self.closed = 0;
+                false
+            }
+        }
+    }
+
+    /// The MQTT 3.1.1 client, built by [`MqttIngest::new`] itself so it gets the same client
+    /// id, persistent session (clean session off), packet limit and queue sizes.
+    fn connect(self) -> (Client, EventLoop) {
+        let v4 = MqttIngest::new(
+            &self.cfg,
+            self.filters,
+            &self.client_id,
+            &self.host,
+            self.port,
+            false,
+            self.window,
+            self.tls,
+        );
+        (v4.client, v4.eventloop)
     }
 }
 
@@ -269,6 +381,8 @@ pub struct MqttIngest {
     pub window: usize,
     /// Told of every CONNACK (broker session loss).
     session: Option<Arc<SessionWatch>>,
+    /// Set on an MQTT 5 client until its first CONNACK.
+    fallback: Option<V4Fallback>,
 }
 
 impl MqttIngest {
@@ -289,6 +403,7 @@ impl MqttIngest {
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> MqttIngest {
         let login = login(cfg);
+        let fallback_tls = tls.clone();
         let transport = tls.map(|c| rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(c)));
         let keep_alive = Duration::from_secs(cfg.keep_alive_secs);
         // The request channel carries acks and subscribes; room for the whole window keeps the
@@ -327,6 +442,16 @@ impl MqttIngest {
             let (c, el) = rumqttc::AsyncClient::new(o, window_if_v4 * 2 + 64);
             (Client::V4(c), EventLoop::V4(Box::new(el)), window_if_v4)
         };
+        let fallback = v5.then(|| V4Fallback {
+            cfg: cfg.clone(),
+            filters: filters.clone(),
+            client_id: client_id.to_owned(),
+            host: host.to_owned(),
+            port,
+            window,
+            tls: fallback_tls,
+            closed: 0,
+        });
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         let conn = Arc::new(ConnState::default());
         *conn.generation.lock().unwrap_or_else(|e| e.into_inner()) = 1;
@@ -344,6 +469,7 @@ impl MqttIngest {
             max_backoff: Duration::from_millis(cfg.reconnect_max_backoff_ms),
             window,
             session: None,
+            fallback,
         }
     }
 
@@ -373,7 +499,7 @@ impl MqttIngest {
         grace: Duration,
     ) {
         let MqttIngest {
-            client,
+            mut client,
             mut eventloop,
             acks_rx,
             sink,
@@ -381,6 +507,7 @@ impl MqttIngest {
             mut filters,
             max_backoff,
             session,
+            mut fallback,
             ..
         } = self;
         // Subscriptions sent on this connection and not yet acknowledged, in order (a broker
@@ -390,7 +517,9 @@ impl MqttIngest {
         let mut filters_open = true;
         let canonical = wanted.first().cloned().unwrap_or_default();
         let released_counter = sink.clone();
-        let ack_task = tokio::spawn(run_acks(client.clone(), acks_rx, conn.clone()));
+        // The ack task follows the client through an MQTT 3.1.1 fallback.
+        let (client_tx, client_rx) = watch::channel(client.clone());
+        let ack_task = tokio::spawn(run_acks(client_rx, acks_rx, conn.clone()));
         let mut pipeline = Some(pipeline);
         let mut backoff = Duration::from_millis(100);
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -448,6 +577,10 @@ impl MqttIngest {
                     }
                 }
             };
+            if matches!(polled, Ok(Polled::ConnAck { .. })) {
+                // Connected: from now on a close is a connection error, never a refusal.
+                fallback = None;
+            }
             match polled {
                 Ok(Polled::ConnAck { session_present }) => {
                     backoff = Duration::from_millis(100);
@@ -532,6 +665,18 @@ impl MqttIngest {
                     counter!(names::MQTT_ACKED).increment(1);
                 }
                 Ok(Polled::Other) => {}
+                Err(e) if fallback.as_mut().is_some_and(|f| f.refused(&e)) => {
+                    // Nothing was received yet (no CONNACK), so no ack can be owed on the
+                    // MQTT 5 client being dropped.
+                    let Some(v4) = fallback.take() else { continue };
+                    tracing::warn!(
+                        error = %e,
+                        client_id = %v4.client_id,
+                        "The broker refused MQTT 5; reconnecting with MQTT 3.1.1, same client id and persistent session (set [mqtt] protocol = 4 to skip the attempt)"
+                    );
+                    (client, eventloop) = v4.connect();
+                    client_tx.send_replace(client.clone());
+                }
                 Err(e) => {
                     {
                         // Bump first: from here on, acks for the old connection are dropped.
@@ -598,7 +743,7 @@ fn login(cfg: &MqttConfig) -> Option<(String, String)> {
 }
 
 async fn run_acks(
-    client: Client,
+    client: watch::Receiver<Client>,
     mut rx: mpsc::UnboundedReceiver<AckToken<AckHandle>>,
     conn: Arc<ConnState>,
 ) {
@@ -612,7 +757,7 @@ async fn run_acks(
                     counter!(names::MQTT_STALE_ACKS).increment(1);
                     Some(false)
                 } else {
-                    match client.try_ack(&token.handle) {
+                    match client.borrow().try_ack(&token.handle) {
                         Ok(()) => Some(true),
                         Err(_) => None,
                     }

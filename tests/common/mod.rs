@@ -122,21 +122,8 @@ impl Mosquitto {
         }
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto is installed");
-        poll("mosquitto to listen", || async move {
-            TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
+        let child = spawn_mosquitto(&path, dir.path());
+        wait_listening("mosquitto to listen", port).await;
         Mosquitto {
             child,
             port,
@@ -148,6 +135,41 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// SIGKILL (no chance to save its in-memory state), then a start from the same config
+    /// and persistence directory, on the same port.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_mosquitto(&self._dir.path().join("mosquitto.conf"), self._dir.path());
+        wait_listening("mosquitto to listen again", self.port).await;
+    }
+}
+
+fn spawn_mosquitto(conf: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("mosquitto.log"))
+        .unwrap();
+    Command::new(mosquitto_bin())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto is installed")
+}
+
+/// Waits until something accepts TCP connections on loopback `port`.
+async fn wait_listening(what: &str, port: u16) {
+    poll(what, || async move {
+        TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
 }
 
 impl Drop for Mosquitto {
@@ -595,5 +617,168 @@ impl Engine {
     /// Removes a variable from the environment of later (re)starts.
     pub fn remove_env(&mut self, key: &str) {
         self.env.retain(|(k, _)| k != key);
+    }
+}
+
+/// A nats-server private to the test, started from the shipped `config/nats-server.conf` with
+/// only its ports (MQTT on a free port, the NATS client port picked by the server) and the
+/// JetStream store directory changed.
+pub struct Nats {
+    child: Child,
+    /// Its MQTT port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts it and waits until its MQTT listener accepts connections.
+    pub async fn start() -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats-server.conf"),
+        )
+        .unwrap();
+        let conf = nats_conf(&shipped, port, &dir.path().join("store"));
+        std::fs::write(dir.path().join("nats-server.conf"), conf).unwrap();
+        let child = spawn_nats(dir.path());
+        wait_listening("nats-server's MQTT listener", port).await;
+        Nats { child, port, dir }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then a start from the same config and store directory, on the same port.
+    pub async fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_nats(self.dir.path());
+        wait_listening("nats-server's MQTT listener again", self.port).await;
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats-server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shipped config with the MQTT port, the client port and the store directory replaced.
+/// Each must be replaced exactly once: a reshaped config file fails here, not in a mysterious
+/// way later.
+fn nats_conf(shipped: &str, mqtt_port: u16, store: &Path) -> String {
+    let mut block: Vec<String> = Vec::new();
+    let mut replaced = [0; 3];
+    let mut conf = String::new();
+    for line in shipped.lines() {
+        let t = line.trim();
+        let key = t.split([':', ' ', '=']).next().unwrap_or("");
+        let out = match (block.last().map(String::as_str), key) {
+            // -1: the server picks a free client port; the tests speak MQTT only.
+            (None, "listen") => {
+                replaced[0] += 1;
+                "listen: 127.0.0.1:-1".to_owned()
+            }
+            (Some("mqtt"), "listen") => {
+                replaced[1] += 1;
+                format!("listen: 127.0.0.1:{mqtt_port}")
+            }
+            (Some("jetstream"), "store_dir") => {
+                replaced[2] += 1;
+                format!("store_dir: {:?}", store.display().to_string())
+            }
+            _ => line.to_owned(),
+        };
+        if t.starts_with('#') {
+            // A comment never opens or closes a block.
+        } else if let Some(name) = t.strip_suffix('{') {
+            block.push(name.trim().to_owned());
+        } else if t == "}" {
+            block.pop();
+        }
+        conf.push_str(&out);
+        conf.push('\n');
+    }
+    assert_eq!(
+        replaced,
+        [1, 1, 1],
+        "config/nats-server.conf must have one top-level `listen`, one `listen` in `mqtt {{}}` and one `store_dir` in `jetstream {{}}`"
+    );
+    conf
+}
+
+fn spawn_nats(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("nats-server.log"))
+        .unwrap();
+    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nats-server");
+    Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("nats-server.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("nats-server is installed (Debian package nats-server)")
+}
+
+/// Which external broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// Mosquitto from `config/mosquitto.conf`.
+    Mosquitto,
+    /// nats-server with JetStream from `config/nats-server.conf` (MQTT 3.1.1 only).
+    Nats,
+}
+
+/// A private broker of either kind.
+pub enum Broker {
+    /// Mosquitto.
+    Mosquitto(Mosquitto),
+    /// nats-server.
+    Nats(Nats),
+}
+
+impl Broker {
+    /// Starts a private broker of `kind`.
+    pub async fn start(kind: BrokerKind) -> Broker {
+        match kind {
+            BrokerKind::Mosquitto => Broker::Mosquitto(Mosquitto::start().await),
+            BrokerKind::Nats => Broker::Nats(Nats::start().await),
+        }
+    }
+
+    /// Its MQTT port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Broker::Mosquitto(m) => m.port,
+            Broker::Nats(n) => n.port,
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
+    }
+
+    /// SIGKILL, then a restart from the same config and store, on the same port.
+    pub async fn kill_and_restart(&mut self) {
+        match self {
+            Broker::Mosquitto(m) => m.kill_and_restart().await,
+            Broker::Nats(n) => n.kill_and_restart().await,
+        }
     }
 }
