@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::tcp::Protocol;
@@ -106,7 +107,14 @@ pub struct Caps {
 
 /// The shared admission state; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Gate(Arc<Mutex<State>>);
+pub struct Gate(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken when an evicted connection has closed.
+    evicted_closed: Notify,
+}
 
 #[derive(Debug)]
 struct State {
@@ -151,14 +159,17 @@ pub struct Evicted {
 impl Gate {
     /// A gate with these limits and no connection.
     pub fn new(caps: Caps) -> Gate {
-        Gate(Arc::new(Mutex::new(State {
-            caps,
-            total: 0,
-            by_family: [0; 4],
-            by_address: HashMap::new(),
-            pending: Default::default(),
-            evicted: HashSet::new(),
-        })))
+        Gate(Arc::new(Shared {
+            state: Mutex::new(State {
+                caps,
+                total: 0,
+                by_family: [0; 4],
+                by_address: HashMap::new(),
+                pending: Default::default(),
+                evicted: HashSet::new(),
+            }),
+            evicted_closed: Notify::new(),
+        }))
     }
 
     /// The limits in force.
@@ -169,7 +180,7 @@ impl Gate {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is counters only; a panic elsewhere cannot leave it half-updated in a way
         // worse than refusing connections, so a poisoned lock is used as it is.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Admits connection `id` of `family` from `ip`, or says why not. `close` is cancelled if
@@ -235,6 +246,31 @@ impl Gate {
         ))
     }
 
+    /// Like [`Gate::admit`], but when the refusal is only because evicted connections have not
+    /// closed yet, waits up to `wait` for one of them to close and tries again. The accept loop
+    /// pauses meanwhile (the kernel's backlog holds what arrives), so a flood is shed by
+    /// eviction rather than by refusing the device that arrives in the middle of it.
+    pub async fn admit_or_wait(
+        &self,
+        family: Protocol,
+        ip: IpAddr,
+        id: u64,
+        close: CancellationToken,
+        wait: std::time::Duration,
+    ) -> Result<(Ticket, Option<Evicted>), Refusal> {
+        let closed = self.0.evicted_closed.notified();
+        tokio::pin!(closed);
+        // Registered before the check, so a close in between is not missed.
+        closed.as_mut().enable();
+        match self.admit(family, ip, id, close.clone()) {
+            Err(r) if r != Refusal::PerAddress && !self.lock().evicted.is_empty() => {
+                let _ = tokio::time::timeout(wait, closed).await;
+                self.admit(family, ip, id, close)
+            }
+            done => done,
+        }
+    }
+
     /// Connections held now: total, and per family in [`Protocol::ALL`] order.
     pub fn held(&self) -> (usize, [usize; 4]) {
         let s = self.lock();
@@ -271,7 +307,11 @@ impl Drop for Ticket {
             }
         }
         s.pending[self.family].remove(&self.id);
-        s.evicted.remove(&self.id);
+        let was_evicted = s.evicted.remove(&self.id);
+        drop(s);
+        if was_evicted {
+            self.gate.0.evicted_closed.notify_waiters();
+        }
     }
 }
 
@@ -389,6 +429,41 @@ mod tests {
         // Once the evicted connections close, the total is back at its cap.
         held.drain(..EVICTION_SLACK);
         assert_eq!(g.held().0, 5);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_while_evictions_are_closing_waits_for_one_to_close() {
+        let g = gate(100, 1, 100);
+        let (first, _) = g
+            .admit(Protocol::Watch, ip(1), 1, CancellationToken::new())
+            .unwrap();
+        // Fill the slack with evictions whose connections have not closed yet.
+        let mut evicted = vec![first];
+        for id in 2..2 + EVICTION_SLACK as u64 {
+            evicted.push(
+                g.admit(Protocol::Watch, ip(2), id, CancellationToken::new())
+                    .unwrap()
+                    .0,
+            );
+        }
+        let waiting = {
+            let g = g.clone();
+            tokio::spawn(async move {
+                g.admit_or_wait(
+                    Protocol::Watch,
+                    ip(3),
+                    1000,
+                    CancellationToken::new(),
+                    std::time::Duration::from_secs(30),
+                )
+                .await
+                .map(|(t, ev)| (t.id, ev.is_some()))
+            })
+        };
+        // One evicted connection closes: the waiting admission goes through.
+        tokio::task::yield_now().await;
+        drop(evicted.remove(0));
+        assert_eq!(waiting.await.unwrap(), Ok((1000, true)));
     }
 
     #[test]

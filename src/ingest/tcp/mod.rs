@@ -248,6 +248,11 @@ impl Downlinks {
     }
 }
 
+/// How long the accept loop waits for evicted connections to close before it refuses a new
+/// one: their tasks only need to be scheduled, so this is ample, and it bounds the pause of
+/// the listener when one is stuck (e.g. waiting for a commit).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// Numbers connections, so a closing one removes only its own downlink entry.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -287,7 +292,8 @@ pub async fn serve(
         let evict = CancellationToken::new();
         let ticket = match shared
             .gate
-            .admit(protocol, peer.ip(), conn_id, evict.clone())
+            .admit_or_wait(protocol, peer.ip(), conn_id, evict.clone(), EVICTION_WAIT)
+            .await
         {
             Ok((ticket, _)) => ticket,
             Err(why) => {
@@ -551,10 +557,19 @@ impl Connection {
             End::PipelineStopped => "pipeline stopped before commit".to_owned(),
             End::LoginTimeout => {
                 telemetry::tcp_login_timeout(family, &peer, self.limits.login_timeout);
-                format!("no device identified within {:?}", self.limits.login_timeout)
+                format!(
+                    "no device identified within {:?}",
+                    self.limits.login_timeout
+                )
             }
             End::Junk(bytes) => {
-                telemetry::tcp_junk_closed(family, &peer, device, bytes, self.limits.max_junk_bytes);
+                telemetry::tcp_junk_closed(
+                    family,
+                    &peer,
+                    device,
+                    bytes,
+                    self.limits.max_junk_bytes,
+                );
                 format!("{bytes} bytes of junk without a usable frame")
             }
             End::Evicted => {

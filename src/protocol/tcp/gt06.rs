@@ -483,7 +483,9 @@ impl std::fmt::Display for Origin {
             Origin::Jc(c) => write!(f, "0x95 event 0x{c:02X}"),
             Origin::Modular(c) => write!(f, "0x70 module 0x2B event 0x{c:02X}"),
             Origin::WifiAlarm => f.write_str("0xA9 Wi-Fi alarm frame (layout unknown)"),
-            Origin::Unreadable(t) => write!(f, "0x{t:02X} alarm packet cut short before its status"),
+            Origin::Unreadable(t) => {
+                write!(f, "0x{t:02X} alarm packet cut short before its status")
+            }
         }
     }
 }
@@ -1763,11 +1765,10 @@ fn is_alarm_packet(f: &Split) -> bool {
 fn unreadable_alarm(p: &mut Parsed, f: &Split) -> Vec<Flaw> {
     let mut flaws = Vec::new();
     if p.time.is_none()
-        && let Some(raw) = p.bad_time.clone().or_else(|| {
-            p.gps
-                .and_then(|g| g.bad_time)
-                .map(|t| t.to_vec())
-        })
+        && let Some(raw) = p
+            .bad_time
+            .clone()
+            .or_else(|| p.gps.and_then(|g| g.bad_time).map(|t| t.to_vec()))
     {
         flaws.push(Flaw::new(
             "time",
