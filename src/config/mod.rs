@@ -695,6 +695,23 @@ mod tests {
     }
 
     #[test]
+    fn the_tcp_limits_are_read_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.tcp.login_timeout_secs, 30);
+        let src =
+            "[tcp]\nlogin_timeout_secs = 0\nmax_junk_bytes = 10\nmax_connections_per_address = 5\n";
+        let p = read_engine(Path::new("anxin.toml"), src, &mut c);
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tcp.login_timeout_secs", "tcp.max_junk_bytes"]);
+        assert_eq!(c.tcp.max_connections_per_address, 5);
+        assert_eq!(
+            c.tcp.max_junk_bytes,
+            4 * 128 * 1024,
+            "a refused value keeps the default"
+        );
+    }
+
+    #[test]
     fn mqtt_targets_parse() {
         assert_eq!(
             MqttTarget::parse("embedded://127.0.0.1:1999"),
