@@ -274,7 +274,9 @@ fn tcp_gate(config: &crate::config::Config, listeners: usize) -> tcp::admission:
     let reserve = descriptor_reserve(config.store.max_connections);
     let open_files = open_files_limit();
     let total = total_cap(configured, open_files, reserve);
-    telemetry::tcp_limits(total, configured, open_files, reserve);
+    if listeners > 0 {
+        telemetry::tcp_limits(total, configured, open_files, reserve);
+    }
     Gate::new(Caps {
         per_listener: config.tcp.max_connections,
         total,

@@ -83,7 +83,8 @@ impl FrameRecord {
 }
 
 /// The recent raw frames of each device with their decode result, in memory and bounded
-/// (10 per device, 512 bytes of each), for installers checking a device.
+/// (10 per device, 512 bytes of each), for installers checking a device. Frames of a
+/// connection that has not named its device are not kept here.
 #[derive(Debug, Clone, Default)]
 pub struct FrameLog {
     map: Arc<DashMap<String, VecDeque<FrameRecord>>>,
@@ -478,13 +479,14 @@ impl Connection {
                 }
                 registered = device.clone();
             }
-            self.shared.frames.record(
-                device.as_deref().unwrap_or(&peer),
-                family,
-                received_at,
-                &frame,
-                &out,
-            );
+            // Only identified devices: keyed by peer, every connection of a flood would add a
+            // key that is never removed. An unusable frame's bytes are kept in the store's
+            // rejection record instead.
+            if let Some(d) = device.as_deref() {
+                self.shared
+                    .frames
+                    .record(d, family, received_at, &frame, &out);
+            }
             // Under `reject`, an unregistered device gets no answer — not even to its login —
             // unless the frame carries an alarm, which is committed and acked like any other.
             let refused = self.shared.registry.policy == UnknownPolicy::Reject
