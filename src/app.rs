@@ -133,7 +133,6 @@ pub async fn run(
     let tcp_tasks = TaskTracker::new();
     let limits = tcp::Limits {
         idle_timeout: Duration::from_secs(config.tcp.idle_timeout_secs),
-        max_connections: config.tcp.max_connections,
         max_frames_per_sec: config.tcp.max_frames_per_sec,
         login_timeout: Duration::from_secs(config.tcp.login_timeout_secs),
         max_junk_bytes: config.tcp.max_junk_bytes,

@@ -130,8 +130,6 @@ impl FrameLog {
 pub struct Limits {
     /// Close a connection that sent nothing for this long.
     pub idle_timeout: Duration,
-    /// Open connections allowed on this listener.
-    pub max_connections: usize,
     /// Frames per second one connection may send before its reads are paused.
     pub max_frames_per_sec: u32,
     /// Close a connection that has not identified its device this long after it opened.
