@@ -1,6 +1,6 @@
 //! Criterion benches for the hot path: decoding canonical payloads, evaluating the shipped
 //! rules, group-committing batches to SQLite (the embedded default), the 4G families'
-//! decoders and the vendor-profile mapper. Run:
+//! decoders, the vendor-profile mapper and the TCP connection admission. Run:
 //! `cargo bench --bench pipeline`. The end-to-end load figures come from `benches/load.sh`.
 
 use std::hint::black_box;
@@ -219,5 +219,79 @@ fn profiles(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode_and_rules, commit, tcp_families, profiles);
+/// The admission of one device connection (`ingest::tcp::admission::Gate`): admit and close
+/// with room to spare, and admit at a full gate, which evicts the oldest unidentified
+/// connection. Baseline in the same run: the semaphore permit the accept loop took before.
+fn tcp_admission(c: &mut Criterion) {
+    use anxin::ingest::tcp::admission::{Caps, Gate};
+    use anxin::protocol::tcp::Protocol;
+    use std::net::{IpAddr, Ipv4Addr};
+    use tokio_util::sync::CancellationToken;
+    let ip = |n: u64| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + (n % 4096) as u32));
+    let mut g = c.benchmark_group("tcp_admission");
+    g.throughput(Throughput::Elements(1));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(20_000));
+    g.bench_function("baseline_semaphore_permit", |b| {
+        b.iter(|| black_box(permits.clone().try_acquire_owned().ok()))
+    });
+    let caps = Caps {
+        per_listener: 20_000,
+        total: 20_000,
+        per_address: 1000,
+    };
+    let gate = Gate::new(caps);
+    // 10 000 connections already held, as on a busy box.
+    let held: Vec<_> = (0..10_000)
+        .map(|id| {
+            let (t, _) = gate
+                .admit(Protocol::Watch, ip(id), id, CancellationToken::new())
+                .unwrap();
+            t.identified();
+            t
+        })
+        .collect();
+    let mut id = 1_000_000;
+    g.bench_function("admit_and_close", |b| {
+        b.iter(|| {
+            id += 1;
+            black_box(gate.admit(Protocol::Gt06, ip(id), id, CancellationToken::new()))
+        })
+    });
+    drop(held);
+    // A full gate of unidentified connections: every admission evicts the oldest (whose
+    // ticket then closes, as its task would).
+    let full = Gate::new(Caps {
+        total: 1000,
+        ..caps
+    });
+    let mut tickets = std::collections::VecDeque::new();
+    for id in 0..1000 {
+        tickets.push_back(
+            full.admit(Protocol::Watch, ip(id), id, CancellationToken::new())
+                .unwrap()
+                .0,
+        );
+    }
+    g.bench_function("admit_evicting_at_a_full_gate", |b| {
+        b.iter(|| {
+            id += 1;
+            let (t, ev) = full
+                .admit(Protocol::Watch, ip(id), id, CancellationToken::new())
+                .unwrap();
+            tickets.push_back(t);
+            tickets.pop_front();
+            black_box(ev)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    decode_and_rules,
+    commit,
+    tcp_families,
+    profiles,
+    tcp_admission
+);
 criterion_main!(benches);

@@ -189,8 +189,9 @@ pub async fn run(
     let tcp_tasks = TaskTracker::new();
     let limits = tcp::Limits {
         idle_timeout: Duration::from_secs(config.tcp.idle_timeout_secs),
-        max_connections: config.tcp.max_connections,
         max_frames_per_sec: config.tcp.max_frames_per_sec,
+        login_timeout: Duration::from_secs(config.tcp.login_timeout_secs),
+        max_junk_bytes: config.tcp.max_junk_bytes,
     };
     let frames = tcp::FrameLog::default();
     let downlinks = tcp::Downlinks::default();
@@ -198,6 +199,7 @@ pub async fn run(
         registry: registry.clone(),
         frames: frames.clone(),
         downlinks: downlinks.clone(),
+        gate: tcp_gate(&config, tcp_listeners.len()),
     };
     for (proto, listener) in tcp_listeners {
         tcp_tasks.spawn(tcp::serve(
@@ -373,6 +375,24 @@ async fn refresh_open_alerts(store: &Store) {
             telemetry::alerts_open_failed(&crate::store::StoreError::Db(sqlx::Error::PoolTimedOut))
         }
     }
+}
+
+/// The device connection limits: the listeners' own, capped so that device connections
+/// leave the open-files limit's reserve to the API, the store and the broker.
+fn tcp_gate(config: &crate::config::Config, listeners: usize) -> tcp::admission::Gate {
+    use tcp::admission::{Caps, Gate, descriptor_reserve, open_files_limit, total_cap};
+    let configured = config.tcp.max_connections.saturating_mul(listeners.max(1));
+    let reserve = descriptor_reserve(config.store.max_connections);
+    let open_files = open_files_limit();
+    let total = total_cap(configured, open_files, reserve);
+    if listeners > 0 {
+        telemetry::tcp_limits(total, configured, open_files, reserve);
+    }
+    Gate::new(Caps {
+        per_listener: config.tcp.max_connections,
+        total,
+        per_address: config.tcp.max_connections_per_address,
+    })
 }
 
 async fn connect_store(

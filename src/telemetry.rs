@@ -50,7 +50,8 @@ pub mod names {
     pub const HANDOFF_WAITS: &str = "anxin_pipeline_handoff_waits_total";
     /// Open device connections, by family.
     pub const TCP_CONNECTIONS: &str = "anxin_tcp_connections";
-    /// Connections refused at the connection limit.
+    /// Connections closed at once on arrival, by family and `reason` (`per_address`,
+    /// `listener_full`, `descriptors`).
     pub const TCP_REFUSED: &str = "anxin_tcp_connections_refused_total";
     /// Frames received, by family.
     pub const TCP_FRAMES: &str = "anxin_tcp_frames_total";
@@ -81,6 +82,17 @@ pub mod names {
     pub const STREAM_CLIENTS: &str = "anxin_stream_clients";
     /// Times a live-feed client was told to reload (`resync`), by `reason`.
     pub const STREAM_RESYNCS: &str = "anxin_stream_resyncs_total";
+    /// Device connections closed for not identifying their device in time, by family.
+    pub const TCP_LOGIN_TIMEOUTS: &str = "anxin_tcp_login_timeouts_total";
+    /// Device connections closed after too many bytes of junk, by family.
+    pub const TCP_JUNK_CLOSED: &str = "anxin_tcp_junk_closed_total";
+    /// Unidentified device connections closed to admit a new one at a full limit, by family.
+    pub const TCP_EVICTED: &str = "anxin_tcp_connections_evicted_total";
+    /// Failed accepts on a device listener (out of descriptors and the like), by family.
+    pub const TCP_ACCEPT_ERRORS: &str = "anxin_tcp_accept_errors_total";
+    /// Device connections allowed over all listeners (the open-files limit less the reserve,
+    /// or the listeners' own limits).
+    pub const TCP_CONNECTION_CAP: &str = "anxin_tcp_connections_cap";
 }
 
 /// HELP text of every counter, in one place so none is left without.
@@ -124,7 +136,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     (
         names::TCP_REFUSED,
-        "Device connections refused at the connection limit, by family.",
+        "Device connections refused at a connection limit, by family and reason (per_address, listener_full, descriptors).",
     ),
     (
         names::TCP_FRAMES,
@@ -158,6 +170,22 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         names::STREAM_RESYNCS,
         "Live-feed clients told to reload from GET /api/alerts, by reason.",
+    ),
+    (
+        names::TCP_LOGIN_TIMEOUTS,
+        "Device connections closed for not identifying their device within the login deadline, by family.",
+    ),
+    (
+        names::TCP_JUNK_CLOSED,
+        "Device connections closed after too many bytes without a usable frame, by family.",
+    ),
+    (
+        names::TCP_EVICTED,
+        "Unidentified device connections closed to admit a new one at a full limit, by family.",
+    ),
+    (
+        names::TCP_ACCEPT_ERRORS,
+        "Failed accepts on a device listener (out of descriptors and the like), by family.",
     ),
     (
         names::MQTT_RETAINED,
@@ -206,6 +234,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         names::STREAM_CLIENTS,
         "Consoles connected to the live feed (GET /api/stream).",
+    ),
+    (
+        names::TCP_CONNECTION_CAP,
+        "Device connections allowed over all listeners: the listeners' own limits, or the open-files limit less the reserve.",
     ),
 ];
 
@@ -281,7 +313,17 @@ pub fn register_all(known: &KnownLabels) {
     }
     for p in Protocol::ALL {
         gauge!(names::TCP_CONNECTIONS, "family" => p.name()).set(0.0);
-        counter!(names::TCP_REFUSED, "family" => p.name()).increment(0);
+        for r in crate::ingest::tcp::admission::Refusal::ALL {
+            counter!(names::TCP_REFUSED, "family" => p.name(), "reason" => r.as_str()).increment(0);
+        }
+        for name in [
+            names::TCP_LOGIN_TIMEOUTS,
+            names::TCP_JUNK_CLOSED,
+            names::TCP_EVICTED,
+            names::TCP_ACCEPT_ERRORS,
+        ] {
+            counter!(name, "family" => p.name()).increment(0);
+        }
         counter!(names::TCP_FRAMES, "family" => p.name()).increment(0);
     }
     for shard in 0..known.shards {
@@ -737,10 +779,12 @@ pub fn handoff_waited(shard: usize) {
     }
 }
 
-/// A connection was refused at the connection limit.
-pub fn tcp_refused(family: &'static str, peer: std::net::SocketAddr, limit: usize) {
+/// A connection was refused on arrival (`reason`: `per_address`, `listener_full`,
+/// `descriptors`).
+pub fn tcp_refused(family: &'static str, peer: std::net::SocketAddr, reason: &'static str) {
+    counter!(names::TCP_REFUSED, "family" => family, "reason" => reason).increment(1);
     if let Some(suppressed) = allow_log("tcp_refused") {
-        tracing::warn!(family, %peer, limit, suppressed_since_last = suppressed, "Connection refused: listener at its connection limit");
+        tracing::warn!(family, %peer, reason, suppressed_since_last = suppressed, "Connection refused at a connection limit");
     }
 }
 
@@ -797,6 +841,84 @@ pub fn tcp_closed(family: &'static str, peer: &str, device: Option<&str>, why: &
         why,
         "Device connection closed"
     );
+}
+
+/// A device listener's accept failed (out of descriptors and the like); it backs off.
+pub fn tcp_accept_failed(family: &'static str, e: &std::io::Error) {
+    counter!(names::TCP_ACCEPT_ERRORS, "family" => family).increment(1);
+    if let Some(suppressed) = allow_log("tcp_accept_failed") {
+        tracing::warn!(family, error = %e, suppressed_since_last = suppressed, "Accept failed; backing off");
+    }
+}
+
+/// A connection did not identify its device within the login deadline.
+pub fn tcp_login_timeout(family: &'static str, peer: &str, deadline: Duration) {
+    counter!(names::TCP_LOGIN_TIMEOUTS, "family" => family).increment(1);
+    if let Some(suppressed) = allow_log("tcp_login_timeout") {
+        tracing::warn!(
+            family,
+            peer,
+            deadline_secs = deadline.as_secs(),
+            suppressed_since_last = suppressed,
+            "Connection closed: no device identified within the login deadline"
+        );
+    }
+}
+
+/// A connection sent more than `limit` bytes of junk without a usable frame.
+pub fn tcp_junk_closed(
+    family: &'static str,
+    peer: &str,
+    device: Option<&str>,
+    bytes: usize,
+    limit: usize,
+) {
+    counter!(names::TCP_JUNK_CLOSED, "family" => family).increment(1);
+    if let Some(suppressed) = allow_log("tcp_junk_closed") {
+        tracing::warn!(
+            family,
+            peer,
+            device = device.unwrap_or("-"),
+            bytes,
+            limit,
+            suppressed_since_last = suppressed,
+            "Connection closed: junk without a usable frame"
+        );
+    }
+}
+
+/// An unidentified connection was closed to admit a new one at a full limit.
+pub fn tcp_evicted(family: &'static str, peer: &str) {
+    counter!(names::TCP_EVICTED, "family" => family).increment(1);
+    if let Some(suppressed) = allow_log("tcp_evicted") {
+        tracing::warn!(
+            family,
+            peer,
+            suppressed_since_last = suppressed,
+            "Connection closed to make room: no device identified yet and the limit is reached"
+        );
+    }
+}
+
+/// The device connection limits in force, logged once at start.
+pub fn tcp_limits(total_cap: usize, configured: usize, open_files: Option<u64>, reserve: usize) {
+    gauge!(names::TCP_CONNECTION_CAP).set(total_cap as f64);
+    if total_cap < configured {
+        tracing::warn!(
+            total_cap,
+            configured,
+            open_files,
+            reserved_descriptors = reserve,
+            "Device connections capped by the open-files limit; raise it (LimitNOFILE) to admit more"
+        );
+    } else {
+        tracing::info!(
+            total_cap,
+            open_files,
+            reserved_descriptors = reserve,
+            "Device connection limit"
+        );
+    }
 }
 
 #[cfg(test)]

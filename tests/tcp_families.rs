@@ -271,8 +271,11 @@ async fn the_connection_limit_and_idle_timeout_close_connections_and_are_counted
         .unwrap()
         .unwrap_or(0);
     assert_eq!(n, 0, "refused connections are closed");
-    e.wait_metric("anxin_tcp_connections_refused_total{family=\"watch\"}", 1.0)
-        .await;
+    e.wait_metric(
+        "anxin_tcp_connections_refused_total{family=\"watch\",reason=\"listener_full\"}",
+        1.0,
+    )
+    .await;
     // The first one, now silent, is closed by the idle timeout.
     let n = tokio::time::timeout(common::DEADLINE, first.read(&mut buf))
         .await

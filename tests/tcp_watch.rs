@@ -63,6 +63,31 @@ async fn keep_alive_and_alarm_are_acked_and_the_sos_is_stored_before_its_ack() {
 }
 
 #[tokio::test]
+async fn an_sos_with_an_impossible_time_and_position_is_stored_before_its_ack() {
+    let (e, port) = engine_with_watch().await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Day 31 of month 13 at 99:99:99, latitude 91.5: the SOS stands (DESIGN.md guarantee 5).
+    s.write_all(b"[3G*8800000016*0060*AL,311326,999999,A,91.5,N,121.473701,E,0.00,0,0,7,80,12,0,0,00010000,0,0,0]")
+        .await
+        .unwrap();
+    let al = read_exact_reply(&mut s, b"[3G*8800000016*0002*AL]".len()).await;
+    assert_eq!(al, b"[3G*8800000016*0002*AL]");
+    let sos = e.alerts("device_id=8800000016&kind=sos").await;
+    assert_eq!(sos.len(), 1, "the SOS alert exists when the ack arrives");
+    // A length field that cannot be valid gets no ack; the next frame's ack shows it was read.
+    s.write_all(b"[3G*8800000016*FFFFFFFF*LK][3G*8800000016*0002*LK]")
+        .await
+        .unwrap();
+    let lk = read_exact_reply(&mut s, b"[3G*8800000016*0002*LK]".len()).await;
+    assert_eq!(lk, b"[3G*8800000016*0002*LK]");
+    e.wait_metric(
+        "anxin_tcp_decode_errors_total{family=\"watch\",reason=\"bad_length\"}",
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_frame_fed_one_byte_at_a_time_and_ten_frames_in_one_write_both_work() {
     let (_e, port) = engine_with_watch().await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

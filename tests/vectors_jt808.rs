@@ -526,14 +526,16 @@ fn replay_hand_made(t: &mut Tally) -> usize {
                     && w["dedup_key"]
                         .as_str()
                         .is_none_or(|k| e.dedup_key.as_str() == k)
+                    && conformance::flaws_match(e, &w["flaws"])
                     && schema_problem(e).is_none();
                 check(t, "hand-made: event", ok, &at, || {
                     format!(
-                        "want {w}, got {} still_active={} {fields} {:?} {}",
+                        "want {w}, got {} still_active={} {fields} {:?} {} flaws {:?}",
                         e.event_type,
                         e.still_active,
                         e.device_time,
-                        e.dedup_key.as_str()
+                        e.dedup_key.as_str(),
+                        e.flaws
                     )
                 });
             }

@@ -160,7 +160,7 @@ fn watch_frames_meet_every_home_care_expectation() {
 #[test]
 fn anxin_watch_vectors_decode_to_their_expected_events_and_replies() {
     use anxin::protocol::tcp::Protocol;
-    for (name, v) in conformance::vectors("watch", 4) {
+    for (name, v) in conformance::vectors("watch", 7) {
         let frame = v["frame"].as_str().unwrap().as_bytes();
         let mut session = conformance::vector_session(&v);
         let out = Protocol::Watch.decode(

@@ -102,6 +102,14 @@ pub struct TcpConfig {
     pub max_connections: usize,
     /// Frames per second one connection may send before its reads are paused.
     pub max_frames_per_sec: u32,
+    /// Close a connection that has not identified its device (a login, or any valid frame for
+    /// families without one) this long after it opened.
+    pub login_timeout_secs: u64,
+    /// Close a connection that sent more than this many bytes the framer had to skip (or
+    /// frames that decoded to nothing) without a usable frame in between.
+    pub max_junk_bytes: usize,
+    /// Open device connections allowed from one IP address, over all listeners.
+    pub max_connections_per_address: usize,
 }
 
 /// Parses `watch=127.0.0.1:5093,gt06=off` (CONTRACT.md `ANXIN_TCP_LISTEN`); families not
@@ -223,6 +231,13 @@ impl Default for Config {
                 idle_timeout_secs: 900,
                 max_connections: 20_000,
                 max_frames_per_sec: 20,
+                // A device logs in within seconds of connecting; 30 s covers a slow 2G
+                // fallback and retransmits.
+                login_timeout_secs: 30,
+                // Four of the largest frame of any family (the watch's 128 KiB voice upload).
+                max_junk_bytes: 4 * crate::protocol::tcp::watch::MAX_FRAME,
+                // Carrier-grade NAT puts many subscribers behind one public address.
+                max_connections_per_address: 1000,
             },
             unknown_devices: UnknownPolicy::Quarantine,
             admin_token: None,
@@ -480,6 +495,15 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         if let Some(v) = s.int("max_frames_per_sec", 1..=100_000) {
             t.max_frames_per_sec = v as u32;
         }
+        if let Some(v) = s.int("login_timeout_secs", 1..=3600) {
+            t.login_timeout_secs = v as u64;
+        }
+        if let Some(v) = s.int("max_junk_bytes", 1024..=1 << 30) {
+            t.max_junk_bytes = v as usize;
+        }
+        if let Some(v) = s.int("max_connections_per_address", 1..=1_000_000) {
+            t.max_connections_per_address = v as usize;
+        }
         if let Some(mut l) = s.table("listen") {
             for p in Protocol::ALL {
                 if let Some((addr, line)) = l.string(p.name()) {
@@ -732,6 +756,23 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key, "ANXIN_HTTP_ADDR");
         assert!(apply_env(&mut Config::default(), &no_env).is_empty());
+    }
+
+    #[test]
+    fn the_tcp_limits_are_read_and_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.tcp.login_timeout_secs, 30);
+        let src =
+            "[tcp]\nlogin_timeout_secs = 0\nmax_junk_bytes = 10\nmax_connections_per_address = 5\n";
+        let p = read_engine(Path::new("anxin.toml"), src, &mut c);
+        let keys: Vec<_> = p.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tcp.login_timeout_secs", "tcp.max_junk_bytes"]);
+        assert_eq!(c.tcp.max_connections_per_address, 5);
+        assert_eq!(
+            c.tcp.max_junk_bytes,
+            4 * 128 * 1024,
+            "a refused value keeps the default"
+        );
     }
 
     #[test]

@@ -340,6 +340,7 @@ pub struct Engine {
     pub dir: Arc<tempfile::TempDir>,
     client: reqwest::Client,
     starts: u32,
+    open_files_limit: Option<u64>,
 }
 
 /// How to start an [`Engine`].
@@ -353,6 +354,9 @@ pub struct EngineOpts {
     pub env: Vec<(String, String)>,
     /// Engine config file; default: the shipped `config/anxin.toml`.
     pub config: Option<PathBuf>,
+    /// Open-files limit (RLIMIT_NOFILE, soft and hard) for the engine process; default: the
+    /// test process's own.
+    pub open_files_limit: Option<u64>,
 }
 
 impl Engine {
@@ -400,6 +404,7 @@ impl Engine {
             dir,
             client: reqwest::Client::new(),
             starts: 0,
+            open_files_limit: opts.open_files_limit,
         };
         e.spawn(&[]);
         e.wait_ready().await;
@@ -447,6 +452,9 @@ impl Engine {
         }
         for (k, v) in extra {
             cmd.env(k, v);
+        }
+        if let Some(n) = self.open_files_limit {
+            limit_open_files(&mut cmd, n);
         }
         self.child = Some(cmd.spawn().expect("spawning anxin"));
     }
@@ -781,4 +789,40 @@ impl Broker {
             Broker::Nats(n) => n.kill_and_restart().await,
         }
     }
+}
+
+/// Sets the child's RLIMIT_NOFILE, soft and hard, to `n` before it runs.
+fn limit_open_files(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the forked child before exec and only calls setrlimit, which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Raises this process's open-files soft limit to its hard limit and returns it, for tests
+/// that hold thousands of sockets.
+pub fn raise_open_files() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    lim.rlim_cur
 }

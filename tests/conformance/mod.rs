@@ -539,7 +539,25 @@ pub fn assert_vector(
         assert_eq!(got.device_time, time, "{name} event {i}: device time");
         assert_eq!(got.received_at, at, "{name} event {i}: receive time");
         assert_eq!(got.device_id, want_device, "{name} event {i}: device");
+        assert!(
+            flaws_match(got, &want["flaws"]),
+            "{name} event {i}: flaws {:?}, want {}",
+            got.flaws,
+            want["flaws"]
+        );
     }
+}
+
+/// Whether `event`'s flaws are `want`'s: a list of `{"field", "value"}` (and `"problem"` when
+/// given), in order; an absent `want` means none.
+pub fn flaws_match(event: &anxin::event::Event, want: &Value) -> bool {
+    let want = want.as_array().map(Vec::as_slice).unwrap_or_default();
+    event.flaws.len() == want.len()
+        && event.flaws.iter().zip(want).all(|(f, w)| {
+            w["field"] == f.field.as_str()
+                && w["value"] == f.value.as_str()
+                && w["problem"].as_str().is_none_or(|p| p == f.problem)
+        })
 }
 
 /// How [`summary`] lays out its lists: as tables (GT06) or as bullet lists (TRV).

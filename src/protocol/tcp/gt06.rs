@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
-use crate::event::{DedupKey, EventType};
+use crate::event::{DedupKey, EventType, Flaw};
 
 /// The family name (CONTRACT.md, 4G TCP listeners).
 const FAMILY: &str = "gt06";
@@ -45,6 +45,11 @@ const SHORT_START: [u8; 2] = [0x78, 0x78];
 const LONG_START: [u8; 2] = [0x79, 0x79];
 /// End of every frame (PROTOCOLS.md §3, Framing).
 const STOP: [u8; 2] = [0x0D, 0x0A];
+/// The smallest LEN of a frame: PROTO, SERIAL and CRC, which LEN counts (PROTOCOLS.md §3,
+/// Framing). Devices send a LEN that is off (Traccar's vectors), but never one below this; a
+/// frame that claims it is no frame and gets no ack. Not for the Wi-Fi types, whose LEN
+/// counts access points.
+const MIN_LEN: usize = 1 + 2 + 2;
 
 /// CRC-16/X-25, "CRC-ITU": reflected 0x1021, init and xor-out 0xFFFF (PROTOCOLS.md §3). The
 /// catalogue names it `CRC_16_IBM_SDLC`.
@@ -350,6 +355,8 @@ struct Split<'a> {
     crc_mismatch: Option<(u16, u16)>,
     /// The whole frame, for the dedup hash.
     raw: &'a [u8],
+    /// A 0x17/0x69 Wi-Fi layout, whose LEN counts access points.
+    wifi: bool,
 }
 
 fn split(frame: &[u8]) -> Option<Split<'_>> {
@@ -390,6 +397,7 @@ fn split(frame: &[u8]) -> Option<Split<'_>> {
         serial,
         crc_mismatch,
         raw: frame,
+        wifi,
     })
 }
 
@@ -463,6 +471,8 @@ enum Origin {
     Modular(u8),
     /// A 0xA9 Wi-Fi alarm, whose layout is unknown.
     WifiAlarm,
+    /// An alarm packet of this type that ends before its status or event code.
+    Unreadable(u8),
 }
 
 impl std::fmt::Display for Origin {
@@ -473,6 +483,9 @@ impl std::fmt::Display for Origin {
             Origin::Jc(c) => write!(f, "0x95 event 0x{c:02X}"),
             Origin::Modular(c) => write!(f, "0x70 module 0x2B event 0x{c:02X}"),
             Origin::WifiAlarm => f.write_str("0xA9 Wi-Fi alarm frame (layout unknown)"),
+            Origin::Unreadable(t) => {
+                write!(f, "0x{t:02X} alarm packet cut short before its status")
+            }
         }
     }
 }
@@ -534,6 +547,8 @@ enum Reply {
 #[derive(Debug, Clone, Copy)]
 struct Gps {
     time: Option<DateTime<Utc>>,
+    /// The time bytes as sent, when they are no date.
+    bad_time: Option<[u8; 6]>,
     lat: f64,
     lon: f64,
     valid: bool,
@@ -556,6 +571,8 @@ impl Gps {
 #[derive(Default)]
 struct Parsed {
     time: Option<DateTime<Utc>>,
+    /// Time bytes outside a GPS block that are no date, as sent.
+    bad_time: Option<Vec<u8>>,
     gps: Option<Gps>,
     cells: Vec<Value>,
     wifi: Vec<Value>,
@@ -578,6 +595,14 @@ struct Parsed {
 impl Parsed {
     fn fail(&mut self, reason: &'static str, detail: impl Into<String>) {
         self.problem.get_or_insert((reason, detail.into()));
+    }
+
+    /// `time`, read from `raw`; bytes that are no date are kept for the flaw.
+    fn note_time(&mut self, raw: &[u8], time: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        if time.is_none() {
+            self.bad_time = Some(raw.to_vec());
+        }
+        time
     }
 
     fn truncated(&mut self, what: &str) {
@@ -738,7 +763,8 @@ const GPS_STD: GpsFmt = GpsFmt {
 /// The GPS block (PROTOCOLS.md §3): time, GPS-info/satellites, lat, lon, speed, course/status
 /// (bits 0–9 course, 10 north, 11 west, 12 fixed).
 fn read_gps(r: &mut Rd, tz: Option<FixedOffset>, fmt: GpsFmt) -> Option<Gps> {
-    let time = binary_time(r.take(6)?, tz);
+    let raw = r.take(6)?;
+    let time = binary_time(raw, tz);
     let satellites = if fmt.satellites {
         Some(r.u8()? & 0x0F)
     } else {
@@ -754,7 +780,11 @@ fn read_gps(r: &mut Rd, tz: Option<FixedOffset>, fmt: GpsFmt) -> Option<Gps> {
             (Some(r.u16()?), flags)
         }
     };
-    Some(gps_from(time, lat, lon, flags, speed_kmh, satellites, None))
+    let mut g = gps_from(time, lat, lon, flags, speed_kmh, satellites, None);
+    if time.is_none() {
+        g.bad_time = raw.try_into().ok();
+    }
+    Some(g)
 }
 
 fn gps_from(
@@ -768,6 +798,7 @@ fn gps_from(
 ) -> Gps {
     Gps {
         time,
+        bad_time: None,
         lat: if flags & 0x0400 != 0 { lat } else { -lat },
         lon: if flags & 0x0800 != 0 { -lon } else { lon },
         valid: flags & 0x1000 != 0,
@@ -1208,7 +1239,8 @@ fn jc_alarm_packet(p: &mut Parsed, c: &[u8], tz: Option<FixedOffset>) {
     let with_gps = c.len() > 7;
     let ok = (|| {
         if !with_gps {
-            p.time = binary_time(r.take(6)?, tz);
+            let raw = r.take(6)?;
+            p.time = p.note_time(raw, binary_time(raw, tz));
         } else if c.starts_with(&[0xFF, 0xFF]) {
             r.take(3)?;
             let fmt = GpsFmt {
@@ -1239,7 +1271,9 @@ fn jc_alarm_packet(p: &mut Parsed, c: &[u8], tz: Option<FixedOffset>) {
 /// an operator to look at **[verify per vendor]**. The leading 6 bytes are read as its time
 /// when they form a date.
 fn wifi_alarm(p: &mut Parsed, c: &[u8], tz: Option<FixedOffset>) {
-    p.time = c.get(..6).and_then(|t| binary_time(t, tz));
+    if let Some(raw) = c.get(..6) {
+        p.time = p.note_time(raw, binary_time(raw, tz));
+    }
     p.flag(Origin::WifiAlarm, code("gt06:0xa9".into()));
 }
 
@@ -1251,7 +1285,7 @@ fn wifi(p: &mut Parsed, f: &Split, tz: Option<FixedOffset>) {
         p.truncated("Wi-Fi time");
         return;
     };
-    p.time = bcd_time(time, tz);
+    p.time = p.note_time(time, bcd_time(time, tz));
     let mut t = [0u8; 6];
     t.copy_from_slice(time);
     p.reply = Reply::Wifi(f.proto, t);
@@ -1283,7 +1317,8 @@ fn wifi_4(p: &mut Parsed, c: &[u8]) {
     let mut r = Rd::new(c);
     let ok = (|| {
         // The one real frame has a binary time (month 0x0C), unlike 0x17/0x69.
-        p.time = binary_time(r.take(6)?, None);
+        let raw = r.take(6)?;
+        p.time = p.note_time(raw, binary_time(raw, None));
         for _ in 0..r.u8()? {
             r.take(2)?;
             p.wifi.push(wifi_entry(r.take(6)?, None));
@@ -1322,7 +1357,8 @@ impl MultiFmt {
 /// time, MCC, MNC, 7 × (LAC, CI, RSSI), timing advance, [Wi-Fi count, Wi-Fi].
 fn lbs_multi(p: &mut Parsed, r: &mut Rd, tz: Option<FixedOffset>, fmt: MultiFmt) {
     let ok = (|| {
-        p.time = binary_time(r.take(6)?, tz);
+        let raw = r.take(6)?;
+        p.time = p.note_time(raw, binary_time(raw, tz));
         if fmt.wanway {
             let _ta = r.u8()?;
         }
@@ -1617,6 +1653,15 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
     let Some(f) = split(frame) else {
         return failed("bad_frame", "no 78 78 / 79 79 frame".into());
     };
+    if !f.wifi && f.len_field < MIN_LEN {
+        return failed(
+            "bad_length",
+            format!(
+                "LEN {} is less than the {MIN_LEN} bytes of type, serial and CRC it counts",
+                f.len_field
+            ),
+        );
+    }
     if f.proto == msg::LOGIN && !f.long {
         return login(&f, session);
     }
@@ -1629,7 +1674,8 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
             ),
         );
     };
-    let p = parse(&f, session.tz);
+    let mut p = parse(&f, session.tz);
+    let flaws = unreadable_alarm(&mut p, &f);
 
     // Levels: compare with the previous report, then remember this one's.
     let prev_info = session.active_levels & INFO_LEVELS;
@@ -1663,6 +1709,10 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
     let mut events = Emitter::new(ctx, &device, &f, p.time);
     for (ty, fields, still) in alarms {
         events.push(ty, fields, still);
+        // DESIGN.md guarantee 5: the alarm stands; what could not be used stays on it.
+        if let Some(e) = events.events.last_mut() {
+            e.flaws.extend(flaws.iter().cloned());
+        }
     }
     if let Some(m) = position_fields(&p) {
         events.push(EventType::Position, m, false);
@@ -1691,6 +1741,64 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
         reply_now: p.reply_now,
         error,
     }
+}
+
+/// Explicit alarm packets (PROTOCOLS.md §3): their ack tells the device the alarm was stored.
+fn is_alarm_packet(f: &Split) -> bool {
+    !f.long
+        && matches!(
+            f.proto,
+            msg::GPS_LBS_STATUS_1
+                | msg::GPS_LBS_STATUS_2
+                | msg::GPS_LBS_STATUS_3
+                | msg::FENCE_MULTI
+                | msg::LBS_STATUS
+                | msg::LBS_ALARM
+                | msg::ALARM
+        )
+}
+
+/// The values of a frame that could not be used, for its alarms: a time that is no date, a
+/// position out of range. An alarm packet cut short before its status still raises an alarm
+/// (coded with its type, for an operator to look at): it is acked, so the device will not
+/// send it again, and which alarm it carried is unknown — it may have been the SOS.
+fn unreadable_alarm(p: &mut Parsed, f: &Split) -> Vec<Flaw> {
+    let mut flaws = Vec::new();
+    if p.time.is_none()
+        && let Some(raw) = p
+            .bad_time
+            .clone()
+            .or_else(|| p.gps.and_then(|g| g.bad_time).map(|t| t.to_vec()))
+    {
+        flaws.push(Flaw::new(
+            "time",
+            hex::encode(raw),
+            "not a date (YY MM DD hh mm ss); the receive time stands in",
+        ));
+    }
+    if let Some(g) = p.gps
+        && (g.lat.abs() > 90.0 || g.lon.abs() > 180.0)
+    {
+        flaws.push(Flaw::new(
+            "position",
+            format!("{:.6},{:.6}", g.lat, g.lon),
+            "latitude or longitude out of range; the position is left out",
+        ));
+    }
+    let nothing_read = p.flags.is_empty() && p.info.is_none() && p.alarm_byte.is_none();
+    let cut_short = p.problem.as_ref().is_some_and(|(r, _)| *r == "truncated");
+    if is_alarm_packet(f) && nothing_read && cut_short {
+        flaws.push(Flaw::new(
+            "status",
+            hex::encode(f.content),
+            "the alarm packet ends before its status; which alarm it carried is unknown",
+        ));
+        p.flag(
+            Origin::Unreadable(f.proto),
+            code(format!("gt06:0x{:02x}", f.proto)),
+        );
+    }
+    flaws
 }
 
 /// Builds a frame's events with their dedup keys.

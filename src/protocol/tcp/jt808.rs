@@ -19,7 +19,7 @@ use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, TimeZone, Timel
 use serde_json::{Value, json};
 
 use super::{Addressing, Ctx, FrameOutput, Framer, RawFrame, Session};
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Flaw};
 
 /// The family name (CONTRACT.md listeners), also the prefix of every dedup key.
 const FAMILY: &str = "jt808";
@@ -329,7 +329,8 @@ fn luhn_digit(mut payload: u64) -> u64 {
 /// Problems are reported in [`FrameOutput::error`] while everything readable is still
 /// decoded: a bad escape (`escape`), an XOR mismatch (`xor`), a body length that disagrees with
 /// the header (`length`), a cut-short body (`short`) or additional item (`tlv`). Only a frame
-/// too short for its header yields nothing at all.
+/// too short for its header, or with a body longer than the 10-bit length field can state
+/// (`bad_length`), yields nothing at all — no events and no ack.
 pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
     let inner = strip_flags(frame);
     if inner.first() == Some(&SENTENCE_OPEN) {
@@ -484,6 +485,19 @@ impl<'a> Message<'a> {
             );
         }
         let body = &content[header_len..];
+        if body.len() > usize::from(ATTR_BODY_LEN) {
+            // No length field can describe it (10 bits, JT/T 808-2013 §4.4.3): not a message
+            // of this protocol, so nothing is decoded or acked.
+            problems.add(
+                "bad_length",
+                format!(
+                    "{} body bytes, more than the {} a message can have",
+                    body.len(),
+                    ATTR_BODY_LEN
+                ),
+            );
+            return None;
+        }
         let declared = usize::from(header.attributes & ATTR_BODY_LEN);
         if declared != body.len() {
             // Real terminals get this wrong (PROTOCOLS.md §9 replay notes): decode what came.
@@ -934,6 +948,9 @@ struct Report {
     observed: u64,
     /// One-shot alarm types (`P_*`).
     pulses: u8,
+    /// Values sent but unusable (a time that is no date, a position out of range), kept on
+    /// the record's alarms.
+    flaws: Vec<Flaw>,
 }
 
 /// The GNSS part of a location record.
@@ -1045,8 +1062,20 @@ fn read_fixed(
         });
     } else {
         problems.add("range", format!("position {lat}, {lon} out of range"));
+        report.flaws.push(Flaw::new(
+            "position",
+            format!("{lat},{lon}"),
+            "latitude or longitude out of range; the position is left out",
+        ));
     }
     report.time = bcd_time(time, zone);
+    if report.time.is_none() {
+        report.flaws.push(Flaw::new(
+            "time",
+            hex::encode(time),
+            "not a date (BCD YYMMDDhhmmss); the receive time stands in",
+        ));
+    }
     Some(())
 }
 
@@ -1289,6 +1318,8 @@ fn emit_report(em: &mut Emitter<'_>, report: &Report, before: u64) -> u64 {
         // New if any of its flags was clear before, or a vendor item names it as this
         // report's cause; otherwise the terminal is repeating a level it already reported.
         e.still_active = !pulsed && active & !before == 0;
+        // DESIGN.md guarantee 5: the alarm stands; what could not be used stays on it.
+        e.flaws.extend(report.flaws.iter().cloned());
         em.push(e);
     }
 

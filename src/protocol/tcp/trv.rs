@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
-use crate::event::{DedupKey, Event, EventType, valid_device_id};
+use crate::event::{DedupKey, Event, EventType, Flaw, valid_device_id};
 
 /// The family name (CONTRACT.md, 4G TCP listeners).
 const FAMILY: &str = "trv";
@@ -286,6 +286,8 @@ struct Decoded<'a> {
     hash: String,
     /// The device's clock for this frame, when the frame carries one.
     device_time: Option<DateTime<Utc>>,
+    /// Values of the frame that could not be used, kept on its alarm.
+    flaws: Vec<Flaw>,
     events: Vec<Event>,
     error: Option<(&'static str, String)>,
 }
@@ -297,6 +299,7 @@ impl<'a> Decoded<'a> {
             device,
             hash,
             device_time: None,
+            flaws: Vec::new(),
             events: Vec::new(),
             error: None,
         }
@@ -351,6 +354,8 @@ fn battery_percent(out: &mut Decoded, digits: Option<&str>) {
 struct Fix {
     /// Device date and time, still in the device's clock (`None` when out of range).
     time: Option<chrono::NaiveDateTime>,
+    /// The date and time digits as sent (`YYMMDD,hhmmss`), for a flaw when they are no date.
+    time_text: String,
     /// `A`: a current fix; `V`: the coordinates are the last fix, not a new one.
     valid: bool,
     lat: f64,
@@ -449,6 +454,7 @@ fn parse_fix(blob: &str) -> Result<Fix, String> {
         NaiveDate::from_ymd_opt(2000 + yy as i32, mo, dd).and_then(|d| d.and_hms_opt(hh, mi, ss));
     Ok(Fix {
         time,
+        time_text: format!("{yy:02}{mo:02}{dd:02},{hh:02}{mi:02}{ss:02}"),
         valid,
         lat,
         lon,
@@ -567,6 +573,11 @@ fn gps_report(out: &mut Decoded, ty: &str, rest: &str, tz: Option<FixedOffset>) 
         Ok(fix) => Some(fix),
         Err(why) => {
             out.fail("bad_position", format!("{ty}: {why}"));
+            out.flaws.push(Flaw::new(
+                "position",
+                parts[0],
+                format!("{why}; the fix block (time and position) is left out"),
+            ));
             None
         }
     };
@@ -574,6 +585,15 @@ fn gps_report(out: &mut Decoded, ty: &str, rest: &str, tz: Option<FixedOffset>) 
         .as_ref()
         .and_then(|f| f.time)
         .and_then(|t| to_utc(t, tz));
+    if let Some(f) = &fix
+        && out.device_time.is_none()
+    {
+        out.flaws.push(Flaw::new(
+            "time",
+            &f.time_text,
+            "not a date and time (YYMMDD,hhmmss); the receive time stands in",
+        ));
+    }
     let cells: Vec<Value> = match parts.get(1..5) {
         Some([mcc, mnc, lac, cid]) => cell(mcc, mnc, lac, cid).into_iter().collect(),
         _ => Vec::new(),
@@ -628,6 +648,11 @@ fn alarm(out: &mut Decoded, code: Option<&str>) {
         ),
     };
     out.push(ty, f);
+    // DESIGN.md guarantee 5: the alarm stands; what could not be used stays on it.
+    let flaws = out.flaws.clone();
+    if let Some(e) = out.events.last_mut() {
+        e.flaws.extend(flaws);
+    }
 }
 
 /// `AP02,<lang>,<reply>,<n cells>,MCC,MNC,LAC|CID|RSSI,…,<n APs>,<Wi-Fi>` (PROTOCOLS.md §5,

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Ctx, FrameOutput, Framer, RawFrame, Session};
-use crate::event::{Event, EventType, valid_device_id};
+use crate::event::{Event, EventType, Flaw, valid_device_id};
 
 const FAMILY: &str = "watch";
 
@@ -186,26 +186,43 @@ fn is_hex4(s: &[u8]) -> bool {
     s.len() == 4 && s.iter().all(u8::is_ascii_hexdigit)
 }
 
-fn parse_header(frame: &[u8]) -> Result<Header<'_>, String> {
+/// Why a frame's header is unusable: `(metric reason, detail)`.
+type HeaderError = (&'static str, String);
+
+fn parse_header(frame: &[u8]) -> Result<Header<'_>, HeaderError> {
+    let bad = |d: &str| ("bad_header", d.to_owned());
     let inner = frame
         .strip_prefix(b"[")
         .and_then(|f| f.strip_suffix(b"]"))
-        .ok_or("frame is not [ … ]")?;
+        .ok_or_else(|| bad("frame is not [ … ]"))?;
     let mut parts = inner.splitn(4, |&b| b == b'*');
-    let vendor = parts.next().ok_or("no vendor code")?;
-    let id = parts.next().ok_or("no device id")?;
-    let third = parts.next().ok_or("no length field")?;
-    let rest = parts.next().ok_or("no content")?;
-    let vendor = std::str::from_utf8(vendor).map_err(|_| "vendor code is not text")?;
-    let id = std::str::from_utf8(id).map_err(|_| "device id is not text")?;
+    let vendor = parts.next().ok_or_else(|| bad("no vendor code"))?;
+    let id = parts.next().ok_or_else(|| bad("no device id"))?;
+    let third = parts.next().ok_or_else(|| bad("no length field"))?;
+    let rest = parts.next().ok_or_else(|| bad("no content"))?;
+    let vendor = std::str::from_utf8(vendor).map_err(|_| bad("vendor code is not text"))?;
+    let id = std::str::from_utf8(id).map_err(|_| bad("device id is not text"))?;
     // ZJ-style index: IDX*LLLL*content, recognised by a second 4-hex field (PROTOCOLS.md §2).
-    let (index, content) = match rest.iter().position(|&b| b == b'*') {
+    let (index, length, content) = match rest.iter().position(|&b| b == b'*') {
         Some(p) if is_hex4(third) && is_hex4(&rest[..p]) => (
-            Some(std::str::from_utf8(third).map_err(|_| "bad index")?),
+            Some(std::str::from_utf8(third).map_err(|_| bad("bad index"))?),
+            &rest[..p],
             &rest[p + 1..],
         ),
-        _ => (None, rest),
+        _ => (None, third, rest),
     };
+    // LLLL is 4 hex digits (PROTOCOLS.md §2, Framing). Its value is unreliable and never
+    // used, but a field that is not LLLL at all (`FFFFFFFF`, empty, text) means this is not
+    // a watch frame: it gets no events and no ack.
+    if !is_hex4(length) {
+        return Err((
+            "bad_length",
+            format!(
+                "length field {:?} is not 4 hex digits",
+                String::from_utf8_lossy(&length[..length.len().min(16)])
+            ),
+        ));
+    }
     Ok(Header {
         vendor,
         id,
@@ -228,7 +245,7 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
     let h = match parse_header(frame) {
         Ok(h) => h,
         Err(e) => {
-            out.error = Some(("bad_header", e));
+            out.error = Some(e);
             return out;
         }
     };
@@ -291,7 +308,7 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
                 // AL is an explicit alarm message: always a new event. In periodic reports the
                 // status word is a level: only a bit that was clear before is new.
                 let still = !alarm_message && was & mask != 0;
-                b.push_alarm(ty, extra, report.time, still);
+                b.push_alarm(ty, extra, report.time, still, &report.flaws);
             }
             session.active_levels = u64::from(bits);
             if alarm_message {
@@ -302,6 +319,7 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
                         &[("code", json!(format!("watch:{word}")))],
                         report.time,
                         false,
+                        &report.flaws,
                     );
                 }
                 out.reply = Some(reply(&h, "AL"));
@@ -433,6 +451,8 @@ struct Report {
     status: u32,
     cells: Vec<Value>,
     wifi: Vec<Value>,
+    /// Values that were sent but could not be used, kept on the frame's alarms.
+    flaws: Vec<Flaw>,
 }
 
 fn parse_report(f: &[&str], session: &Session) -> Report {
@@ -452,6 +472,16 @@ fn parse_report(f: &[&str], session: &Session) -> Report {
             None => Utc.from_utc_datetime(&naive),
         })
     })();
+    // A field that was sent but could not be used (an absent or empty one is no flaw).
+    let sent = |i: usize| get(i).is_some_and(|v| !v.is_empty());
+    if r.time.is_none() && (sent(0) || sent(1)) {
+        let (d, t) = (get(0).unwrap_or(""), get(1).unwrap_or(""));
+        r.flaws.push(Flaw::new(
+            "time",
+            format!("{d},{t}"),
+            "not a date and time (ddmmyy,hhmmss); the receive time stands in",
+        ));
+    }
     r.valid = get(2) == Some("A");
     let coord = |v: Option<&str>, hemi: Option<&str>, neg: &str| -> Option<f64> {
         let mut x = v?.parse::<f64>().ok().filter(|x| x.is_finite())?;
@@ -462,6 +492,16 @@ fn parse_report(f: &[&str], session: &Session) -> Report {
     };
     r.lat = coord(get(3), get(4), "S").filter(|x| (-90.0..=90.0).contains(x));
     r.lon = coord(get(5), get(6), "W").filter(|x| (-180.0..=180.0).contains(x));
+    if (sent(3) && r.lat.is_none()) || (sent(5) && r.lon.is_none()) {
+        let raw = (3..=6).map(|i| get(i).unwrap_or("")).collect::<Vec<_>>();
+        r.flaws.push(Flaw::new(
+            "position",
+            raw.join(","),
+            "latitude or longitude unreadable or out of range; the position is left out",
+        ));
+        r.lat = None;
+        r.lon = None;
+    }
     if r.lat == Some(0.0) && r.lon == Some(0.0) {
         // 0,0 is "no fix", not a point in the Gulf of Guinea.
         r.lat = None;
@@ -480,9 +520,17 @@ fn parse_report(f: &[&str], session: &Session) -> Report {
     r.steps = n(13)
         .map(|x| x as i64)
         .filter(|x| *x > 0 && *x <= 10_000_000);
-    r.status = get(15)
-        .and_then(|s| u32::from_str_radix(s, 16).ok())
-        .unwrap_or(0);
+    r.status = match get(15) {
+        Some(s) if !s.is_empty() => u32::from_str_radix(s, 16).unwrap_or_else(|_| {
+            r.flaws.push(Flaw::new(
+                "status",
+                s,
+                "not a hex status word; no status alarm could be read from it",
+            ));
+            0
+        }),
+        _ => 0,
+    };
     // Cells: count, TA, MCC, MNC, then LAC,CID,RSSI per cell; then Wi-Fi: count, then
     // SSID,MAC,RSSI per access point. Kept raw for a later location lookup.
     let mut i = 16;
@@ -541,6 +589,7 @@ impl Builder<'_> {
         fields: &[(&str, impl Into<Value> + Clone)],
         time: Option<DateTime<Utc>>,
         still: bool,
+        flaws: &[Flaw],
     ) {
         let mut e = self.event(ty);
         for (k, v) in fields {
@@ -548,6 +597,8 @@ impl Builder<'_> {
         }
         e.device_time = time;
         e.still_active = still;
+        // DESIGN.md guarantee 5: the alarm stands; what could not be used stays on it.
+        e.flaws.extend(flaws.iter().cloned());
         self.out.events.push(e);
     }
 
@@ -634,6 +685,24 @@ mod tests {
         assert!(o.reply_now);
         assert_eq!(types(&o), [("heartbeat", false), ("battery", false)]);
         assert_eq!(s.device_id.as_deref(), Some("4700186508"));
+    }
+
+    #[test]
+    fn a_length_field_that_is_not_4_hex_digits_is_no_frame_and_gets_no_ack() {
+        for f in [
+            &b"[3G*4700186508*FFFFFFFF*LK]"[..],
+            b"[3G*4700186508**LK]",
+            b"[3G*4700186508*00G2*LK]",
+            b"[3G*4700186508*002*AL,231126,101500,A,0,N,0,E,0,0,0,0,0,0,0,0,00010000]",
+        ] {
+            let mut s = Session::default();
+            let o = decode(f, &mut s, &ctx());
+            let frame = String::from_utf8_lossy(f);
+            assert_eq!(o.reply, None, "{frame}");
+            assert!(o.events.is_empty(), "{frame}");
+            assert_eq!(o.error.as_ref().map(|e| e.0), Some("bad_length"), "{frame}");
+            assert_eq!(s.device_id, None, "{frame} identifies no device");
+        }
     }
 
     #[test]

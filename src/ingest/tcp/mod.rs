@@ -6,9 +6,18 @@
 //! needs at once and which carry nothing to lose. Frames of one connection are handled one
 //! after another, so a device's events keep their order.
 //!
-//! Limits: a connection limit (a semaphore; excess connections are closed at once and
-//! counted), an idle timeout, the framer's maximum frame size, and a per-connection frame
-//! rate that throttles by pausing reads — TCP back-pressure; a frame is never discarded.
+//! Limits, each closing a connection and counted:
+//! - admission ([`admission`]): per address, per listener, and a total over all listeners
+//!   kept below the open-files limit so the API, the store and the broker keep their
+//!   descriptors; at a full listener or total the oldest connection that has not identified
+//!   its device is evicted to make room;
+//! - a login deadline: a connection must identify its device within `login_timeout_secs`;
+//! - a junk bound: more than `max_junk_bytes` skipped or unusable bytes without a usable frame
+//!   in between;
+//! - an idle timeout, the framer's maximum frame size, and a per-connection frame rate that
+//!   throttles by pausing reads — TCP back-pressure; a frame is never discarded.
+
+pub mod admission;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use metrics::{counter, gauge};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,7 +83,8 @@ impl FrameRecord {
 }
 
 /// The recent raw frames of each device with their decode result, in memory and bounded
-/// (10 per device, 512 bytes of each), for installers checking a device.
+/// (10 per device, 512 bytes of each), for installers checking a device. Frames of a
+/// connection that has not named its device are not kept here.
 #[derive(Debug, Clone, Default)]
 pub struct FrameLog {
     map: Arc<DashMap<String, VecDeque<FrameRecord>>>,
@@ -115,15 +125,17 @@ impl FrameLog {
     }
 }
 
-/// Per-listener limits.
+/// Per-connection limits (the connection counts are the [`admission::Gate`]'s).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Close a connection that sent nothing for this long.
     pub idle_timeout: Duration,
-    /// Open connections allowed on this listener.
-    pub max_connections: usize,
     /// Frames per second one connection may send before its reads are paused.
     pub max_frames_per_sec: u32,
+    /// Close a connection that has not identified its device this long after it opened.
+    pub login_timeout: Duration,
+    /// Close a connection after this many skipped or unusable bytes without a usable frame.
+    pub max_junk_bytes: usize,
 }
 
 /// What every connection of every listener shares.
@@ -135,6 +147,8 @@ pub struct TcpShared {
     pub frames: FrameLog,
     /// The connected devices' command queues.
     pub downlinks: Downlinks,
+    /// Connection admission over all listeners.
+    pub gate: admission::Gate,
 }
 
 /// A message the platform sends to a connected device on its own initiative.
@@ -233,6 +247,11 @@ impl Downlinks {
     }
 }
 
+/// How long the accept loop waits for evicted connections to close before it refuses a new
+/// one: their tasks only need to be scheduled, so this is ample, and it bounds the pause of
+/// the listener when one is stuck (e.g. waiting for a commit).
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// Numbers connections, so a closing one removes only its own downlink entry.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -249,7 +268,6 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let family = protocol.name();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -263,17 +281,26 @@ pub async fn serve(
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(family, error = %e, "Accept failed; backing off");
+                telemetry::tcp_accept_failed(family, &e);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            counter!(names::TCP_REFUSED, "family" => family).increment(1);
-            telemetry::tcp_refused(family, peer, limits.max_connections);
-            drop(socket);
-            continue;
+        let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evict = CancellationToken::new();
+        let ticket = match shared
+            .gate
+            .admit_or_wait(protocol, peer.ip(), conn_id, evict.clone(), EVICTION_WAIT)
+            .await
+        {
+            Ok((ticket, _)) => ticket,
+            Err(why) => {
+                // Closed at once: a refused connection must not hold a descriptor.
+                drop(socket);
+                telemetry::tcp_refused(family, peer, why.as_str());
+                continue;
+            }
         };
         let _ = socket.set_nodelay(true);
         let conn = Connection {
@@ -283,13 +310,14 @@ pub async fn serve(
             limits: limits.clone(),
             shared: shared.clone(),
             peer,
+            id: conn_id,
         };
         let stop = shutdown.clone();
         tracker.spawn(async move {
             gauge!(names::TCP_CONNECTIONS, "family" => family).increment(1.0);
-            conn.run(socket, stop).await;
+            conn.run(socket, stop, evict, &ticket).await;
             gauge!(names::TCP_CONNECTIONS, "family" => family).decrement(1.0);
-            drop(permit);
+            drop(ticket);
         });
     }
 }
@@ -301,6 +329,8 @@ struct Connection {
     limits: Limits,
     shared: TcpShared,
     peer: SocketAddr,
+    /// Numbers the connection for the downlink registry and for eviction (oldest first).
+    id: u64,
 }
 
 /// Why a connection ended, for the log.
@@ -310,17 +340,29 @@ enum End {
     Shutdown,
     Io(std::io::Error),
     PipelineStopped,
+    /// No device identified within the login deadline.
+    LoginTimeout,
+    /// This many bytes were skipped or unusable without a usable frame in between.
+    Junk(usize),
+    /// Closed to admit a new connection while it had not identified its device.
+    Evicted,
 }
 
 impl Connection {
-    async fn run(self, socket: TcpStream, stop: CancellationToken) {
+    async fn run(
+        self,
+        socket: TcpStream,
+        stop: CancellationToken,
+        evict: CancellationToken,
+        ticket: &admission::Ticket,
+    ) {
         let family = self.protocol.name();
         let (rd, mut wr) = socket.into_split();
         let mut frames = FramedRead::new(rd, Codec(self.protocol.framer()));
         let mut session = Session::default();
         let mut bucket = Bucket::new(self.limits.max_frames_per_sec);
         let peer = self.peer.to_string();
-        let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn_id = self.id;
         // Only families with platform-initiated messages get a command queue (a 10 000-watch
         // fleet should not pay for one).
         let (downlink_tx, mut downlinks) = if self.protocol.confirms_alarms() {
@@ -330,6 +372,13 @@ impl Connection {
             (None, None)
         };
         let mut registered: Option<String> = None;
+        // Until the session knows its device, the connection holds a place that a silent or
+        // junk-only peer could keep for the whole idle timeout.
+        let login_deadline = tokio::time::sleep(self.limits.login_timeout);
+        tokio::pin!(login_deadline);
+        let mut identified = false;
+        // Skipped or unusable bytes since the last usable frame.
+        let mut junk: usize = 0;
         let end = loop {
             let next = tokio::select! {
                 n = tokio::time::timeout(self.limits.idle_timeout, frames.next()) => n,
@@ -357,6 +406,8 @@ impl Connection {
                     }
                     continue;
                 }
+                _ = &mut login_deadline, if !identified => break End::LoginTimeout,
+                _ = evict.cancelled() => break End::Evicted,
                 _ = stop.cancelled() => break End::Shutdown,
             };
             let raw = match next {
@@ -374,6 +425,10 @@ impl Connection {
                         bytes,
                         reason,
                     );
+                    junk = junk.saturating_add(bytes);
+                    if junk > self.limits.max_junk_bytes {
+                        break End::Junk(junk);
+                    }
                     continue;
                 }
                 RawFrame::Frame(f) => f,
@@ -399,6 +454,17 @@ impl Connection {
                 session.tz = Some(tz);
                 out = self.protocol.decode(&frame, &mut session, &ctx);
             }
+            // A frame is usable when it decoded cleanly or still produced something; frames
+            // that decode to nothing but an error count as junk.
+            if out.error.is_none() || !out.events.is_empty() || out.reply.is_some() {
+                junk = 0;
+            } else {
+                junk = junk.saturating_add(frame.len());
+            }
+            if !identified && session.device_id.is_some() {
+                identified = true;
+                ticket.identified();
+            }
             let device = session.device_id.clone();
             if device != registered {
                 if let Some(old) = &registered {
@@ -411,13 +477,14 @@ impl Connection {
                 }
                 registered = device.clone();
             }
-            self.shared.frames.record(
-                device.as_deref().unwrap_or(&peer),
-                family,
-                received_at,
-                &frame,
-                &out,
-            );
+            // Only identified devices: keyed by peer, every connection of a flood would add a
+            // key that is never removed. An unusable frame's bytes are kept in the store's
+            // rejection record instead.
+            if let Some(d) = device.as_deref() {
+                self.shared
+                    .frames
+                    .record(d, family, received_at, &frame, &out);
+            }
             // Under `reject`, an unregistered device gets no answer — not even to its login —
             // unless the frame carries an alarm, which is committed and acked like any other.
             let refused = self.shared.registry.policy == UnknownPolicy::Reject
@@ -467,19 +534,50 @@ impl Connection {
             {
                 break End::Io(e);
             }
+            // Checked after the frame was handled: what it carried is committed and answered.
+            if junk > self.limits.max_junk_bytes {
+                break End::Junk(junk);
+            }
+            // Evicted while this frame (the one that identified the device) was in hand: its
+            // place was given away, so the device reconnects.
+            if evict.is_cancelled() {
+                break End::Evicted;
+            }
         };
         if let Some(d) = &registered {
             self.shared.downlinks.unregister(d, conn_id);
         }
         let _ = wr.shutdown().await;
+        let device = session.device_id.as_deref();
         let why = match end {
             End::Closed => "closed by the device".to_owned(),
             End::Idle => format!("idle for {:?}", self.limits.idle_timeout),
             End::Shutdown => "engine shutting down".to_owned(),
             End::Io(e) => format!("I/O error: {e}"),
             End::PipelineStopped => "pipeline stopped before commit".to_owned(),
+            End::LoginTimeout => {
+                telemetry::tcp_login_timeout(family, &peer, self.limits.login_timeout);
+                format!(
+                    "no device identified within {:?}",
+                    self.limits.login_timeout
+                )
+            }
+            End::Junk(bytes) => {
+                telemetry::tcp_junk_closed(
+                    family,
+                    &peer,
+                    device,
+                    bytes,
+                    self.limits.max_junk_bytes,
+                );
+                format!("{bytes} bytes of junk without a usable frame")
+            }
+            End::Evicted => {
+                telemetry::tcp_evicted(family, &peer);
+                "evicted to admit a new connection (no device identified yet)".to_owned()
+            }
         };
-        telemetry::tcp_closed(family, &peer, session.device_id.as_deref(), &why);
+        telemetry::tcp_closed(family, &peer, device, &why);
     }
 }
 
