@@ -684,12 +684,26 @@ async fn every_series_has_help_and_the_known_ones_are_there_from_the_start() {
         for name in [
             "anxin_tcp_connections",
             "anxin_tcp_frames_total",
-            "anxin_tcp_connections_refused_total",
+            "anxin_tcp_login_timeouts_total",
+            "anxin_tcp_junk_closed_total",
+            "anxin_tcp_connections_evicted_total",
+            "anxin_tcp_accept_errors_total",
         ] {
             assert_eq!(
                 sample(&page, name, &[("family", family)]),
                 Some(0.0),
                 "{name} {family}"
+            );
+        }
+        for reason in ["per_address", "listener_full", "descriptors"] {
+            assert_eq!(
+                sample(
+                    &page,
+                    "anxin_tcp_connections_refused_total",
+                    &[("family", family), ("reason", reason)]
+                ),
+                Some(0.0),
+                "refused {family} {reason}"
             );
         }
     }
@@ -700,6 +714,8 @@ async fn every_series_has_help_and_the_known_ones_are_there_from_the_start() {
         "anxin_pipeline_handoff_waits_total",
         "anxin_mqtt_stale_acks_dropped_total",
         "anxin_stream_clients",
+        "anxin_mqtt_retained_total",
+        "anxin_mqtt_session_lost_total",
     ] {
         assert_eq!(sample(&page, name, &[]), Some(0.0), "{name}");
     }
