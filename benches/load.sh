@@ -9,7 +9,8 @@
 # and, with the engine live, the publish → commit latency (device ts → committed_at) at the
 # highest publisher rate and at a fixed rate. It also checks events stored = published and
 # per-device order. Usage: benches/load.sh  (env: BROKER, COUNT, DEVICES, RATE, PROTOS,
-# ANXIN_TEST_POSTGRES_URL). nats-server speaks MQTT 3.1.1 only: with BROKER=nats only protocol 4
+# ANXIN_TEST_POSTGRES_URL; ENGINES="label=binary …" to compare builds on one backlog run;
+# PHASES=backlog to stop after the backlog drains). nats-server speaks MQTT 3.1.1 only: with BROKER=nats only protocol 4
 # is measured and the engine's live runs reach it through its 3.1.1 fallback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,7 +71,7 @@ wait_events() { # $1 url, $2 count
 }
 report() { # $1 url, $2 label
     local url=$1
-    q "$url" "SELECT '$2: stored ' || count(*) || ', drain ' || round(count(*) * 1000.0 / greatest(max(committed_at) - min(received_at), 1)) || ' msg/s (first receive → last commit ' || (max(committed_at) - min(received_at)) || ' ms), publish→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, receive→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms' FROM events"
+    q "$url" "SELECT '$2: stored ' || count(*) || ', drain ' || round(count(*) * 1000.0 / greatest(max(committed_at) - min(received_at), 1)) || ' msg/s' || CASE WHEN '${BASE_RATE:-}' <> '' THEN ' (' || round(count(*) * 1000.0 / greatest(max(committed_at) - min(received_at), 1) / ${BASE_RATE:-1}, 3) || ' of the bare subscriber)' ELSE '' END || ' (first receive → last commit ' || (max(committed_at) - min(received_at)) || ' ms), publish→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - device_ts) || ' ms, receive→commit p50 ' || percentile_cont(0.5) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms, p99 ' || percentile_cont(0.99) WITHIN GROUP (ORDER BY committed_at - received_at) || ' ms' FROM events"
     local bad; bad=$(q "$url" "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY device_id ORDER BY id) AS prev FROM events) t WHERE prev IS NOT NULL AND seq <> prev + 1")
     sleep 1.5 # the peak gauge is refreshed every second
     local peak; peak=$(curl -s "127.0.0.1:$HTTP_PORT/metrics" | awk '/^anxin_mqtt_unacked_messages_peak/ {print $2}')
@@ -92,18 +93,26 @@ for proto in ${PROTOS:-5 4}; do
     # Baseline: a bare subscriber, same protocol and window, acking on receipt.
     $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --subscribe-only --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 >/dev/null
     $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" | sed -n 1p | sed 's/^/publisher: /'
-    $SIM --url "$MQ_URL" --topic-root "$ROOT" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | sed -n 1p | sed 's/^/baseline: /'
-    # The engine draining the same backlog.
-    ROOT="engine$proto-$$/v1"
-    url=$(new_db)
-    start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
-    stop_engine
-    $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" >/dev/null
-    start_engine $proto "$url" "engine$proto-$$" "$tmp/engine$proto.log"
-    wait_events "$url" "$COUNT"
-    report "$url" "engine backlog, MQTT $proto"
-    stop_engine
+    base=$($SIM --url "$MQ_URL" --topic-root "$ROOT" drain --count "$COUNT" --client-id "base$proto-$$" --protocol $proto --receive-maximum 1000 | sed -n 1p)
+    echo "baseline: $base"
+    BASE_RATE=$(echo "$base" | grep -o '[0-9.]* msg/s' | cut -d' ' -f1)
+    # The engine draining the same backlog; ENGINES="label=binary …" measures several builds
+    # one after the other against the same broker and server (default: this build).
+    for engine in ${ENGINES:-anxin=$ANXIN}; do
+        label=${engine%%=*}; ANXIN=${engine#*=}
+        ROOT="engine$proto-$label-$$/v1"
+        url=$(new_db)
+        start_engine $proto "$url" "engine$proto-$label-$$" "$tmp/engine$proto.log"
+        stop_engine
+        $SIM --url "$MQ_URL" --topic-root "$ROOT" load --devices "$DEVICES" --rate 0 --count "$COUNT" --client-id "pub-$$" >/dev/null
+        start_engine $proto "$url" "engine$proto-$label-$$" "$tmp/engine$proto.log"
+        wait_events "$url" "$COUNT"
+        report "$url" "$label backlog, MQTT $proto"
+        stop_engine
+    done
 done
+BASE_RATE=
+[ "${PHASES:-all}" = backlog ] && exit 0
 
 echo "== live: engine (MQTT 5) consuming while the simulator publishes =="
 for rate in ${LIVE_RATES:-0 $RATE}; do

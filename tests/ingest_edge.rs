@@ -210,6 +210,45 @@ async fn a_payload_over_the_limit_is_refused_with_a_trace_and_the_shipped_broker
     assert!(e.log().contains("payload_too_large"));
 }
 
+/// nats-server 2.9 puts no size limit on MQTT messages: the engine must take an oversized one
+/// and refuse it with a trace, not drop its connection on every redelivery.
+#[tokio::test]
+async fn through_nats_an_oversized_payload_is_refused_once_without_connection_churn() {
+    let nats = common::Nats::start().await;
+    let e = Engine::start(EngineOpts {
+        mqtt_url: Some(nats.url()),
+        ..Default::default()
+    })
+    .await;
+    let big = format!(r#"{{"type":"sos","pad":"{}"}}"#, "x".repeat(1 << 20));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    std::fs::write(&file, &big).unwrap();
+    let errors_before = e.metric("anxin_mqtt_connection_errors_total").await;
+    assert!(mosquitto_pub(
+        nats.port,
+        &e.topic("big-n"),
+        &["-f", &file.display().to_string()]
+    ));
+    e.wait_metric(
+        r#"anxin_ingest_rejected_total{reason="payload_too_large"}"#,
+        1.0,
+    )
+    .await;
+    flush(&e, "big-n").await;
+    assert_eq!(
+        e.metric("anxin_mqtt_connection_errors_total").await,
+        errors_before,
+        "the connection to the broker dropped over the oversized message"
+    );
+    assert_eq!(
+        e.metric(r#"anxin_ingest_rejected_total{reason="payload_too_large"}"#)
+            .await,
+        1.0,
+        "refused once: acknowledged, not redelivered"
+    );
+}
+
 #[tokio::test]
 async fn a_retained_sos_counts_once_across_two_restarts() {
     let mq = Mosquitto::start().await;
