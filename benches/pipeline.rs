@@ -88,6 +88,8 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
     WriteBatch {
         items,
         dedup_window: Duration::hours(24),
+        redelivery_window: Duration::seconds(60),
+        token: format!("bench-{n}-{round}"),
         retry: false,
     }
 }

@@ -371,9 +371,9 @@ async fn refresh_open_alerts(store: &Store) {
             telemetry::alerts_open(&counts);
         }
         Ok(Err(e)) => telemetry::alerts_open_failed(&e),
-        Err(_) => {
-            telemetry::alerts_open_failed(&crate::store::StoreError::Db(sqlx::Error::PoolTimedOut))
-        }
+        Err(_) => telemetry::alerts_open_failed(&crate::store::StoreError::Unanswered(
+            Duration::from_secs(2),
+        )),
     }
 }
 
@@ -382,7 +382,9 @@ async fn refresh_open_alerts(store: &Store) {
 fn tcp_gate(config: &crate::config::Config, listeners: usize) -> tcp::admission::Gate {
     use tcp::admission::{Caps, Gate, descriptor_reserve, open_files_limit, total_cap};
     let configured = config.tcp.max_connections.saturating_mul(listeners.max(1));
-    let reserve = descriptor_reserve(config.store.max_connections);
+    // The pipeline's pool and the API's own (PostgreSQL; SQLite has one connection anyway).
+    let reserve =
+        descriptor_reserve(config.store.max_connections + config.store.api_max_connections);
     let open_files = open_files_limit();
     let total = total_cap(configured, open_files, reserve);
     if listeners > 0 {

@@ -336,9 +336,12 @@ pub struct Event {
     /// The resident of the device, from the registry (enrichment; not part of the payload).
     pub resident_id: Option<String>,
     /// The transport says it sent this message before (MQTT DUP). Not proof of a duplicate —
-    /// the first copy may never have been committed — but it lets a payload-hash key match
-    /// for the whole dedup window instead of only the short redelivery window.
+    /// the first copy may never have been committed — but it lets a payload key (hash and
+    /// packet id) match its first copy, for the whole dedup window.
     pub redelivered: bool,
+    /// A retained message the broker replayed on subscribe: recorded as what the device last
+    /// said, never counted as a press nor acted on (a retained `cancel` cancels nothing).
+    pub retained: bool,
     /// Values the device sent with this event that could not be used (a bad `ts`, a field out
     /// of range, …). An alarm is never refused for them (DESIGN.md guarantee 5): it is kept,
     /// and so are they, for the timeline and for inspection.
@@ -383,10 +386,17 @@ impl Flaw {
 /// How a redelivered copy of an event is recognised (DESIGN.md guarantee 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DedupKey {
-    /// The device sent `seq` and/or `ts`: the pair identifies the event for the dedup window.
+    /// The device sent `seq` and/or `ts` (or a 4G frame's serial and time): the pair
+    /// identifies the event for the dedup window.
     Device(String),
-    /// Neither was sent: a hash of the payload, valid for the short redelivery window only.
+    /// MQTT, neither was sent: a hash of the payload with the MQTT packet id. Content alone
+    /// never makes a duplicate (two identical SOS payloads are two presses); only a copy the
+    /// broker flags as redelivered (DUP), which carries the same packet id, is matched.
     Payload(String),
+    /// A 4G frame without a device time: a hash of its bytes, serial number included. A
+    /// device resends an unacknowledged frame unchanged within seconds, so the same bytes
+    /// within the redelivery window are a retransmission; a new press has a new serial.
+    Frame(String),
 }
 
 impl DedupKey {
@@ -405,7 +415,7 @@ impl DedupKey {
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         match self {
-            DedupKey::Device(s) | DedupKey::Payload(s) => s,
+            DedupKey::Device(s) | DedupKey::Payload(s) | DedupKey::Frame(s) => s,
         }
     }
 }
@@ -431,6 +441,7 @@ impl Event {
             still_active: false,
             resident_id: None,
             redelivered: false,
+            retained: false,
             flaws: Vec::new(),
         }
     }

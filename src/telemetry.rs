@@ -717,13 +717,13 @@ pub fn implausible_time(device: &str, off: chrono::Duration) {
 }
 
 /// The broker replayed a retained message: recorded, not counted as a press.
-pub fn retained(origin: &str, e: &Event) {
+pub fn retained(origin: &str, device: &str, event: &str) {
     counter!(names::MQTT_RETAINED).increment(1);
-    if let Some(suppressed) = allow_device_log("retained", &e.device_id, false) {
+    if let Some(suppressed) = allow_device_log("retained", device, false) {
         tracing::info!(
-            device = %e.device_id,
+            device,
             topic = origin,
-            event = e.event_type.name(),
+            event,
             suppressed_since_last = suppressed,
             "Retained message recorded, not counted as a press (devices should publish with retain off)"
         );

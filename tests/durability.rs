@@ -372,7 +372,7 @@ async fn nats_copies_of_held_messages_during_a_database_outage_are_counted_once(
     .await;
     proxy.cut();
     let (devices, n) = (30, 300);
-    let msgs = (0..n)
+    let mut msgs: Vec<(String, String)> = (0..n)
         .map(|i| {
             (
                 e.topic(&format!("o{}", i % devices)),
@@ -380,6 +380,11 @@ async fn nats_copies_of_held_messages_during_a_database_outage_are_counted_once(
             )
         })
         .collect();
+    // And presses without seq: identical payloads, told apart only by the transport (their
+    // copies carry DUP and the first copy's packet id).
+    let bare = 5;
+    msgs.extend((0..bare).map(|_| (e.topic("o-bare"), r#"{"type":"sos"}"#.to_owned())));
+    let n = n + bare;
     common::publish_many(broker.port(), msgs).await;
     // Every message once, then again after ack_wait: the copies are on the wire.
     e.wait_metric("anxin_mqtt_messages_received_total", (2 * n) as f64)
@@ -393,9 +398,10 @@ async fn nats_copies_of_held_messages_during_a_database_outage_are_counted_once(
     })
     .await;
     flush_device(&e, "o0", (n / devices + 1) as u32).await;
-    assert_eq!(store.count(Table::Events).await.unwrap(), n + 1);
+    flush_device(&e, "o-bare", 1).await;
+    assert_eq!(store.count(Table::Events).await.unwrap(), n + 2);
     let alerts = e.alerts("kind=sos&limit=100").await;
-    assert_eq!(alerts.len(), devices as usize);
+    assert_eq!(alerts.len(), devices as usize + 1);
     let presses: i64 = alerts.iter().map(|a| a["count"].as_i64().unwrap()).sum();
     assert_eq!(presses, n, "a copy was counted as a press");
     store.close().await;

@@ -264,6 +264,16 @@ async fn a_retained_sos_counts_once_across_two_restarts() {
     ));
     let first = alerts_of(&e, "ret-1").await;
     assert_eq!(first[0]["count"], 1);
+    // A retained cancel (delivered live, it cancels nothing: no alert yet), then an SOS: the
+    // replays of the cancel at each restart must not mark the SOS cancelled on the device.
+    assert!(mosquitto_pub(
+        mq.port,
+        &e.topic("ret-2"),
+        &["-r", "-m", r#"{"type":"cancel"}"#]
+    ));
+    flush(&e, "ret-2").await;
+    e.publish("ret-2", r#"{"type":"sos","seq":1}"#);
+    let sos2 = alerts_of(&e, "ret-2").await;
     for restart in 1..=2 {
         assert_eq!(e.terminate(), Some(0), "log:\n{}", e.log());
         e.spawn(&[]);
@@ -274,6 +284,15 @@ async fn a_retained_sos_counts_once_across_two_restarts() {
         let alerts = e.alerts("device_id=ret-1").await;
         assert_eq!(alerts.len(), 1, "restart {restart}: {alerts:?}");
         assert_eq!(alerts[0]["count"], 1, "restart {restart}: counted again");
+        flush(&e, "ret-2").await;
+        let d = detail(&e, &sos2[0]).await;
+        let actions: Vec<&str> = d["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["action"].as_str())
+            .collect();
+        assert_eq!(actions, ["opened"], "restart {restart}: {d}");
     }
 }
 

@@ -213,9 +213,12 @@ contract! {
     a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it
         => sqlite_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it,
            postgres_a_payload_without_seq_or_ts_is_a_new_press_unless_the_broker_flags_it;
-    a_retried_batch_is_not_counted_twice_even_without_seq
-        => sqlite_a_retried_batch_is_not_counted_twice_even_without_seq,
-           postgres_a_retried_batch_is_not_counted_twice_even_without_seq;
+    a_retried_batch_is_committed_once_and_reports_the_first_attempts_changes
+        => sqlite_a_retried_batch_is_committed_once_and_reports_the_first_attempts_changes,
+           postgres_a_retried_batch_is_committed_once_and_reports_the_first_attempts_changes;
+    a_dup_copy_matches_only_its_own_first_copy
+        => sqlite_a_dup_copy_matches_only_its_own_first_copy,
+           postgres_a_dup_copy_matches_only_its_own_first_copy;
     dedup_keys_expire_and_purge_removes_expired_keys
         => sqlite_dedup_keys_expire_and_purge_removes_expired_keys,
            postgres_dedup_keys_expire_and_purge_removes_expired_keys;
@@ -341,6 +344,8 @@ impl Fx {
         WriteBatch {
             items,
             dedup_window: self.dedup_window,
+            redelivery_window: Duration::seconds(60),
+            token: format!("{:032x}", rand::random::<u128>()),
             retry: false,
         }
     }
@@ -772,50 +777,102 @@ async fn a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_who
     assert_eq!(fx.alert(id).await.0.count, 3);
 }
 
-/// 4c. A commit whose answer was lost (the connection dropped after COMMIT was sent) is
-///     retried with the same messages: those the first attempt stored are recognised as its
-///     own and not counted twice — even identical presses without seq, which would otherwise
-///     each be new — while a different, earlier press with the same payload does not stand in
-///     the way of a message the first attempt never stored.
-async fn a_retried_batch_is_not_counted_twice_even_without_seq(store: Store) {
+/// 4c. A commit whose answer was lost (the connection dropped after COMMIT was sent, or the
+///     commit was abandoned) is retried with the same token: the retry finds that the first
+///     attempt went through and returns what it did — the same alert changes, for the live
+///     feed — without writing anything twice, even identical presses without seq. A retry
+///     whose first attempt did not commit commits normally.
+async fn a_retried_batch_is_committed_once_and_reports_the_first_attempts_changes(store: Store) {
     let fx = Fx::new(store);
     let press = r#"{"type":"sos"}"#;
-    let earlier = fx.send("pendant-r", press).await;
-    assert_eq!(outcome_counts(&earlier), (1, 0, 0));
-    let id = earlier.changes[0].alert_id;
-
-    fx.advance(Duration::seconds(5));
     let mut items = fx.message("pendant-r", press);
     items.extend(fx.message("pendant-r", press));
-    let retry = |items: Vec<WriteItem>| WriteBatch {
-        items,
-        dedup_window: fx.dedup_window,
-        retry: true,
-    };
-    // The first attempt "failed" after committing: the retry finds its own rows.
-    let first = fx.commit(items.clone()).await;
+    let mut batch = fx.batch(items);
+    let first = fx
+        .store
+        .commit_batch(&batch, fx.commit_time())
+        .await
+        .unwrap();
     assert_eq!(outcome_counts(&first), (2, 0, 0));
+    assert!(!first.replayed);
+    batch.retry = true;
     let again = fx
         .store
-        .commit_batch(&retry(items), fx.commit_time())
+        .commit_batch(&batch, fx.commit_time())
         .await
         .unwrap();
+    assert!(again.replayed, "the retry found the first attempt");
+    assert_eq!(outcome_counts(&again), (2, 0, 0));
     assert_eq!(
-        outcome_counts(&again),
-        (0, 2, 0),
-        "a retry of a committed batch"
+        again.changes, first.changes,
+        "the opened SOS is reported again"
     );
-    assert_eq!(fx.alert(id).await.0.count, 3);
+    assert_eq!(fx.count(Table::Events).await, 2);
+    let id = first.changes[0].alert_id;
+    let (alert, timeline) = fx.alert(id).await;
+    assert_eq!(alert.count, 2);
+    assert_eq!(actions(&timeline), ["opened", "event"]);
 
-    // A retry of a batch that never committed: the earlier identical press is no obstacle.
-    fx.advance(Duration::seconds(5));
-    let never = fx
+    // A retry whose first attempt never committed.
+    let mut other = fx.batch(fx.message("pendant-r", press));
+    other.retry = true;
+    let done = fx
         .store
-        .commit_batch(&retry(fx.message("pendant-r", press)), fx.commit_time())
+        .commit_batch(&other, fx.commit_time())
         .await
         .unwrap();
-    assert_eq!(outcome_counts(&never), (1, 0, 0));
-    assert_eq!(fx.alert(id).await.0.count, 4);
+    assert!(!done.replayed);
+    assert_eq!(outcome_counts(&done), (1, 0, 0));
+    assert_eq!(fx.alert(id).await.0.count, 3);
+}
+
+/// 4d. A broker-flagged copy (DUP) matches only its own first copy — same payload and the same
+///     MQTT packet id, which the engine adds to the key — never an earlier identical press; a
+///     first copy and its DUP copy in one batch count once.
+async fn a_dup_copy_matches_only_its_own_first_copy(store: Store) {
+    let fx = Fx::new(store);
+    // What the pipeline does: the packet id joins the payload key; DUP marks the copy.
+    let with = |items: Vec<WriteItem>, pkid: u16, dup: bool| -> Vec<WriteItem> {
+        items
+            .into_iter()
+            .map(|i| match i {
+                WriteItem::Event { mut event, hits } => {
+                    let key = format!("{}:p{pkid}", event.dedup_key.as_str());
+                    event.dedup_key = anxin::event::DedupKey::Payload(key);
+                    event.redelivered = dup;
+                    WriteItem::Event { event, hits }
+                }
+                other => other,
+            })
+            .collect()
+    };
+    let press = r#"{"type":"sos"}"#;
+    let first = fx
+        .commit(with(fx.message("pendant-d", press), 7, false))
+        .await;
+    let id = first.changes[0].alert_id;
+    fx.store
+        .resolve(id, "op", fx.now(), "false_alarm", None)
+        .await
+        .unwrap();
+    fx.advance(Duration::hours(6));
+    // Six hours later the same payload arrives flagged DUP, under another packet id: the
+    // copy of a press never committed, not of the 7 above. It is a press.
+    let later = fx
+        .commit(with(fx.message("pendant-d", press), 9, true))
+        .await;
+    assert_eq!(outcome_counts(&later), (1, 0, 0));
+    assert_eq!(later.changes[0].action, "opened");
+    // Its own copy, flagged, is a duplicate.
+    let copy = fx
+        .commit(with(fx.message("pendant-d", press), 9, true))
+        .await;
+    assert_eq!(outcome_counts(&copy), (0, 1, 0));
+    // A first copy and its DUP copy in one batch (nats-server resends after ack_wait).
+    let mut both = with(fx.message("pendant-e", press), 11, false);
+    both.extend(with(fx.message("pendant-e", press), 11, true));
+    let once = fx.commit(both).await;
+    assert_eq!(outcome_counts(&once), (1, 1, 0));
 }
 
 /// 5. Dedup keys expire: the same (seq, ts) after the dedup window counts again, and

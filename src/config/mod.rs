@@ -75,6 +75,9 @@ pub struct PipelineConfig {
     pub max_batch_delay_ms: u64,
     /// How long `(device, seq, ts)` keys are remembered.
     pub dedup_window_secs: u64,
+    /// How long a 4G frame without a device time, resent byte for byte (serial included), is
+    /// recognised as a retransmission.
+    pub redelivery_window_secs: u64,
     /// A device time further than this from the receive time is not shown: receive time
     /// stands in and the event is flagged (device clocks drift, reset, or run on local time).
     pub device_clock_tolerance_secs: u64,
@@ -211,6 +214,7 @@ impl Default for Config {
                 max_batch_messages: 1000,
                 max_batch_delay_ms: 0,
                 dedup_window_secs: 24 * 3600,
+                redelivery_window_secs: 60,
                 device_clock_tolerance_secs: 24 * 3600,
                 // Ten years: a clock this far off has no time at all (year 1, year 9999).
                 device_clock_limit_secs: 10 * 365 * 24 * 3600,
@@ -464,14 +468,8 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         if p.device_clock_limit_secs < p.device_clock_tolerance_secs {
             s.problem_here("device_clock_limit_secs must not be below device_clock_tolerance_secs");
         }
-        // Before 2026-12 a payload without seq or ts was a duplicate when its bytes repeated
-        // within this window; duplicates without identity are now the transport's call
-        // (an SOS pressed twice is two presses). Accepted so old configs still load.
-        if s.int("redelivery_window_secs", 1..=3600).is_some() {
-            tracing::warn!(
-                "[pipeline] redelivery_window_secs no longer applies: without seq or ts, only a \
-                 copy the broker flags as redelivered (MQTT DUP) is a duplicate"
-            );
+        if let Some(v) = s.int("redelivery_window_secs", 1..=3600) {
+            p.redelivery_window_secs = v as u64;
         }
         if let Some(v) = s.int("commit_retry_max_backoff_ms", 10..=600_000) {
             p.commit_retry_max_backoff_ms = v as u64;

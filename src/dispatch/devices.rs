@@ -75,8 +75,7 @@ pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Re
     }
     s.store.register_devices(&regs, s.clock.now()).await?;
     let n = regs.len();
-    registered(&s, &regs).await;
-    s.registry.put(regs);
+    registered(&s, regs).await;
     Ok((StatusCode::CREATED, Json(json!({ "registered": n }))).into_response())
 }
 
@@ -143,20 +142,22 @@ pub(super) async fn put(
     s.store
         .register_devices(std::slice::from_ref(&reg), s.clock.now())
         .await?;
-    registered(&s, std::slice::from_ref(&reg)).await;
-    s.registry.put([reg]);
+    registered(&s, vec![reg]).await;
     Ok(Json(s.store.get_device(&id).await?).into_response())
 }
 
 /// Devices were registered: their quarantine ends, and the `unregistered_device` alert each
 /// may have is resolved by the engine. The registration itself is committed already, so a
 /// failure here is logged, not answered: the alert stays for an operator to close.
-async fn registered(s: &AppState, regs: &[Registration]) {
+async fn registered(s: &AppState, regs: Vec<Registration>) {
     let ids: Vec<String> = regs
         .iter()
         .map(|r| r.id.clone())
         .filter(|id| !s.registry.is_registered(id))
         .collect();
+    // Into the registry first: a batch built from now on raises no new quarantine alert, and
+    // one built just before resolves its own after commit (pipeline).
+    s.registry.put(regs);
     if ids.is_empty() {
         return;
     }

@@ -32,7 +32,8 @@ use crate::telemetry::names;
 /// enforce, with a refusal that leaves a trace: below the broker's own limit an oversized
 /// message would vanish (an MQTT 5 broker discards what exceeds the client's Maximum Packet
 /// Size, MQTT 5 §3.1.2.11.4) or, over 3.1.1, fail the connection on every redelivery. The
-/// shipped broker configs refuse such payloads first, so the device learns (PITFALLS 11).
+/// shipped Mosquitto config and the embedded broker refuse such payloads first, so the device
+/// learns (PITFALLS 11); nats-server 2.9 has no MQTT size limit.
 const MAX_PACKET_BYTES: usize = 268_435_455 + 5;
 
 /// A received publish, kept so it can be acked later.
@@ -80,6 +81,7 @@ enum Polled {
         payload: Bytes,
         dup: bool,
         retain: bool,
+        pkid: u16,
         handle: AckHandle,
     },
     PubAckSent,
@@ -136,11 +138,14 @@ impl EventLoop {
                             .iter()
                             .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
                     },
-                    Event::Incoming(Incoming::Publish(p)) => Polled::Publish {
-                        topic: p.topic.clone(),
-                        payload: p.payload.clone(),
+                    Event::Incoming(Incoming::Publish(mut p)) => Polled::Publish {
+                        topic: std::mem::take(&mut p.topic),
+                        // The ack needs only the packet id and QoS: the handle, held until
+                        // commit, must not keep the payload alive too.
+                        payload: std::mem::take(&mut p.payload),
                         dup: p.dup,
                         retain: p.retain,
+                        pkid: p.pkid,
                         handle: AckHandle::V4(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -161,11 +166,12 @@ impl EventLoop {
                             .iter()
                             .all(|c| matches!(c, v5b::SubscribeReasonCode::Success(_))),
                     },
-                    Event::Incoming(Packet::Publish(p)) => Polled::Publish {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.clone(),
+                    Event::Incoming(Packet::Publish(mut p)) => Polled::Publish {
+                        topic: String::from_utf8_lossy(&std::mem::take(&mut p.topic)).into_owned(),
+                        payload: std::mem::take(&mut p.payload),
                         dup: p.dup,
                         retain: p.retain,
+                        pkid: p.pkid,
                         handle: AckHandle::V5(p),
                     },
                     Event::Outgoing(Outgoing::PubAck(_)) => Polled::PubAckSent,
@@ -629,6 +635,7 @@ impl MqttIngest {
                     payload,
                     dup,
                     retain,
+                    pkid,
                     handle,
                 }) => {
                     counter!(names::MQTT_RECEIVED).increment(1);
@@ -655,6 +662,7 @@ impl MqttIngest {
                         received_at: clock.now(),
                         dup,
                         retain,
+                        pkid,
                     };
                     if p.submit(d).await.is_err() {
                         tracing::error!("Pipeline stopped unexpectedly; message left unacked");

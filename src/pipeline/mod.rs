@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::config::live::Live;
-use crate::event::{Event, Flaw};
+use crate::event::{DedupKey, Event, Flaw};
 use crate::feed::AlertFeed;
 use crate::pipeline::rules::Severity;
 use crate::protocol::RejectReason;
@@ -54,6 +54,8 @@ pub enum Delivery {
         dup: bool,
         /// A retained message the broker replays on subscribe.
         retain: bool,
+        /// The MQTT packet id (0 for QoS 0).
+        pkid: u16,
     },
     /// A device frame already decoded by its connection task, which sends the device's ack
     /// once `committed` fires.
@@ -254,7 +256,9 @@ async fn process(
 ) -> bool {
     let mut backoff = Duration::from_millis(50);
     let max_backoff = Duration::from_millis(shared.cfg.commit_retry_max_backoff_ms);
-    let commit_timeout = Duration::from_secs(shared.cfg.commit_timeout_secs);
+    // Every attempt at this batch carries one token, so a retry can tell whether an attempt
+    // whose answer was lost went through (`WriteBatch::token`).
+    let token = hex::encode(rand::random::<[u8; 16]>());
     let mut attempt = 0u32;
     loop {
         // A message whose connection is gone and whose session the broker resumed comes back
@@ -275,13 +279,19 @@ async fn process(
         let Built {
             mut write,
             quarantined,
+            notes,
         } = build(shared, batch);
+        write.token.clone_from(&token);
         write.retry = attempt > 0;
         attempt += 1;
         test_hooks::before_commit().await;
         let started = std::time::Instant::now();
         // A commit cut off by a network partition would otherwise wait for TCP to give up
-        // (many minutes) before its retry; the retry is safe (`WriteBatch::retry`).
+        // (many minutes) before its retry; the retry is safe (`WriteBatch::token`). The
+        // allowance grows with the batch, so a storm of alarms against a distant database is
+        // never abandoned for its size alone.
+        let commit_timeout = Duration::from_secs(shared.cfg.commit_timeout_secs)
+            + COMMIT_TIME_PER_ITEM * write.items.len() as u32;
         let committed = tokio::time::timeout(
             commit_timeout,
             shared.store.commit_batch(&write, shared.clock.now()),
@@ -290,6 +300,11 @@ async fn process(
         .unwrap_or(Err(StoreError::Unanswered(commit_timeout)));
         match committed {
             Ok(outcome) => {
+                // Counted once, now that it is stored (a failed attempt counts nothing).
+                for note in &notes {
+                    note.emit();
+                }
+                resolve_late_registrations(shared, &quarantined).await;
                 shared.registry.mark_quarantined(quarantined);
                 telemetry::batch_committed(batch.len(), started.elapsed(), &outcome);
                 let positions: Vec<u64> = batch
@@ -321,11 +336,73 @@ async fn process(
     }
 }
 
+/// What a commit may take per item beyond `commit_timeout_secs`: an alarm costs a few round
+/// trips (event, alert, timeline), ~40 ms against a database 10 ms away.
+const COMMIT_TIME_PER_ITEM: Duration = Duration::from_millis(100);
+
+/// A device registered while a batch that raised its `unregistered_device` alert was being
+/// built: the API resolved nothing then (the alert did not exist yet), so resolve it now.
+async fn resolve_late_registrations(shared: &Shared, quarantined: &HashSet<String>) {
+    let late: Vec<String> = quarantined
+        .iter()
+        .filter(|d| shared.registry.is_registered(d))
+        .cloned()
+        .collect();
+    if late.is_empty() {
+        return;
+    }
+    match shared
+        .store
+        .resolve_quarantine(&late, shared.clock.now())
+        .await
+    {
+        Ok(changes) => {
+            for c in changes {
+                shared.live.send(c);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not resolve the unregistered-device alert of a device registered meanwhile; an operator can")
+        }
+    }
+}
+
+/// Something to count and log once the batch it belongs to is committed.
+enum Note {
+    Rejected(String, Rejection),
+    Flawed(String, Box<Event>, Flaw),
+    Retained(String, String, &'static str),
+    ImplausibleTime(String, chrono::Duration),
+    Profile(String, Result<(), RejectReason>),
+}
+
+impl Note {
+    fn emit(&self) {
+        match self {
+            Note::Rejected(origin, r) => telemetry::rejected(origin, r),
+            Note::Flawed(origin, e, f) => telemetry::flawed(origin, e, f),
+            Note::Retained(origin, device, event) => telemetry::retained(origin, device, event),
+            Note::ImplausibleTime(device, off) => telemetry::implausible_time(device, *off),
+            Note::Profile(profile, Ok(())) => {
+                metrics::counter!(names::PROFILE_EVENTS, "profile" => profile.clone()).increment(1)
+            }
+            Note::Profile(profile, Err(reason)) => metrics::counter!(
+                names::PROFILE_REJECTED,
+                "profile" => profile.clone(),
+                "reason" => reason.as_str()
+            )
+            .increment(1),
+        }
+    }
+}
+
 /// A batch ready to commit, and what to remember once it is committed.
 struct Built {
     write: WriteBatch,
     /// Unregistered devices whose `unregistered_device` alert this batch raises.
     quarantined: HashSet<String>,
+    /// Counted and logged after the commit.
+    notes: Vec<Note>,
 }
 
 fn build(shared: &Shared, batch: &[Delivery]) -> Built {
@@ -334,6 +411,8 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
     let clock = ClockWindows::from(&shared.cfg);
     let mut items = Vec::with_capacity(batch.len());
     let mut quarantined: HashSet<String> = HashSet::new();
+    let mut notes = Vec::new();
+    let mut profile_notes = Vec::new();
     let mut push = |item: Result<Event, Rejection>,
                     origin: &str,
                     received_at,
@@ -341,7 +420,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
         let mut event = match item {
             Ok(e) => e,
             Err(rejection) => {
-                telemetry::rejected(origin, &rejection);
+                notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
                 items.push(WriteItem::Rejected {
                     rejection,
                     origin: origin.to_owned(),
@@ -352,23 +431,41 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
         };
         // What the decoder could not use: counted, and logged without hiding an alarm's.
         for f in &event.flaws {
-            telemetry::flawed(origin, &event, f);
+            notes.push(Note::Flawed(
+                origin.to_owned(),
+                Box::new(event.clone()),
+                f.clone(),
+            ));
         }
-        if let Err(rejection) = clock.check(&mut event, transport.json) {
-            telemetry::rejected(origin, &rejection);
-            items.push(WriteItem::Rejected {
-                rejection,
-                origin: origin.to_owned(),
-                received_at,
-            });
-            return;
+        match clock.check(&mut event, transport.json) {
+            Ok(None) => {}
+            Ok(Some(off)) => notes.push(Note::ImplausibleTime(event.device_id.clone(), off)),
+            Err(rejection) => {
+                notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
+                items.push(WriteItem::Rejected {
+                    rejection,
+                    origin: origin.to_owned(),
+                    received_at,
+                });
+                return;
+            }
+        }
+        // A payload key names the MQTT packet too: a DUP copy carries its first copy's packet
+        // id (MQTT 3.1.1 §4.4, MQTT 5 §4.4), an earlier identical press almost never does.
+        if let (Some(pkid), DedupKey::Payload(k)) = (transport.pkid, &event.dedup_key) {
+            event.dedup_key = DedupKey::Payload(format!("{k}:p{pkid}"));
         }
         event.redelivered = transport.dup;
+        event.retained = transport.retain;
         let mut hits = Vec::new();
         if transport.retain {
             // A retained message is the broker's copy of an old one, replayed on every
             // subscribe: recorded as what the device last said, never counted as a press.
-            telemetry::retained(origin, &event);
+            notes.push(Note::Retained(
+                origin.to_owned(),
+                event.device_id.clone(),
+                event.event_type.name(),
+            ));
             event.flaws.push(Flaw::new(
                 "retain",
                 "true",
@@ -408,7 +505,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                         ),
                         raw: event.to_json().to_string().into_bytes(),
                     };
-                    telemetry::rejected(origin, &rejection);
+                    notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
                     items.push(WriteItem::Rejected {
                         rejection,
                         origin: origin.to_owned(),
@@ -430,10 +527,14 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                 received_at,
                 dup,
                 retain,
+                pkid,
                 ..
             } => {
-                let decoded = if *size > canonical::MAX_PAYLOAD_BYTES {
-                    oversized(shared, &current.profiles, topic, payload, *size)
+                let (decoded, profile) = if *size > canonical::MAX_PAYLOAD_BYTES {
+                    (
+                        oversized(shared, &current.profiles, topic, payload, *size),
+                        None,
+                    )
                 } else {
                     decode_mqtt(
                         &shared.topic_root,
@@ -443,10 +544,19 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                         *received_at,
                     )
                 };
+                if let Some(profile) = profile {
+                    for item in &decoded.items {
+                        profile_notes.push(Note::Profile(
+                            profile.clone(),
+                            item.as_ref().map(|_| ()).map_err(|r| r.reason),
+                        ));
+                    }
+                }
                 let transport = Transport {
                     json: true,
                     dup: *dup,
                     retain: *retain,
+                    pkid: Some(*pkid),
                 };
                 for item in decoded.items {
                     push(item, topic, *received_at, transport);
@@ -462,6 +572,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                     json: false,
                     dup: false,
                     retain: false,
+                    pkid: None,
                 };
                 for item in frame_items {
                     push(item.clone(), origin, *received_at, transport);
@@ -469,13 +580,17 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
             }
         }
     }
+    notes.append(&mut profile_notes);
     Built {
         write: WriteBatch {
             items,
             dedup_window: chrono::Duration::seconds(shared.cfg.dedup_window_secs as i64),
+            redelivery_window: chrono::Duration::seconds(shared.cfg.redelivery_window_secs as i64),
+            token: String::new(),
             retry: false,
         },
         quarantined,
+        notes,
     }
 }
 
@@ -522,6 +637,8 @@ struct Transport {
     dup: bool,
     /// A retained message replayed by the broker.
     retain: bool,
+    /// The MQTT packet id, which a redelivered copy shares with its first copy.
+    pkid: Option<u16>,
 }
 
 /// How far a device clock may be from the receive time (`[pipeline]` settings).
@@ -547,14 +664,19 @@ impl From<&PipelineConfig> for ClockWindows {
 impl ClockWindows {
     /// Checks the event's device time against its receive time. The duplicate key was made
     /// from what the device sent and stays: it identifies the message, right clock or not.
-    fn check(&self, event: &mut Event, strict: bool) -> Result<(), Rejection> {
+    /// `Ok(Some(off))`: the time was set aside, `off` from the receive time.
+    fn check(
+        &self,
+        event: &mut Event,
+        strict: bool,
+    ) -> Result<Option<chrono::Duration>, Rejection> {
         let Some(t) = event.device_time else {
-            return Ok(());
+            return Ok(None);
         };
         let off = t - event.received_at;
         let far = off.abs();
         if far <= self.tolerance {
-            return Ok(());
+            return Ok(None);
         }
         let how = if off > chrono::Duration::zero() {
             "ahead of"
@@ -575,14 +697,21 @@ impl ClockWindows {
                 raw: event.to_json().to_string().into_bytes(),
             });
         }
-        telemetry::implausible_time(&event.device_id, far);
         event.flaws.push(Flaw::new(
             "ts",
             t.to_rfc3339(),
             format!("the device clock is {text}; receive time shown"),
         ));
         event.device_time = None;
-        Ok(())
+        // A clock this wrong may be stuck (a dead RTC sends one time forever): without `seq`
+        // it cannot tell presses apart, so only the transport may call a copy a duplicate.
+        if strict
+            && event.seq.is_none()
+            && let DedupKey::Device(k) = &event.dedup_key
+        {
+            event.dedup_key = DedupKey::Payload(k.clone());
+        }
+        Ok(Some(far))
     }
 }
 
@@ -598,35 +727,25 @@ fn human(d: chrono::Duration) -> String {
 }
 
 /// Decodes an MQTT message by its topic: the canonical format, else the vendor profile whose
-/// pattern matches, else a `bad_topic` rejection. Profile outcomes are counted per profile.
+/// pattern matches (named in the answer, for its metrics), else a `bad_topic` rejection.
 pub fn decode_mqtt(
     root: &str,
     profiles: &crate::protocol::profile::ProfileSet,
     topic: &str,
     payload: &[u8],
     received_at: DateTime<Utc>,
-) -> canonical::Decoded {
+) -> (canonical::Decoded, Option<String>) {
     if canonical::device_from_topic(root, topic).is_ok() {
-        return canonical::decode(root, topic, payload, received_at);
+        return (canonical::decode(root, topic, payload, received_at), None);
     }
     let Some((profile, device)) = profiles.route(topic) else {
         // The canonical decoder words the bad-topic rejection.
-        return canonical::decode(root, topic, payload, received_at);
+        return (canonical::decode(root, topic, payload, received_at), None);
     };
-    let decoded = profile.decode(topic, device, payload, received_at);
-    for item in &decoded.items {
-        match item {
-            Ok(_) => metrics::counter!(names::PROFILE_EVENTS, "profile" => profile.name.clone())
-                .increment(1),
-            Err(r) => metrics::counter!(
-                names::PROFILE_REJECTED,
-                "profile" => profile.name.clone(),
-                "reason" => r.reason.as_str()
-            )
-            .increment(1),
-        }
-    }
-    decoded
+    (
+        profile.decode(topic, device, payload, received_at),
+        Some(profile.name.clone()),
+    )
 }
 
 /// Hooks for crash tests, compiled only with the `test-hooks` feature.

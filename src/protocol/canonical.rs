@@ -84,7 +84,7 @@ pub fn decode(root: &str, topic: &str, payload: &[u8], received_at: DateTime<Utc
     let device_id = match device_from_topic(root, topic) {
         Ok(id) => id.to_owned(),
         Err(mut r) => {
-            r.raw = kept_raw(RejectReason::PayloadTooLarge, payload);
+            r.raw = kept_raw(r.reason, payload);
             return Decoded {
                 device_id: None,
                 items: vec![Err(r)],
@@ -166,7 +166,7 @@ pub(crate) fn kind_of(v: &Value) -> &'static str {
 
 fn decode_object(
     device_id: &str,
-    mut obj: Map<String, Value>,
+    obj: Map<String, Value>,
     source: &Source,
     received_at: DateTime<Utc>,
     digest: &str,
@@ -299,7 +299,6 @@ fn decode_object(
     if let Err(why) = event_type.check_fields(&fields) {
         return Err(reject(RejectReason::BadField, why, &obj));
     }
-    obj.clear();
     let dedup_key = if seq.is_some() || device_time.is_some() {
         DedupKey::Device(DedupKey::device_part(seq, device_time))
     } else {
@@ -317,6 +316,7 @@ fn decode_object(
         still_active: false,
         resident_id: None,
         redelivered: false,
+        retained: false,
         flaws,
     })
 }

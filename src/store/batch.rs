@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{Store, StoreError, on_pool};
@@ -68,9 +68,14 @@ pub struct WriteBatch {
     /// How long `(device, seq, ts)` keys, and the payload keys a broker-flagged copy is
     /// matched against, are kept.
     pub dedup_window: Duration,
-    /// An earlier attempt to commit these same messages failed — and may have committed
-    /// anyway (a connection lost after COMMIT was sent). A payload key then counts as new
-    /// only if the row it finds is not this very message's (same receive time).
+    /// How long a 4G frame key ([`DedupKey::Frame`]) recognises the same bytes as a
+    /// retransmission.
+    pub redelivery_window: Duration,
+    /// Identifies this batch across attempts to commit it: written with the batch, so a
+    /// retry after a commit whose answer was lost (the connection dropped after COMMIT, or an
+    /// abandoned commit) finds that it already went through, and returns what it did.
+    pub token: String,
+    /// An earlier attempt with this token failed: look the token up first.
     pub retry: bool,
 }
 
@@ -83,13 +88,11 @@ fn new_by_transport(event: &Event) -> bool {
 }
 
 /// When a dedup row no longer stands in the way of a new event with its key: its validity
-/// ended, its retention ended (a broker-flagged copy), or — retrying a batch — it was written
-/// at another receive time than this event's (it is not this message's own earlier attempt).
+/// ended, or (for a broker-flagged copy) its retention ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Horizon {
     ValidUntil,
     ExpiresAt,
-    OtherReceipt,
 }
 
 impl Horizon {
@@ -97,13 +100,12 @@ impl Horizon {
         match self {
             Horizon::ValidUntil => "dedup.valid_until < excluded.seen_at",
             Horizon::ExpiresAt => "dedup.expires_at < excluded.seen_at",
-            Horizon::OtherReceipt => "dedup.seen_at <> excluded.seen_at",
         }
     }
 }
 
 /// What happened to an alert in a batch, for the live feed and metrics.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlertChange {
     /// The alert.
     pub alert_id: i64,
@@ -118,7 +120,7 @@ pub struct AlertChange {
 }
 
 /// The result of a committed batch.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BatchOutcome {
     /// Events stored.
     pub accepted: usize,
@@ -128,6 +130,10 @@ pub struct BatchOutcome {
     pub rejected: usize,
     /// Alert changes, in order.
     pub changes: Vec<AlertChange>,
+    /// Not committed now: an earlier attempt with the same token had committed it, and this
+    /// is what that attempt did.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 impl Store {
@@ -157,8 +163,11 @@ impl Store {
                         Horizon::ValidUntil,
                     ),
                     DedupKey::Payload(_) if event.redelivered => (received, Horizon::ExpiresAt),
-                    DedupKey::Payload(_) if batch.retry => (received, Horizon::OtherReceipt),
                     DedupKey::Payload(_) => (received, Horizon::ValidUntil),
+                    DedupKey::Frame(_) => (
+                        to_millis(event.received_at + batch.redelivery_window),
+                        Horizon::ValidUntil,
+                    ),
                 };
                 if seen_keys.insert((event.device_id.as_str(), event.dedup_key.as_str())) {
                     keys.push((
@@ -181,11 +190,28 @@ impl Store {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
 
+            // 0. A retry of a batch that went through after all: what it did, nothing more.
+            if batch.retry {
+                let done: Option<String> = sqlx::query_scalar("SELECT outcome FROM batches WHERE token = $1")
+                    .bind(&batch.token)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(done) = done {
+                    tx.rollback().await?;
+                    let mut outcome: BatchOutcome = serde_json::from_str(&done)
+                        .map_err(|e| StoreError::Validation(format!("stored outcome of batch {}: {e}", batch.token)))?;
+                    outcome.replayed = true;
+                    return Ok(outcome);
+                }
+            }
+            // Payload keys of this batch's new events, for DUP copies in the same batch.
+            let mut in_batch: HashSet<(String, String)> = HashSet::new();
+
             // 1. Which keys are new: inserted, or overwriting a row no longer valid. A payload
             //    hash the broker flagged DUP matches for the whole dedup window (a redelivery
             //    after a long outage); an unflagged one is new whatever the table holds.
             let mut fresh: HashSet<(String, String)> = HashSet::new();
-            for horizon in [Horizon::ValidUntil, Horizon::ExpiresAt, Horizon::OtherReceipt] {
+            for horizon in [Horizon::ValidUntil, Horizon::ExpiresAt] {
                 let rows: Vec<_> = keys.iter().filter(|k| k.5 == horizon).collect();
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, valid_until, expires_at) ");
@@ -229,16 +255,18 @@ impl Store {
                     }
                     WriteItem::Event { event, hits } => {
                         let key = (event.device_id.clone(), event.dedup_key.as_str().to_owned());
-                        let new = if !new_by_transport(event) {
-                            // One copy of a device key in a batch is the event; the others
-                            // are its retransmits.
-                            fresh.remove(&key)
-                        } else if batch.retry {
-                            // Identical payloads in one batch are each a press: they share
-                            // one verdict, "was this batch committed before?".
-                            fresh.contains(&key)
-                        } else {
+                        let new = if new_by_transport(event) {
+                            // Written for a later DUP copy of this very message to find.
+                            in_batch.insert(key);
                             true
+                        } else if in_batch.contains(&key) {
+                            // A DUP copy of a message earlier in this batch (nats-server
+                            // resends after ack_wait while the first copy still waits).
+                            false
+                        } else {
+                            // One copy of a key in a batch is the event; the others are its
+                            // retransmits.
+                            fresh.remove(&key)
                         };
                         if !new {
                             out.duplicates += 1;
@@ -255,7 +283,10 @@ impl Store {
                             plain.push(event);
                             continue;
                         }
-                        if hits.is_empty() && event.event_type != EventType::Cancel {
+                        // A retained cancel is the broker's replay of an old press: recorded,
+                        // never acted on (it would mark today's SOS cancelled on the device).
+                        let cancels = event.event_type == EventType::Cancel && !event.retained;
+                        if hits.is_empty() && !cancels {
                             plain.push(event);
                             continue;
                         }
@@ -278,7 +309,7 @@ impl Store {
                         .bind(flaws_json(event))
                         .fetch_one(&mut *tx)
                         .await?;
-                        if event.event_type == EventType::Cancel {
+                        if cancels {
                             // The wearer cancelled on the device: recorded, never resolving.
                             let open: Vec<(i64, String, String)> = sqlx::query_as(
                                 "SELECT id, kind, severity FROM alerts WHERE device_id = $1 AND status <> 'resolved' ORDER BY id",
@@ -362,6 +393,12 @@ impl Store {
                 q.build().execute(&mut *tx).await?;
             }
             out.rejected = rejected.len();
+            sqlx::query("INSERT INTO batches (token, committed_at, outcome) VALUES ($1, $2, $3)")
+                .bind(&batch.token)
+                .bind(committed_at)
+                .bind(serde_json::to_string(&out).unwrap_or_default())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
         });
         Ok(out)

@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::{AlertChange, Store, StoreError, on_pool};
+use crate::clock::{from_millis, to_millis};
 use crate::pipeline::UNREGISTERED_RULE;
+use crate::registry::Registration;
 
 /// The outcome of an `unregistered_device` alert the engine resolved because the device was
 /// registered.
 pub const REGISTERED_OUTCOME: &str = "device_registered";
-use crate::clock::{from_millis, to_millis};
-use crate::registry::Registration;
 
 const COLUMNS: &str = "id, first_seen, last_seen, registered, family, device_type, room, labels, resident_id, tz_offset_minutes";
 
@@ -143,7 +143,7 @@ impl Store {
             let mut changes = Vec::new();
             for id in ids {
                 let rows: Vec<(i64, String, String)> = sqlx::query_as(
-                    "UPDATE alerts SET status = 'resolved', resolved_at = $3, resolved_by = 'anxin', \
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $3, resolved_by = 'engine', \
                      outcome = $4, updated_at = $3 \
                      WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' \
                      RETURNING id, kind, severity",
@@ -155,7 +155,7 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for (alert_id, kind, severity) in rows {
-                    sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'anxin', 'resolved', $3)")
+                    sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'engine', 'resolved', $3)")
                         .bind(alert_id)
                         .bind(at)
                         .bind(&detail)
@@ -200,9 +200,10 @@ impl Store {
             // `unregistered_device` alert, for the operator to find and register it.
             let mut q = sqlx::QueryBuilder::<Db>::new(format!(
                 "SELECT {COLUMNS}, (SELECT MIN(a.id) FROM alerts a WHERE a.device_id = devices.id \
-                 AND a.rule = 'unregistered_device' AND a.status <> 'resolved') AS quarantine_alert \
-                 FROM devices WHERE 1=1"
+                 AND a.rule = "
             ));
+            q.push_bind(UNREGISTERED_RULE)
+                .push(" AND a.status <> 'resolved') AS quarantine_alert FROM devices WHERE 1=1");
             if let Some(r) = registered {
                 q.push(" AND registered = ").push_bind(i64::from(r));
             }

@@ -309,9 +309,15 @@ impl Store {
         on_pool!(self, pool => pool.close().await)
     }
 
-    /// Deletes dedup keys that expired before `now`.
+    /// Deletes dedup keys that expired before `now`, and batch tokens older than an hour.
     pub async fn purge_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        // A batch is retried within minutes of its first attempt; an hour is plenty.
+        let batches_before = to_millis(now - chrono::Duration::hours(1));
         let n = on_pool!(self, pool => {
+            sqlx::query("DELETE FROM batches WHERE committed_at < $1")
+                .bind(batches_before)
+                .execute(pool)
+                .await?;
             sqlx::query("DELETE FROM dedup WHERE expires_at < $1")
                 .bind(to_millis(now))
                 .execute(pool)

@@ -1825,9 +1825,9 @@ impl<'a> Emitter<'a> {
 
     /// With a device time the key is `s{serial}|t{ms}`, kept for the whole dedup window: a
     /// resent alarm has the same serial and time, while a device that restarted its serial
-    /// sends a new time. Without one (heartbeats, 0x19) it is a hash of the frame, a payload
-    /// key kept only for the redelivery window: the serial alone would merge a new alarm with
-    /// an old one after the serial wraps or restarts.
+    /// sends a new time. Without one (heartbeats, 0x19) it is a hash of the frame (serial
+    /// included), a frame key kept only for the redelivery window: the serial alone would merge
+    /// a new alarm with an old one after the serial wraps or restarts.
     fn push(&mut self, ty: EventType, fields: Map<String, Value>, still_active: bool) {
         let index = self.events.len();
         let serial = self
@@ -1842,7 +1842,7 @@ impl<'a> Emitter<'a> {
                 let hash = Sha256::digest(self.raw);
                 let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
                 let mut e = self.ctx.event(FAMILY, self.device, ty, "", index);
-                e.dedup_key = DedupKey::Payload(format!("{FAMILY}:h{hex}#{index}"));
+                e.dedup_key = DedupKey::Frame(format!("{FAMILY}:h{hex}#{index}"));
                 e
             }
         };
@@ -2024,8 +2024,8 @@ mod tests {
             Some(&[0x78, 0x78, 0x05, 0x13, 0x01, 0xBA, 0xFB, 0x71, 0x0D, 0x0A][..])
         );
         assert!(out.reply_now);
-        // No device time: the key is a payload hash, kept only for the redelivery window.
-        assert!(matches!(out.events[0].dedup_key, DedupKey::Payload(_)));
+        // No device time: the key is a frame hash, kept only for the redelivery window.
+        assert!(matches!(out.events[0].dedup_key, DedupKey::Frame(_)));
     }
 
     #[test]

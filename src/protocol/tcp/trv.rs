@@ -307,8 +307,8 @@ impl<'a> Decoded<'a> {
 
     /// Adds an event. With a device time the key is `t{ms}|h{hash}`, valid for the whole dedup
     /// window (a resent alarm carries the same time and bytes). Without one (heartbeats,
-    /// vitals) the key is the frame hash alone and only a payload key: two identical
-    /// readings an hour apart are two readings, not a duplicate.
+    /// vitals) the key is the frame hash alone, a frame key valid for the redelivery window
+    /// only: two identical readings an hour apart are two readings, not a duplicate.
     fn push(&mut self, ty: EventType, fields: Map<String, Value>) {
         let index = self.events.len();
         let mut event = match self.device_time {
@@ -318,7 +318,7 @@ impl<'a> Decoded<'a> {
             }
             None => {
                 let mut e = self.ctx.event(FAMILY, self.device, ty, "", index);
-                e.dedup_key = DedupKey::Payload(format!("{FAMILY}:h{}#{index}", self.hash));
+                e.dedup_key = DedupKey::Frame(format!("{FAMILY}:h{}#{index}", self.hash));
                 e
             }
         };
@@ -977,9 +977,9 @@ mod tests {
         assert_eq!(key, b.events[2].dedup_key.as_str());
         let hash = hex::encode(&Sha256::digest(SOS.trim_end_matches('#').as_bytes())[..8]);
         assert_eq!(key, format!("trv:t1211609910000|h{hash}#2"));
-        // Frames without a device time get a payload key: identical readings later are new.
+        // Frames without a device time get a frame key: identical readings later are new.
         let hr = run("IWAP49,68#");
-        assert!(matches!(hr.events[0].dedup_key, DedupKey::Payload(_)));
+        assert!(matches!(hr.events[0].dedup_key, DedupKey::Frame(_)));
     }
 
     #[test]

@@ -180,6 +180,8 @@ struct Header<'a> {
     id: &'a str,
     index: Option<&'a str>,
     content: &'a [u8],
+    /// The length field, when it is not LLLL: only an alarm message is still decoded.
+    bad_length: Option<String>,
 }
 
 fn is_hex4(s: &[u8]) -> bool {
@@ -213,14 +215,18 @@ fn parse_header(frame: &[u8]) -> Result<Header<'_>, HeaderError> {
     };
     // LLLL is 4 hex digits (PROTOCOLS.md §2, Framing). Its value is unreliable and never
     // used, but a field that is not LLLL at all (`FFFFFFFF`, empty, text) means this is not
-    // a watch frame: it gets no events and no ack.
-    if !is_hex4(length) {
+    // a watch frame: it gets no events and no ack — unless it is an alarm message (`AL`),
+    // which is never refused for anything besides its type (DESIGN.md guarantee 5).
+    let bad_length = (!is_hex4(length))
+        .then(|| String::from_utf8_lossy(&length[..length.len().min(16)]).into_owned());
+    if let Some(l) = &bad_length
+        && !content
+            .get(..2)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"AL"))
+    {
         return Err((
             "bad_length",
-            format!(
-                "length field {:?} is not 4 hex digits",
-                String::from_utf8_lossy(&length[..length.len().min(16)])
-            ),
+            format!("length field {l:?} is not 4 hex digits"),
         ));
     }
     Ok(Header {
@@ -228,6 +234,7 @@ fn parse_header(frame: &[u8]) -> Result<Header<'_>, HeaderError> {
         id,
         index,
         content,
+        bad_length,
     })
 }
 
@@ -380,6 +387,15 @@ pub fn decode(frame: &[u8], session: &mut Session, ctx: &Ctx) -> FrameOutput {
             out.reply_now = true;
         }
         _ => {}
+    }
+    if let Some(l) = &h.bad_length {
+        for e in &mut out.events {
+            e.flaws.push(Flaw::new(
+                "length",
+                l,
+                "the length field is not 4 hex digits; the alarm is decoded all the same",
+            ));
+        }
     }
     out
 }
@@ -693,7 +709,6 @@ mod tests {
             &b"[3G*4700186508*FFFFFFFF*LK]"[..],
             b"[3G*4700186508**LK]",
             b"[3G*4700186508*00G2*LK]",
-            b"[3G*4700186508*002*AL,231126,101500,A,0,N,0,E,0,0,0,0,0,0,0,0,00010000]",
         ] {
             let mut s = Session::default();
             let o = decode(f, &mut s, &ctx());
@@ -703,6 +718,25 @@ mod tests {
             assert_eq!(o.error.as_ref().map(|e| e.0), Some("bad_length"), "{frame}");
             assert_eq!(s.device_id, None, "{frame} identifies no device");
         }
+    }
+
+    #[test]
+    fn an_alarm_with_a_bad_length_field_is_decoded_and_acked_with_a_flaw() {
+        let mut s = Session::default();
+        let o = decode(
+            b"[3G*4700186508*002*AL,231126,101500,A,0,N,0,E,0,0,0,0,0,0,0,0,00010000]",
+            &mut s,
+            &ctx(),
+        );
+        assert!(o.reply.is_some(), "the alarm is acked");
+        let sos = o
+            .events
+            .iter()
+            .find(|e| e.event_type == EventType::Sos)
+            .expect("the SOS bit is decoded");
+        assert_eq!(sos.flaws[0].field, "length");
+        assert_eq!(sos.flaws[0].value, "002");
+        assert_eq!(s.device_id.as_deref(), Some("4700186508"));
     }
 
     #[test]
