@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Engine, EngineOpts, Mosquitto, poll, service_url};
 use serde_json::{Value, json};
 
@@ -49,22 +47,7 @@ async fn rejected(e: &Engine, reason: &str) -> f64 {
 
 /// `mosquitto_pub` with extra arguments; returns whether it succeeded.
 fn mosquitto_pub(port: u16, topic: &str, args: &[&str]) -> bool {
-    Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
-        .args(args)
-        .output()
-        .expect("mosquitto_pub is installed (Debian package mosquitto-clients)")
-        .status
-        .success()
+    common::mosquitto_pub(port, topic, args).status.success()
 }
 
 #[tokio::test]

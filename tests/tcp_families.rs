@@ -10,17 +10,7 @@ use tokio::net::TcpStream;
 
 async fn engine_with(family: &str) -> (Engine, u16) {
     let port = free_port();
-    let listen = ["watch", "gt06", "jt808", "trv"]
-        .iter()
-        .map(|f| {
-            if *f == family {
-                format!("{f}=127.0.0.1:{port}")
-            } else {
-                format!("{f}=off")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let listen = common::only_listener(family, port);
     let e = Engine::start(EngineOpts {
         env: vec![("ANXIN_TCP_LISTEN".into(), listen)],
         ..Default::default()

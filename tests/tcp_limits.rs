@@ -48,17 +48,7 @@ fn config(dir: &tempfile::TempDir, tcp: &str) -> PathBuf {
 /// An engine with only `family` listening, on a free port.
 async fn engine(family: &str, config: Option<PathBuf>, open_files: Option<u64>) -> (Engine, u16) {
     let port = free_port();
-    let listen = ["watch", "gt06", "jt808", "trv"]
-        .iter()
-        .map(|f| {
-            if *f == family {
-                format!("{f}=127.0.0.1:{port}")
-            } else {
-                format!("{f}=off")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let listen = common::only_listener(family, port);
     let e = Engine::start(EngineOpts {
         env: vec![("ANXIN_TCP_LISTEN".into(), listen)],
         config,

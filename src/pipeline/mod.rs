@@ -413,22 +413,13 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
     let mut quarantined: HashSet<String> = HashSet::new();
     let mut notes = Vec::new();
     let mut profile_notes = Vec::new();
-    let mut push = |item: Result<Event, Rejection>,
-                    origin: &str,
-                    received_at,
-                    transport: Transport| {
-        let mut event = match item {
-            Ok(e) => e,
-            Err(rejection) => {
-                notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
-                items.push(WriteItem::Rejected {
-                    rejection,
-                    origin: origin.to_owned(),
-                    received_at,
-                });
-                return;
-            }
-        };
+    // An event's way into the batch; `Err` is why it is refused instead.
+    let mut accept = |item: Result<Event, Rejection>,
+                      origin: &str,
+                      transport: Transport,
+                      notes: &mut Vec<Note>|
+     -> Result<WriteItem, Rejection> {
+        let mut event = item?;
         // What the decoder could not use: counted, and logged without hiding an alarm's.
         for f in &event.flaws {
             notes.push(Note::Flawed(
@@ -440,15 +431,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
         match clock.check(&mut event, transport.json) {
             Ok(None) => {}
             Ok(Some(off)) => notes.push(Note::ImplausibleTime(event.device_id.clone(), off)),
-            Err(rejection) => {
-                notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
-                items.push(WriteItem::Rejected {
-                    rejection,
-                    origin: origin.to_owned(),
-                    received_at,
-                });
-                return;
-            }
+            Err(rejection) => return Err(rejection),
         }
         // A payload key names the MQTT packet too: a DUP copy carries its first copy's packet
         // id (MQTT 3.1.1 §4.4, MQTT 5 §4.4), an earlier identical press almost never does.
@@ -505,19 +488,27 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                         ),
                         raw: event.to_json().to_string().into_bytes(),
                     };
+                    return Err(rejection);
+                }
+                UnknownPolicy::Reject => {}
+            }
+        }
+        Ok(WriteItem::Event { event, hits })
+    };
+    let mut push =
+        |item: Result<Event, Rejection>, origin: &str, received_at, transport: Transport| {
+            match accept(item, origin, transport, &mut notes) {
+                Ok(w) => items.push(w),
+                Err(rejection) => {
                     notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
                     items.push(WriteItem::Rejected {
                         rejection,
                         origin: origin.to_owned(),
                         received_at,
                     });
-                    return;
                 }
-                UnknownPolicy::Reject => {}
             }
-        }
-        items.push(WriteItem::Event { event, hits });
-    };
+        };
     for d in batch {
         match d {
             Delivery::Mqtt {

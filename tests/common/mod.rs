@@ -64,7 +64,17 @@ where
 
 /// Publishes one QoS 1 message with `mosquitto_pub` (it returns after the broker's PUBACK).
 pub fn publish(port: u16, topic: &str, payload: &str) {
-    let out = Command::new("mosquitto_pub")
+    let out = mosquitto_pub(port, topic, &["-m", payload]);
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `mosquitto_pub` at QoS 1 on `topic` with extra arguments (`-m`, `-f`, `-r`, …).
+pub fn mosquitto_pub(port: u16, topic: &str, args: &[&str]) -> std::process::Output {
+    Command::new("mosquitto_pub")
         .args([
             "-h",
             "127.0.0.1",
@@ -74,16 +84,25 @@ pub fn publish(port: u16, topic: &str, payload: &str) {
             "1",
             "-t",
             topic,
-            "-m",
-            payload,
         ])
+        .args(args)
         .output()
-        .expect("mosquitto_pub is installed (Debian package mosquitto-clients)");
-    assert!(
-        out.status.success(),
-        "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .expect("mosquitto_pub is installed (Debian package mosquitto-clients)")
+}
+
+/// `ANXIN_TCP_LISTEN` with only `family` on, at 127.0.0.1:`port`.
+pub fn only_listener(family: &str, port: u16) -> String {
+    ["watch", "gt06", "jt808", "trv"]
+        .iter()
+        .map(|f| {
+            if *f == family {
+                format!("{f}=127.0.0.1:{port}")
+            } else {
+                format!("{f}=off")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A Mosquitto private to the test, started from the shipped `config/mosquitto.conf` with only
