@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use anxin::store::{Store, Table};
-use common::{Broker, BrokerKind, Engine, EngineOpts, Proxy, TempDb, poll, service_url};
+use common::{
+    Broker, BrokerKind, Engine, EngineOpts, Proxy, TempDb, pg_upstream, poll, service_url,
+};
 use serde_json::Value;
 
 /// Runs the `async fn NAME(kind: BrokerKind)` above it as `NAME::mosquitto` and `NAME::nats`.
@@ -30,15 +30,6 @@ macro_rules! on_both_brokers {
             }
         }
     };
-}
-
-fn pg_upstream(admin: &str) -> SocketAddr {
-    let rest = admin.split_once("://").unwrap().1;
-    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-    let hostport = host.split('/').next().unwrap();
-    let (h, p) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-    let h = if h == "localhost" { "127.0.0.1" } else { h };
-    format!("{h}:{p}").parse().unwrap()
 }
 
 async fn sos_alerts(e: &Engine, device: &str) -> Vec<Value> {

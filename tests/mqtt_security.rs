@@ -37,29 +37,7 @@ impl Broker {
     ) -> Broker {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let shipped = std::fs::read_to_string(repo("config/mosquitto.conf")).unwrap();
-        let mut conf = String::new();
-        for line in shipped.lines() {
-            let key = line.split_whitespace().next().unwrap_or("");
-            if let Some((k, v)) = overrides.iter().find(|(k, _)| *k == key) {
-                conf.push_str(&format!("{k} {v}\n"));
-            } else if key == "listener" {
-                conf.push_str(&format!("listener {port} {bind}\n"));
-            } else if key == "persistence_location" {
-                conf.push_str(&format!("persistence_location {}/\n", dir.path().display()));
-            } else {
-                conf.push_str(line);
-                conf.push('\n');
-            }
-        }
-        // As root Mosquitto would drop to its own user, which cannot write the test's directory.
-        if unsafe { libc::geteuid() } == 0 {
-            conf.push_str("user root\n");
-        }
-        for line in append {
-            conf.push_str(line);
-            conf.push('\n');
-        }
+        let conf = common::mosquitto_conf(port, bind, dir.path(), overrides, append);
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, conf).unwrap();
         let mut b = Broker {
@@ -794,14 +772,7 @@ async fn a_session_loss_during_a_database_outage_is_alerted_when_the_store_retur
         return;
     };
     let db = TempDb::create(&admin).await;
-    let upstream = {
-        let rest = admin.split_once("://").unwrap().1;
-        let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
-        let hostport = host.split('/').next().unwrap();
-        let (h, p) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-        let h = if h == "localhost" { "127.0.0.1" } else { h };
-        format!("{h}:{p}").parse().unwrap()
-    };
+    let upstream = common::pg_upstream(&admin);
     let proxy = common::Proxy::start(upstream).await;
     let mut broker =
         Broker::start("127.0.0.1", &[("persistence", "false".into())], &[], vec![]).await;

@@ -57,23 +57,13 @@ fn sockets_to(port: u16) -> Vec<i32> {
         .collect()
 }
 
-fn pg_port(url: &str) -> u16 {
-    let rest = url.split_once("://").unwrap().1;
-    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let hostport = host.split(['/', '?']).next().unwrap();
-    hostport
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(5432)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_postgres_connection_has_nagle_off() {
     let Some(admin) = service_url("ANXIN_TEST_POSTGRES_URL") else {
         return;
     };
     let db = TempDb::create(&admin).await;
-    let port = pg_port(&db.url);
+    let port = common::pg_upstream(&db.url).port();
     let before = sockets_to(port).len();
     let store = Store::connect(&db.url, 4).await.unwrap();
     // Several at once, so the pool opens more than one connection.

@@ -119,26 +119,7 @@ impl Mosquitto {
     pub async fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let shipped = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
-        )
-        .unwrap();
-        let mut conf = String::new();
-        for line in shipped.lines() {
-            if line.starts_with("listener ") {
-                conf.push_str(&format!("listener {port} 127.0.0.1\n"));
-            } else if line.starts_with("persistence_location ") {
-                conf.push_str(&format!("persistence_location {}/\n", dir.path().display()));
-            } else {
-                conf.push_str(line);
-                conf.push('\n');
-            }
-        }
-        // Running as root, Mosquitto would drop to its own user, which cannot write the
-        // test's temporary directory.
-        if unsafe { libc::geteuid() } == 0 {
-            conf.push_str("user root\n");
-        }
+        let conf = mosquitto_conf(port, "127.0.0.1", dir.path(), &[], &[]);
         let path = dir.path().join("mosquitto.conf");
         std::fs::write(&path, conf).unwrap();
         let child = spawn_mosquitto(&path, dir.path());
@@ -163,6 +144,55 @@ impl Mosquitto {
         self.child = spawn_mosquitto(&self._dir.path().join("mosquitto.conf"), self._dir.path());
         wait_listening("mosquitto to listen again", self.port).await;
     }
+}
+
+/// The shipped `config/mosquitto.conf` for a private broker: its listener on `bind`:`port`,
+/// persistence in `dir`, the keys in `overrides` replaced, the lines in `append` added.
+pub fn mosquitto_conf(
+    port: u16,
+    bind: &str,
+    dir: &Path,
+    overrides: &[(&str, String)],
+    append: &[String],
+) -> String {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/mosquitto.conf"),
+    )
+    .unwrap();
+    let mut conf = String::new();
+    for line in shipped.lines() {
+        let key = line.split_whitespace().next().unwrap_or("");
+        if let Some((k, v)) = overrides.iter().find(|(k, _)| *k == key) {
+            conf.push_str(&format!("{k} {v}\n"));
+        } else if key == "listener" {
+            conf.push_str(&format!("listener {port} {bind}\n"));
+        } else if key == "persistence_location" {
+            conf.push_str(&format!("persistence_location {}/\n", dir.display()));
+        } else {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+    }
+    // Running as root, Mosquitto would drop to its own user, which cannot write the test's
+    // temporary directory.
+    if unsafe { libc::geteuid() } == 0 {
+        conf.push_str("user root\n");
+    }
+    for line in append {
+        conf.push_str(line);
+        conf.push('\n');
+    }
+    conf
+}
+
+/// The address behind a PostgreSQL URL, for a [`Proxy`] in front of it.
+pub fn pg_upstream(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
+    let hostport = host.split(['/', '?']).next().unwrap();
+    let (h, p) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    let h = if h == "localhost" { "127.0.0.1" } else { h };
+    format!("{h}:{p}").parse().unwrap()
 }
 
 fn spawn_mosquitto(conf: &Path, dir: &Path) -> Child {
