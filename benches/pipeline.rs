@@ -6,8 +6,8 @@
 use std::hint::black_box;
 use std::path::Path;
 
-use anxin::pipeline::rules::RuleSet;
 use anxin::protocol::canonical;
+use anxin::rules::RuleSet;
 use anxin::store::{Store, WriteBatch, WriteItem};
 use chrono::{DateTime, Duration, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

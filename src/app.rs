@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, AppState};
 use crate::clock::SharedClock;
 use crate::config::live::Live;
 use crate::config::{Loaded, MqttTarget};
-use crate::dispatch::{self, AppState};
 use crate::feed::AlertFeed;
 use crate::ingest::mqtt::MqttIngest;
 use crate::ingest::session::{self, SessionWatch};
@@ -307,7 +307,7 @@ pub async fn run(
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, dispatch::router(state))
+        axum::serve(http, api::router(state))
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
     });
@@ -355,7 +355,7 @@ const OPEN_ALERTS_EVERY: Duration = Duration::from_secs(2);
 
 /// Sets `anxin_alerts_open{severity}` from the store; on failure the gauge keeps its value.
 async fn refresh_open_alerts(store: &Store) {
-    use crate::pipeline::rules::Severity;
+    use crate::domain::alert::Severity;
     let counted = tokio::time::timeout(Duration::from_secs(2), store.open_alerts_by_rank()).await;
     match counted {
         Ok(Ok(rows)) => {

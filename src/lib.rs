@@ -6,20 +6,22 @@
 //! - [`protocol`] — pure decoders: bytes/JSON + receive time → [`event::Event`]s or rejections;
 //! - [`pipeline`] — shards by device, group commit, rules, ack release in receive order;
 //! - [`store`] — SQLite or PostgreSQL behind one façade, one transaction per batch;
-//! - [`dispatch`] — the operator API: alerts, live feed, health, metrics;
+//! - [`api`] — the operator API: alerts, live feed, health, metrics;
 //! - [`feed`] — committed alert changes, numbered and kept for `Last-Event-ID` replay;
 //! - [`config`], [`telemetry`], [`clock`], [`app`] (wiring), [`cli`].
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod dispatch;
+pub mod domain;
 pub mod event;
 pub mod feed;
 pub mod ingest;
 pub mod pipeline;
 pub mod protocol;
 pub mod registry;
+pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -266,7 +266,7 @@ pub struct KnownLabels {
 /// zero (labels that only a decoder knows, such as TCP decode-error reasons, appear on first
 /// use). Call once at start-up, before the tasks that update them run.
 pub fn register_all(known: &KnownLabels) {
-    use crate::pipeline::rules::Severity;
+    use crate::domain::alert::Severity;
     use crate::protocol::RejectReason;
     use crate::protocol::tcp::Protocol;
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -360,8 +360,8 @@ pub fn register_all(known: &KnownLabels) {
 
 /// Sets the open-alerts gauge from a count per severity; severities missing from `counts`
 /// have none open.
-pub fn alerts_open(counts: &[(crate::pipeline::rules::Severity, i64)]) {
-    for s in crate::pipeline::rules::Severity::ALL {
+pub fn alerts_open(counts: &[(crate::domain::alert::Severity, i64)]) {
+    for s in crate::domain::alert::Severity::ALL {
         let n = counts
             .iter()
             .filter(|(sev, _)| *sev == s)

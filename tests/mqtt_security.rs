@@ -682,7 +682,7 @@ async fn a_broker_restart_that_keeps_the_session_raises_nothing() {
 /// while open and opens anew once resolved.
 #[tokio::test]
 async fn session_records_and_system_alerts_on_both_backends() {
-    use anxin::pipeline::rules::Severity;
+    use anxin::domain::alert::Severity;
     use anxin::store::{Store, SystemAlert};
     use chrono::{DateTime, Utc};
 

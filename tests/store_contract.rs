@@ -41,9 +41,9 @@ use std::path::Path;
 
 use anxin::clock::{Clock, ManualClock, to_millis};
 use anxin::event::Event;
-use anxin::pipeline::rules::RuleSet;
 use anxin::protocol::RejectReason;
 use anxin::protocol::canonical::decode;
+use anxin::rules::RuleSet;
 use anxin::store::{
     Alert, AlertChange, AlertFilter, BatchOutcome, RuleHit, Store, StoreError, Table,
     TimelineEntry, WriteBatch, WriteItem,

@@ -9,8 +9,8 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 use super::reader::Problem;
-use crate::pipeline::rules::RuleSet;
 use crate::protocol::profile::ProfileSet;
+use crate::rules::RuleSet;
 
 /// Rules and profiles in force.
 #[derive(Debug, Default)]

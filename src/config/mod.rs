@@ -16,8 +16,8 @@ use reader::{Ctx, Problem, Section};
 use crate::protocol::tcp::Protocol;
 use crate::registry::UnknownPolicy;
 
-use crate::pipeline::rules::RuleSet;
 use crate::protocol::profile::ProfileSet;
+use crate::rules::RuleSet;
 
 /// The default engine config path, relative to the working directory.
 pub const DEFAULT_CONFIG: &str = "config/anxin.toml";

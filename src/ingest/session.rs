@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::MqttTarget;
-use crate::pipeline::rules::Severity;
+use crate::domain::alert::Severity;
 use crate::store::{MqttSessionRecord, Store, SystemAlert};
 use crate::telemetry::names;
 

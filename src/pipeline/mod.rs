@@ -6,10 +6,8 @@
 //! overshoots (Mosquitto 2.0.11's quota bug), the hand-off waits — back-pressure, never a drop.
 
 pub mod acks;
-pub mod rules;
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::SharedClock;
 use crate::config::PipelineConfig;
 use crate::config::live::Live;
+use crate::domain::alert::Severity;
 use crate::event::{DedupKey, Event, Flaw};
 use crate::feed::AlertFeed;
-use crate::pipeline::rules::Severity;
 use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
 use crate::registry::{Registry, UnknownPolicy};
@@ -32,6 +30,14 @@ use crate::store::RuleHit;
 use crate::store::{Store, StoreError, WriteBatch, WriteItem};
 use crate::telemetry;
 use crate::telemetry::names;
+
+/// The partition of a key: CRC-32 (ISO-HDLC) of its bytes, modulo `n`. Stable across
+/// builds, processes and machines (std's hasher promises none of that), so it can name a
+/// partition in the store and on another node.
+pub fn partition(key: &str, n: usize) -> usize {
+    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+    (CRC32.checksum(key.as_bytes()) as usize) % n.max(1)
+}
 
 /// One received message or frame on its way to a shard.
 #[derive(Debug)]
@@ -178,9 +184,7 @@ impl Pipeline {
             }
             Delivery::Frame { device_id, .. } => device_id,
         };
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % self.senders.len() as u64) as usize
+        partition(key, self.senders.len())
     }
 
     /// Hands a message to its shard. Waits only when the shard's queue is full, which the

@@ -10,8 +10,8 @@ use sqlx::Row;
 
 use super::{Store, StoreError, on_pool};
 use crate::clock::to_millis;
+use crate::domain::alert::Severity;
 use crate::event::{DedupKey, Event, EventType};
-use crate::pipeline::rules::Severity;
 use crate::protocol::Rejection;
 
 /// SQLite allows 32 766 bound parameters per statement; PostgreSQL 65 535. Eleven columns

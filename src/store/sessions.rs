@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::{AlertChange, Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
-use crate::pipeline::rules::Severity;
+use crate::domain::alert::Severity;
 
 /// The device id of alerts the engine raises about itself.
 pub const SYSTEM_DEVICE: &str = "system";

@@ -1,52 +1,11 @@
 //! Rules v1: immediate match on event type and field conditions (`config/rules.toml`).
 
+pub use crate::domain::alert::Severity;
+
 use std::path::Path;
 
 use crate::config::reader::{Ctx, Problem, Section};
 use crate::event::{Event, EventType, FieldKind};
-
-/// Alert severity, most urgent first (CONTRACT.md values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Severity {
-    /// Life at risk: answer now.
-    Critical,
-    /// Needs a call soon.
-    High,
-    /// Needs attention today.
-    Medium,
-    /// Housekeeping.
-    Low,
-}
-
-impl Severity {
-    /// Every severity, most urgent first.
-    pub const ALL: [Severity; 4] = [
-        Severity::Critical,
-        Severity::High,
-        Severity::Medium,
-        Severity::Low,
-    ];
-
-    /// The CONTRACT.md name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::High => "high",
-            Severity::Medium => "medium",
-            Severity::Low => "low",
-        }
-    }
-
-    /// Parses a CONTRACT.md name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Severity::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// Sort rank stored with each alert: 0 is most urgent.
-    pub fn rank(self) -> i64 {
-        self as i64
-    }
-}
 
 /// A comparison in a condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

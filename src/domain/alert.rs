@@ -1,0 +1,164 @@
+//! The alert lifecycle as data and decisions: severity, status and which step each status
+//! allows. The store encodes these decisions in its conditional updates; the rule test
+//! harness and the API read them from here, so the three never disagree.
+
+/// Alert severity, most urgent first (CONTRACT.md values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Life at risk: answer now.
+    Critical,
+    /// Needs a call soon.
+    High,
+    /// Needs attention today.
+    Medium,
+    /// Housekeeping.
+    Low,
+}
+
+impl Severity {
+    /// Every severity, most urgent first.
+    pub const ALL: [Severity; 4] = [
+        Severity::Critical,
+        Severity::High,
+        Severity::Medium,
+        Severity::Low,
+    ];
+
+    /// The CONTRACT.md name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Medium => "medium",
+            Severity::Low => "low",
+        }
+    }
+
+    /// Parses a CONTRACT.md name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Severity::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Sort rank stored with each alert: 0 is most urgent.
+    pub fn rank(self) -> i64 {
+        self as i64
+    }
+}
+
+/// Where an alert is in its lifecycle (CONTRACT.md values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Raised, nobody has taken it yet.
+    Open,
+    /// An operator has taken it.
+    Acknowledged,
+    /// A carer has been sent.
+    Dispatched,
+    /// Closed with an outcome.
+    Resolved,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 4] = [
+        Status::Open,
+        Status::Acknowledged,
+        Status::Dispatched,
+        Status::Resolved,
+    ];
+
+    /// The CONTRACT.md name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Acknowledged => "acknowledged",
+            Status::Dispatched => "dispatched",
+            Status::Resolved => "resolved",
+        }
+    }
+
+    /// Parses a CONTRACT.md name.
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// What the engine may do to an alert on its own, decided from its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineStep {
+    /// The rule's condition ended (`clear`, an absence ended).
+    Clear,
+    /// An escalation deadline came due, or a correlation raised it.
+    Escalate,
+}
+
+/// The decision for an engine step on an alert in `status` with `severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Resolve it with outcome `cleared` (and a `cleared` timeline entry).
+    Resolve,
+    /// Record the step on the timeline; an operator closes it.
+    NoteOnly,
+    /// Raise its escalation level.
+    Raise,
+    /// Nothing to do: the step no longer applies.
+    Ignore,
+}
+
+/// The lifecycle rule for engine steps (CONTRACT.md "Rules file"): a clear resolves only an
+/// open, not yet acknowledged, non-critical alert — a critical one, or one an operator has
+/// taken, waits for that operator; escalation only climbs while nobody has acknowledged it.
+pub fn decide(step: EngineStep, status: Status, severity: Severity) -> Decision {
+    match (step, status) {
+        (_, Status::Resolved) => Decision::Ignore,
+        (EngineStep::Clear, Status::Open) if severity != Severity::Critical => Decision::Resolve,
+        (EngineStep::Clear, _) => Decision::NoteOnly,
+        (EngineStep::Escalate, Status::Open) => Decision::Raise,
+        (EngineStep::Escalate, _) => Decision::Ignore,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_resolves_only_open_non_critical_alerts() {
+        assert_eq!(
+            decide(EngineStep::Clear, Status::Open, Severity::High),
+            Decision::Resolve
+        );
+        assert_eq!(
+            decide(EngineStep::Clear, Status::Open, Severity::Critical),
+            Decision::NoteOnly
+        );
+        assert_eq!(
+            decide(EngineStep::Clear, Status::Acknowledged, Severity::Low),
+            Decision::NoteOnly
+        );
+        assert_eq!(
+            decide(EngineStep::Clear, Status::Resolved, Severity::Low),
+            Decision::Ignore
+        );
+    }
+
+    #[test]
+    fn escalation_climbs_only_while_unacknowledged() {
+        assert_eq!(
+            decide(EngineStep::Escalate, Status::Open, Severity::Critical),
+            Decision::Raise
+        );
+        assert_eq!(
+            decide(
+                EngineStep::Escalate,
+                Status::Acknowledged,
+                Severity::Critical
+            ),
+            Decision::Ignore
+        );
+        assert_eq!(
+            decide(EngineStep::Escalate, Status::Dispatched, Severity::Critical),
+            Decision::Ignore
+        );
+    }
+}

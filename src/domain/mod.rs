@@ -1,0 +1,3 @@
+//! Pure types and decisions of the care domain; depends on nothing else in the crate.
+
+pub mod alert;
