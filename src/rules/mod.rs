@@ -7,6 +7,8 @@ use std::path::Path;
 use crate::config::reader::{Ctx, Problem, Section};
 use crate::event::{Event, EventType, FieldKind};
 
+pub mod world;
+
 /// A comparison in a condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
