@@ -82,7 +82,11 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
                 .remove(0)
                 .unwrap();
             let hits = rules.hits(&event);
-            WriteItem::Event { event, hits }
+            WriteItem::Event {
+                event,
+                hits,
+                clears: Vec::new(),
+            }
         })
         .collect();
     WriteBatch {
@@ -91,6 +95,8 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
         redelivery_window: Duration::seconds(60),
         token: format!("bench-{n}-{round}"),
         retry: false,
+        deadlines: Vec::new(),
+        suppressed: Vec::new(),
     }
 }
 

@@ -165,6 +165,9 @@ pub async fn run(
     // 5. Pipeline.
     let live = AlertFeed::new(config.http.stream_replay_changes);
     let hard_stop = CancellationToken::new();
+    let engines = crate::pipeline::engines(&store, &registry, config.pipeline.shards, clock.now())
+        .await
+        .context("loading the rules' deadlines from the store")?;
     let (pipeline, shards) = Pipeline::start(
         config.pipeline.clone(),
         ingest.window.max(64),
@@ -176,6 +179,7 @@ pub async fn run(
         config.mqtt.topic_root.clone(),
         registry.clone(),
         hard_stop.clone(),
+        engines,
     );
     let session_task = tokio::spawn(session::record(
         session_watch.clone(),

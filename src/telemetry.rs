@@ -46,6 +46,10 @@ pub mod names {
     pub const COMMIT_ERRORS: &str = "anxin_store_commit_errors_total";
     /// Messages waiting in a shard queue.
     pub const QUEUE_DEPTH: &str = "anxin_pipeline_queue_depth";
+    /// Deadlines and absences a shard is timing.
+    pub const TIMERS_PENDING: &str = "anxin_rules_timers_pending";
+    /// How late deadlines fired after their time.
+    pub const TIMER_LAG: &str = "anxin_rules_timer_lag_seconds";
     /// Times the hand-off to a shard had to wait (broker exceeded its window).
     pub const HANDOFF_WAITS: &str = "anxin_pipeline_handoff_waits_total";
     /// Open device connections, by family.
@@ -218,6 +222,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         names::QUEUE_DEPTH,
         "Messages waiting in a pipeline shard's queue, by shard.",
+    ),
+    (
+        names::TIMERS_PENDING,
+        "Rule deadlines and absences a pipeline shard is timing, by shard.",
     ),
     (
         names::TCP_CONNECTIONS,
@@ -765,6 +773,11 @@ pub fn api_request_failed(status: u16, error: &dyn std::fmt::Display) {
 /// A shard's queue depth after taking a batch.
 pub fn queue_depth(shard: usize, depth: usize) {
     gauge!(names::QUEUE_DEPTH, "shard" => shard.to_string()).set(depth as f64);
+}
+
+/// Deadlines and absences a shard is timing.
+pub fn timers_pending(shard: usize, n: usize) {
+    gauge!(names::TIMERS_PENDING, "shard" => shard.to_string()).set(n as f64);
 }
 
 /// The hand-off to a shard waited.

@@ -325,7 +325,11 @@ impl Fx {
             .map(|item| match item {
                 Ok(event) => {
                     let hits = self.hits(&event);
-                    WriteItem::Event { event, hits }
+                    WriteItem::Event {
+                        event,
+                        hits,
+                        clears: Vec::new(),
+                    }
                 }
                 Err(rejection) => WriteItem::Rejected {
                     rejection,
@@ -347,6 +351,8 @@ impl Fx {
             redelivery_window: Duration::seconds(60),
             token: format!("{:032x}", rand::random::<u128>()),
             retry: false,
+            deadlines: Vec::new(),
+            suppressed: Vec::new(),
         }
     }
 
@@ -743,9 +749,17 @@ async fn a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_who
         items
             .into_iter()
             .map(|i| match i {
-                WriteItem::Event { mut event, hits } => {
+                WriteItem::Event {
+                    mut event,
+                    hits,
+                    clears,
+                } => {
                     event.redelivered = true;
-                    WriteItem::Event { event, hits }
+                    WriteItem::Event {
+                        event,
+                        hits,
+                        clears,
+                    }
                 }
                 other => other,
             })
@@ -836,11 +850,19 @@ async fn a_dup_copy_matches_only_its_own_first_copy(store: Store) {
         items
             .into_iter()
             .map(|i| match i {
-                WriteItem::Event { mut event, hits } => {
+                WriteItem::Event {
+                    mut event,
+                    hits,
+                    clears,
+                } => {
                     let key = format!("{}:p{pkid}", event.dedup_key.as_str());
                     event.dedup_key = anxin::event::DedupKey::Payload(key);
                     event.redelivered = dup;
-                    WriteItem::Event { event, hits }
+                    WriteItem::Event {
+                        event,
+                        hits,
+                        clears,
+                    }
                 }
                 other => other,
             })
@@ -1370,7 +1392,7 @@ async fn rejections_are_stored_with_reason_detail_and_raw_bytes_alongside_events
                 rejection.detail.clone(),
                 rejection.raw.clone(),
             )),
-            WriteItem::Event { .. } => None,
+            _ => None,
         })
         .collect();
     let reasons: Vec<&str> = expected.iter().map(|r| r.0.as_str()).collect();

@@ -3,7 +3,7 @@
 //! harness and the API read them from here, so the three never disagree.
 
 /// Alert severity, most urgent first (CONTRACT.md values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Severity {
     /// Life at risk: answer now.
     Critical,
@@ -12,6 +12,7 @@ pub enum Severity {
     /// Needs attention today.
     Medium,
     /// Housekeeping.
+    #[default]
     Low,
 }
 
@@ -88,8 +89,10 @@ impl Status {
 pub enum EngineStep {
     /// The rule's condition ended (`clear`, an absence ended).
     Clear,
-    /// An escalation deadline came due, or a correlation raised it.
+    /// An escalation deadline came due.
     Escalate,
+    /// A correlation (an alarm, then no movement) came due.
+    Correlate,
 }
 
 /// The decision for an engine step on an alert in `status` with `severity`.
@@ -107,7 +110,8 @@ pub enum Decision {
 
 /// The lifecycle rule for engine steps (CONTRACT.md "Rules file"): a clear resolves only an
 /// open, not yet acknowledged, non-critical alert — a critical one, or one an operator has
-/// taken, waits for that operator; escalation only climbs while nobody has acknowledged it.
+/// taken, waits for that operator; escalation only climbs while nobody has acknowledged it;
+/// a correlation raises any unresolved alert.
 pub fn decide(step: EngineStep, status: Status, severity: Severity) -> Decision {
     match (step, status) {
         (_, Status::Resolved) => Decision::Ignore,
@@ -115,6 +119,8 @@ pub fn decide(step: EngineStep, status: Status, severity: Severity) -> Decision 
         (EngineStep::Clear, _) => Decision::NoteOnly,
         (EngineStep::Escalate, Status::Open) => Decision::Raise,
         (EngineStep::Escalate, _) => Decision::Ignore,
+        // No movement after an alarm matters to whoever holds the alert, acknowledged or not.
+        (EngineStep::Correlate, _) => Decision::Raise,
     }
 }
 

@@ -26,18 +26,13 @@ use crate::feed::AlertFeed;
 use crate::protocol::RejectReason;
 use crate::protocol::{Rejection, canonical};
 use crate::registry::{Registry, UnknownPolicy};
-use crate::store::RuleHit;
+use crate::rules::engine::{Engine, Out};
+use crate::store::{BatchOutcome, RuleHit};
 use crate::store::{Store, StoreError, WriteBatch, WriteItem};
 use crate::telemetry;
 use crate::telemetry::names;
 
-/// The partition of a key: CRC-32 (ISO-HDLC) of its bytes, modulo `n`. Stable across
-/// builds, processes and machines (std's hasher promises none of that), so it can name a
-/// partition in the store and on another node.
-pub fn partition(key: &str, n: usize) -> usize {
-    const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    (CRC32.checksum(key.as_bytes()) as usize) % n.max(1)
-}
+pub use crate::domain::partition;
 
 /// One received message or frame on its way to a shard.
 #[derive(Debug)]
@@ -118,6 +113,7 @@ pub struct Pipeline {
     senders: Vec<mpsc::Sender<Delivery>>,
     topic_root: String,
     config: Arc<Live>,
+    registry: Registry,
 }
 
 impl Pipeline {
@@ -135,6 +131,7 @@ impl Pipeline {
         topic_root: String,
         registry: Registry,
         hard_stop: CancellationToken,
+        engines: Vec<Engine>,
     ) -> (Pipeline, Vec<JoinHandle<()>>) {
         let shared = Arc::new(Shared {
             store,
@@ -144,18 +141,24 @@ impl Pipeline {
             live,
             topic_root: topic_root.clone(),
             cfg: cfg.clone(),
-            registry,
+            registry: registry.clone(),
         });
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
-        for id in 0..cfg.shards.max(1) {
+        let shards = cfg.shards.max(1);
+        let mut engines = engines.into_iter();
+        for id in 0..shards {
             let (tx, rx) = mpsc::channel(queue_capacity.max(1));
             senders.push(tx);
+            let engine = engines
+                .next()
+                .unwrap_or_else(|| Engine::new(id, shards, shared.clock.now()));
             tasks.push(tokio::spawn(run_shard(
                 id,
                 rx,
                 shared.clone(),
                 hard_stop.clone(),
+                engine,
             )));
         }
         (
@@ -163,6 +166,7 @@ impl Pipeline {
                 senders,
                 topic_root,
                 config,
+                registry,
             },
             tasks,
         )
@@ -184,7 +188,11 @@ impl Pipeline {
             }
             Delivery::Frame { device_id, .. } => device_id,
         };
-        partition(key, self.senders.len())
+        // A household's devices share a shard: per-resident absences and correlations see
+        // all of its events in order.
+        let reg = self.registry.get(key);
+        let key = crate::rules::engine::partition_key(reg.as_ref(), key);
+        partition(&key, self.senders.len())
     }
 
     /// Hands a message to its shard. Waits only when the shard's queue is full, which the
@@ -211,40 +219,83 @@ impl Pipeline {
     }
 }
 
+/// The longest a shard sleeps between looks at its deadlines: bounds the firing lag when
+/// the injected clock jumps (tests) and how soon a registry change reaches the absences.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// Loads the stored timer state and gives each shard its engine (start-up).
+pub async fn engines(
+    store: &Store,
+    registry: &Registry,
+    shards: usize,
+    started_at: DateTime<Utc>,
+) -> Result<Vec<Engine>, StoreError> {
+    let started = std::time::Instant::now();
+    let state = store.timer_state().await?;
+    let shards = shards.max(1);
+    let engines: Vec<Engine> = (0..shards)
+        .map(|id| {
+            let mut e = Engine::new(id, shards, started_at);
+            e.load(&state, registry);
+            e
+        })
+        .collect();
+    tracing::info!(
+        deadlines = state.deadlines.len(),
+        activity = state.activity.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "Timer state loaded"
+    );
+    Ok(engines)
+}
+
 async fn run_shard(
     id: usize,
     mut rx: mpsc::Receiver<Delivery>,
     shared: Arc<Shared>,
     hard_stop: CancellationToken,
+    mut engine: Engine,
 ) {
     let max = shared.cfg.max_batch_messages;
     let delay = Duration::from_millis(shared.cfg.max_batch_delay_ms);
     let mut batch: Vec<Delivery> = Vec::with_capacity(max);
     loop {
+        let now = crate::clock::to_millis(shared.clock.now());
+        let wait = engine
+            .next_due()
+            .map(|due| Duration::from_millis((due - now).max(0) as u64))
+            .unwrap_or(TIMER_TICK)
+            .min(TIMER_TICK);
         let first = tokio::select! {
-            d = rx.recv() => d,
-            _ = hard_stop.cancelled() => None,
+            d = rx.recv() => match d {
+                Some(d) => Some(d),
+                None => break,
+            },
+            _ = tokio::time::sleep(wait) => None,
+            _ = hard_stop.cancelled() => break,
         };
-        let Some(first) = first else { break };
-        batch.push(first);
-        // Natural batching: whatever arrived while the last commit ran joins this one.
-        while batch.len() < max {
-            match rx.try_recv() {
-                Ok(d) => batch.push(d),
-                Err(_) => break,
-            }
-        }
-        if !delay.is_zero() && batch.len() < max {
-            let deadline = tokio::time::Instant::now() + delay;
+        if let Some(first) = first {
+            batch.push(first);
+            // Natural batching: whatever arrived while the last commit ran joins this one.
             while batch.len() < max {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(d)) => batch.push(d),
-                    _ => break,
+                match rx.try_recv() {
+                    Ok(d) => batch.push(d),
+                    Err(_) => break,
+                }
+            }
+            if !delay.is_zero() && batch.len() < max {
+                let deadline = tokio::time::Instant::now() + delay;
+                while batch.len() < max {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(d)) => batch.push(d),
+                        _ => break,
+                    }
                 }
             }
         }
         telemetry::queue_depth(id, rx.len());
-        if !process(&shared, &mut batch, &hard_stop).await {
+        telemetry::timers_pending(id, engine.pending());
+        if !process(&shared, &mut engine, &mut batch, &hard_stop).await {
             break;
         }
         batch.clear();
@@ -255,6 +306,7 @@ async fn run_shard(
 /// messages stay unacked meanwhile, so the broker keeps them. Returns false at hard stop.
 async fn process(
     shared: &Shared,
+    engine: &mut Engine,
     batch: &mut Vec<Delivery>,
     hard_stop: &CancellationToken,
 ) -> bool {
@@ -276,15 +328,27 @@ async fn process(
         if !stale.is_empty() {
             batch.retain(|d| !d.mqtt_pos().is_some_and(|(pos, _)| stale.contains(&pos)));
             shared.sink.resolve(&stale, false);
-            if batch.is_empty() {
-                return true;
-            }
         }
+        let mut out = Out::default();
+        engine.begin(&mut out);
+        let now = shared.clock.now();
         let Built {
             mut write,
             quarantined,
             notes,
-        } = build(shared, batch);
+        } = build(shared, engine, &mut out, batch, now);
+        write.deadlines = out.deadlines;
+        write.suppressed = out.suppressed.into_iter().collect();
+        if batch.is_empty()
+            && write.items.is_empty()
+            && write.deadlines.is_empty()
+            && write.suppressed.is_empty()
+        {
+            // Only in-memory changes (absences counted for a changed registry): nothing to
+            // store.
+            engine.committed(&BatchOutcome::default());
+            return true;
+        }
         write.token.clone_from(&token);
         write.retry = attempt > 0;
         attempt += 1;
@@ -296,14 +360,13 @@ async fn process(
         // never abandoned for its size alone.
         let commit_timeout = Duration::from_secs(shared.cfg.commit_timeout_secs)
             + COMMIT_TIME_PER_ITEM * write.items.len() as u32;
-        let committed = tokio::time::timeout(
-            commit_timeout,
-            shared.store.commit_batch(&write, shared.clock.now()),
-        )
-        .await
-        .unwrap_or(Err(StoreError::Unanswered(commit_timeout)));
+        let committed =
+            tokio::time::timeout(commit_timeout, shared.store.commit_batch(&write, now))
+                .await
+                .unwrap_or(Err(StoreError::Unanswered(commit_timeout)));
         match committed {
             Ok(outcome) => {
+                engine.committed(&outcome);
                 // Counted once, now that it is stored (a failed attempt counts nothing).
                 for note in &notes {
                     note.emit();
@@ -329,6 +392,7 @@ async fn process(
                 return true;
             }
             Err(e) => {
+                engine.rollback();
                 telemetry::commit_failed(&e, batch.len(), backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -409,9 +473,18 @@ struct Built {
     notes: Vec<Note>,
 }
 
-fn build(shared: &Shared, batch: &[Delivery]) -> Built {
+fn build(
+    shared: &Shared,
+    engine: &mut Engine,
+    out: &mut Out,
+    batch: &[Delivery],
+    now: DateTime<Utc>,
+) -> Built {
     // One version of the rules and profiles for the whole batch, even across a reload.
     let current = shared.config.current();
+    let rules = &current.rules;
+    let dir = &shared.registry;
+    engine.prepare(rules, current.generation, dir, now, out);
     let clock = ClockWindows::from(&shared.cfg);
     let mut items = Vec::with_capacity(batch.len());
     let mut quarantined: HashSet<String> = HashSet::new();
@@ -421,7 +494,9 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
     let mut accept = |item: Result<Event, Rejection>,
                       origin: &str,
                       transport: Transport,
-                      notes: &mut Vec<Note>|
+                      notes: &mut Vec<Note>,
+                      engine: &mut Engine,
+                      out: &mut Out|
      -> Result<WriteItem, Rejection> {
         let mut event = item?;
         // What the decoder could not use: counted, and logged without hiding an alarm's.
@@ -445,6 +520,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
         event.redelivered = transport.dup;
         event.retained = transport.retain;
         let mut hits = Vec::new();
+        let mut clears = Vec::new();
         if transport.retain {
             // A retained message is the broker's copy of an old one, replayed on every
             // subscribe: recorded as what the device last said, never counted as a press.
@@ -459,7 +535,7 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                 "a retained message the broker replayed on subscribe: recorded, never counted as a press",
             ));
         } else {
-            hits = current.rules.hits(&event);
+            (hits, clears) = engine.on_event(rules, dir, &event, out);
         }
         if let Some(reg) = shared.registry.get(&event.device_id) {
             event.resident_id = reg.resident_id;
@@ -478,6 +554,9 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                             severity: Severity::Low,
                             title: "Unregistered device is sending data".into(),
                             once: true,
+                            subject: event.device_id.clone(),
+                            partition: event.device_id.clone(),
+                            ..RuleHit::default()
                         });
                     }
                 }
@@ -497,22 +576,33 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                 UnknownPolicy::Reject => {}
             }
         }
-        Ok(WriteItem::Event { event, hits })
+        Ok(WriteItem::Event {
+            event,
+            hits,
+            clears,
+        })
     };
-    let mut push =
-        |item: Result<Event, Rejection>, origin: &str, received_at, transport: Transport| {
-            match accept(item, origin, transport, &mut notes) {
-                Ok(w) => items.push(w),
-                Err(rejection) => {
-                    notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
-                    items.push(WriteItem::Rejected {
-                        rejection,
-                        origin: origin.to_owned(),
-                        received_at,
-                    });
-                }
+    let mut push = |item: Result<Event, Rejection>,
+                    origin: &str,
+                    received_at: DateTime<Utc>,
+                    transport: Transport,
+                    items: &mut Vec<WriteItem>,
+                    engine: &mut Engine,
+                    out: &mut Out| {
+        // Deadlines due before this message arrived fire first: one order per household.
+        engine.fire_due(rules, dir, crate::clock::to_millis(received_at), items, out);
+        match accept(item, origin, transport, &mut notes, engine, out) {
+            Ok(w) => items.push(w),
+            Err(rejection) => {
+                notes.push(Note::Rejected(origin.to_owned(), rejection.clone()));
+                items.push(WriteItem::Rejected {
+                    rejection,
+                    origin: origin.to_owned(),
+                    received_at,
+                });
             }
-        };
+        }
+    };
     for d in batch {
         match d {
             Delivery::Mqtt {
@@ -554,7 +644,15 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                     pkid: Some(*pkid),
                 };
                 for item in decoded.items {
-                    push(item, topic, *received_at, transport);
+                    push(
+                        item,
+                        topic,
+                        *received_at,
+                        transport,
+                        &mut items,
+                        engine,
+                        out,
+                    );
                 }
             }
             Delivery::Frame {
@@ -570,11 +668,20 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
                     pkid: None,
                 };
                 for item in frame_items {
-                    push(item.clone(), origin, *received_at, transport);
+                    push(
+                        item.clone(),
+                        origin,
+                        *received_at,
+                        transport,
+                        &mut items,
+                        engine,
+                        out,
+                    );
                 }
             }
         }
     }
+    engine.fire_due(rules, dir, crate::clock::to_millis(now), &mut items, out);
     notes.append(&mut profile_notes);
     Built {
         write: WriteBatch {
@@ -583,6 +690,8 @@ fn build(shared: &Shared, batch: &[Delivery]) -> Built {
             redelivery_window: chrono::Duration::seconds(shared.cfg.redelivery_window_secs as i64),
             token: String::new(),
             retry: false,
+            deadlines: Vec::new(),
+            suppressed: Vec::new(),
         },
         quarantined,
         notes,

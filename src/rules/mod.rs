@@ -1,13 +1,24 @@
-//! Rules v1: immediate match on event type and field conditions (`config/rules.toml`).
+//! Rules (`config/rules.toml`, CONTRACT.md "Rules file"): what operators write, parsed and
+//! checked with file and line; [`engine`] evaluates them against events and due deadlines.
 
 pub use crate::domain::alert::Severity;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+
+use chrono::Duration;
+use sha2::{Digest, Sha256};
 
 use crate::config::reader::{Ctx, Problem, Section};
 use crate::event::{Event, EventType, FieldKind};
 
+mod directory;
+pub mod engine;
+pub mod harness;
+pub mod window;
 pub mod world;
+
+pub use window::Window;
 
 /// A comparison in a condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,68 +72,238 @@ pub struct Condition {
     pub op: Op,
     /// Right-hand side.
     pub value: Literal,
+    /// A resident threshold that replaces a number `value` for residents who have it.
+    pub override_key: Option<String>,
 }
 
 impl Condition {
-    fn holds(&self, e: &Event) -> bool {
+    /// Whether `e` satisfies it, with `thresholds` the resident's overrides; `None` when the
+    /// event does not carry the field (it says nothing about this condition).
+    pub fn eval(&self, e: &Event, thresholds: Option<&BTreeMap<String, f64>>) -> Option<bool> {
+        let cmp = |ord: Option<std::cmp::Ordering>| {
+            use std::cmp::Ordering::*;
+            match (self.op, ord) {
+                (_, None) => false,
+                (Op::Eq, Some(o)) => o == Equal,
+                (Op::Ne, Some(o)) => o != Equal,
+                (Op::Gt, Some(o)) => o == Greater,
+                (Op::Ge, Some(o)) => o != Less,
+                (Op::Lt, Some(o)) => o == Less,
+                (Op::Le, Some(o)) => o != Greater,
+            }
+        };
         match &self.value {
-            Literal::Number(rhs) => match e.number(&self.field) {
-                Some(lhs) => match self.op {
-                    Op::Eq => lhs == *rhs,
-                    Op::Ne => lhs != *rhs,
-                    Op::Gt => lhs > *rhs,
-                    Op::Ge => lhs >= *rhs,
-                    Op::Lt => lhs < *rhs,
-                    Op::Le => lhs <= *rhs,
-                },
-                None => false,
-            },
-            Literal::Bool(rhs) => match e.fields.get(&self.field).and_then(|v| v.as_bool()) {
-                Some(lhs) => match self.op {
-                    Op::Eq => lhs == *rhs,
-                    Op::Ne => lhs != *rhs,
-                    _ => false,
-                },
-                None => false,
-            },
-            Literal::Text(rhs) => match e.text(&self.field) {
-                Some(lhs) => match self.op {
-                    Op::Eq => lhs == rhs,
-                    Op::Ne => lhs != rhs,
-                    _ => false,
-                },
-                None => false,
-            },
+            Literal::Number(rhs) => {
+                let lhs = e.number(&self.field)?;
+                let rhs = self
+                    .override_key
+                    .as_ref()
+                    .and_then(|k| thresholds?.get(k).copied())
+                    .unwrap_or(*rhs);
+                Some(cmp(lhs.partial_cmp(&rhs)))
+            }
+            Literal::Bool(rhs) => {
+                let lhs = e.fields.get(&self.field)?.as_bool()?;
+                Some(matches!(self.op, Op::Eq | Op::Ne) && cmp(Some(lhs.cmp(rhs))))
+            }
+            Literal::Text(rhs) => {
+                let lhs = e.text(&self.field)?;
+                Some(matches!(self.op, Op::Eq | Op::Ne) && cmp(Some(lhs.cmp(rhs.as_str()))))
+            }
         }
     }
 }
 
-/// One rule: events of `event` type for which every condition holds open (or count on) an
-/// alert of `kind` for the device.
+/// `key = "value"` pairs that must all match; a value written `"!x"` matches anything but
+/// `x` (a missing label included).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selector {
+    /// (key, value, negated)
+    pub pairs: Vec<(String, String, bool)>,
+}
+
+impl Selector {
+    /// Whether the labels `get` looks up match every pair.
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.pairs.iter().all(|(k, v, neg)| {
+            let has = get(k) == Some(v.as_str());
+            has != *neg
+        })
+    }
+
+    /// Whether it selects anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// The event types an absence watches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypeSet {
+    /// Every message, heartbeats included (`absent = ["any"]`).
+    Any,
+    /// Only these.
+    Types(Vec<EventType>),
+}
+
+impl TypeSet {
+    /// Whether an event of type `t` counts.
+    pub fn contains(&self, t: EventType) -> bool {
+        match self {
+            TypeSet::Any => true,
+            TypeSet::Types(v) => v.contains(&t),
+        }
+    }
+}
+
+/// What an absence is counted for (`per`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Per {
+    /// All of a resident's (selected) devices together.
+    Resident,
+    /// Each device alone.
+    Device,
+}
+
+/// Slack on top of a device's reporting interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Grace {
+    /// A share of the interval (`"10%"` → 0.1).
+    Share(f64),
+    /// A fixed time.
+    Fixed(Duration),
+}
+
+/// How long an absence may last.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum After {
+    /// A fixed time.
+    Fixed(Duration),
+    /// The device's reporting interval plus grace.
+    ReportInterval(Grace),
+}
+
+impl After {
+    /// The allowance for a device whose interval is `interval` (None: no interval known, so
+    /// no absence can be counted for it).
+    pub fn resolve(&self, interval: Option<Duration>) -> Option<Duration> {
+        match *self {
+            After::Fixed(d) => Some(d),
+            After::ReportInterval(g) => {
+                let i = interval?;
+                Some(match g {
+                    Grace::Share(f) => {
+                        i + Duration::milliseconds((i.num_milliseconds() as f64 * f) as i64)
+                    }
+                    Grace::Fixed(d) => i + d,
+                })
+            }
+        }
+    }
+}
+
+/// What makes a rule fire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trigger {
+    /// An event of `event` whose conditions hold (for `hold` if given).
+    Event {
+        /// Event type selected.
+        event: EventType,
+        /// All must hold.
+        when: Vec<Condition>,
+        /// When not empty, at least one must hold too.
+        any_of: Vec<Condition>,
+        /// `for`: how long the condition must hold before the alert opens.
+        hold: Option<Duration>,
+        /// `clear`: conditions that end it (all must hold; empty: nothing clears it).
+        clear: Vec<Condition>,
+    },
+    /// Nothing of `types` for `after`.
+    Absent {
+        /// Watched types.
+        types: TypeSet,
+        /// Allowance.
+        after: After,
+        /// Counted for.
+        per: Per,
+    },
+    /// After an alert of one of `rules` opens, nothing of `types` from the household for
+    /// `after` raises that alert's escalation level by `raise`.
+    Follows {
+        /// Rules whose alert starts it.
+        rules: Vec<String>,
+        /// Watched types.
+        types: TypeSet,
+        /// Allowance.
+        after: Duration,
+        /// Escalation levels added.
+        raise: i64,
+    },
+}
+
+/// One rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    /// Unique name; one open alert per (device, rule).
+    /// Unique name; one open alert per (subject, rule).
     pub name: String,
-    /// Event type selected.
-    pub event: EventType,
-    /// Alert kind (CONTRACT.md), defaulting to the event type's name.
+    /// Alert kind (CONTRACT.md).
     pub kind: String,
     /// Alert severity.
     pub severity: Severity,
     /// Human title shown to operators.
     pub title: String,
-    /// All must hold.
-    pub conditions: Vec<Condition>,
-    /// When not empty, at least one must hold too (`when_any`).
-    pub any_of: Vec<Condition>,
+    /// What makes it fire.
+    pub trigger: Trigger,
+    /// Resident labels that must match.
+    pub residents: Selector,
+    /// Device `type`, `room` and labels that must match.
+    pub devices: Selector,
+    /// Daily window in the resident's time zone.
+    pub active: Option<Window>,
+    /// Escalation steps (cumulative from opening) replacing the `[escalation]` table's.
+    pub escalate: Option<Vec<Duration>>,
+    /// Hash of everything above: an alert records the version that opened it, and a reload
+    /// keeps the pending state of rules whose version did not change.
+    pub version: String,
 }
 
 impl Rule {
-    /// Whether `e` triggers this rule.
+    /// Whether `e`'s type and conditions trigger this rule, ignoring selectors, windows and
+    /// `for` (`thresholds`: the resident's overrides).
+    pub fn matches_with(&self, e: &Event, thresholds: Option<&BTreeMap<String, f64>>) -> bool {
+        match &self.trigger {
+            Trigger::Event {
+                event,
+                when,
+                any_of,
+                ..
+            } => {
+                *event == e.event_type
+                    && when.iter().all(|c| c.eval(e, thresholds) == Some(true))
+                    && (any_of.is_empty()
+                        || any_of.iter().any(|c| c.eval(e, thresholds) == Some(true)))
+            }
+            _ => false,
+        }
+    }
+
+    /// [`Rule::matches_with`] without a resident.
     pub fn matches(&self, e: &Event) -> bool {
-        self.event == e.event_type
-            && self.conditions.iter().all(|c| c.holds(e))
-            && (self.any_of.is_empty() || self.any_of.iter().any(|c| c.holds(e)))
+        self.matches_with(e, None)
+    }
+
+    /// The event type of an event rule.
+    pub fn event(&self) -> Option<EventType> {
+        match &self.trigger {
+            Trigger::Event { event, .. } => Some(*event),
+            _ => None,
+        }
+    }
+
+    fn compute_version(&mut self) {
+        self.version.clear();
+        let digest = Sha256::digest(format!("{self:?}").as_bytes());
+        self.version = hex::encode(&digest[..6]);
     }
 }
 
@@ -131,25 +312,45 @@ impl Rule {
 pub struct RuleSet {
     /// Rules in file order.
     pub rules: Vec<Rule>,
+    /// `[escalation]`: default steps per severity.
+    pub escalation: Vec<(Severity, Vec<Duration>)>,
 }
 
 impl RuleSet {
-    /// Rules that `e` triggers.
+    /// Immediate rules that `e` triggers, without residents, devices or windows.
     pub fn matching<'a>(&'a self, e: &'a Event) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| r.matches(e))
     }
 
-    /// What `e` triggers, as the store records it.
+    /// What `e` triggers through immediate rules without selectors, windows or `for`, as the
+    /// store records it (benches and store tests; the engine evaluates everything).
     pub fn hits(&self, e: &Event) -> Vec<crate::store::RuleHit> {
         self.matching(e)
-            .map(|r| crate::store::RuleHit {
-                rule: r.name.clone(),
-                kind: r.kind.clone(),
-                severity: r.severity,
-                title: r.title.clone(),
-                once: false,
+            .filter(|r| {
+                matches!(r.trigger, Trigger::Event { hold: None, .. })
+                    && r.residents.is_empty()
+                    && r.devices.is_empty()
+                    && r.active.is_none()
             })
+            .map(|r| crate::store::RuleHit::of(r, &e.device_id, self.steps(r)))
             .collect()
+    }
+
+    /// A rule by name.
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
+    }
+
+    /// Escalation steps of `rule`: its own, else its severity's from `[escalation]`.
+    pub fn steps<'a>(&'a self, rule: &'a Rule) -> &'a [Duration] {
+        if let Some(s) = &rule.escalate {
+            return s;
+        }
+        self.escalation
+            .iter()
+            .find(|(sev, _)| *sev == rule.severity)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Parses and validates a rules file, reporting every problem.
@@ -168,23 +369,217 @@ impl RuleSet {
         };
         let ctx = Ctx::new(file, src);
         let mut root = Section::new(&ctx, doc.as_table(), String::new(), 1);
-        let mut rules = Vec::new();
-        for s in root.tables("rule") {
-            if let Some(r) = read_rule(s) {
-                if rules.iter().any(|o: &Rule| o.name == r.name) {
-                    ctx.problem(0, format!("rule {}", r.name), "duplicate rule name");
+        let mut escalation = Vec::new();
+        if let Some(mut e) = root.table("escalation") {
+            for sev in Severity::ALL {
+                if let Some(steps) = read_steps(&mut e, sev.as_str()) {
+                    escalation.push((sev, steps));
                 }
-                rules.push(r);
+            }
+            e.finish();
+        }
+        let mut rules: Vec<(Rule, usize)> = Vec::new();
+        for s in root.tables("rule") {
+            let line = s.line();
+            if let Some(r) = read_rule(s) {
+                if rules.iter().any(|(o, _)| o.name == r.name) {
+                    ctx.problem(line, format!("rule {}", r.name), "duplicate rule name");
+                }
+                rules.push((r, line));
             }
         }
         root.finish();
+        check_set(&ctx, &rules);
         let problems = ctx.into_problems();
-        if problems.is_empty() {
-            Ok(RuleSet { rules })
-        } else {
-            Err(problems)
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut set = RuleSet {
+            rules: rules.into_iter().map(|(r, _)| r).collect(),
+            escalation,
+        };
+        // The effective steps are part of a rule's version: a changed [escalation] table
+        // changes the rules it applies to.
+        let steps: Vec<Vec<Duration>> = set.rules.iter().map(|r| set.steps(r).to_vec()).collect();
+        for (r, steps) in set.rules.iter_mut().zip(steps) {
+            r.escalate.get_or_insert(steps);
+            r.compute_version();
+        }
+        Ok(set)
+    }
+}
+
+/// The life-safety events: every one needs a critical rule that always fires, and no rule on
+/// them may be made non-critical, delayed, windowed or narrowed to some residents (DESIGN.md:
+/// SOS, fall, smoke, gas are critical, immediate and never suppressible).
+const LIFE_SAFETY: [EventType; 4] = [
+    EventType::Sos,
+    EventType::Fall,
+    EventType::Smoke,
+    EventType::Gas,
+];
+
+/// Checks across rules: references, life safety.
+fn check_set(ctx: &Ctx<'_>, rules: &[(Rule, usize)]) {
+    for (r, line) in rules {
+        if let Trigger::Follows { rules: names, .. } = &r.trigger {
+            for n in names {
+                match rules.iter().find(|(o, _)| &o.name == n) {
+                    None => ctx.problem(
+                        *line,
+                        format!("rule {}.follows", r.name),
+                        format!("no rule is named {n:?}"),
+                    ),
+                    Some((o, _)) if o.event().is_none() => ctx.problem(
+                        *line,
+                        format!("rule {}.follows", r.name),
+                        format!(
+                            "{n:?} is not an event rule; only an event rule's alert can be followed"
+                        ),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(ev) = r.event()
+            && LIFE_SAFETY.contains(&ev)
+        {
+            let key = format!("rule {}", r.name);
+            if r.severity != Severity::Critical {
+                ctx.problem(*line, &key, format!("a {ev} alarm is always critical (DESIGN.md); severity {} would let it wait", r.severity.as_str()));
+            }
+            if r.kind != ev.name() {
+                ctx.problem(
+                    *line,
+                    &key,
+                    format!(
+                        "a {ev} alarm keeps kind {:?}: another kind could be suppressed",
+                        ev.name()
+                    ),
+                );
+            }
+            if matches!(r.trigger, Trigger::Event { hold: Some(_), .. }) {
+                ctx.problem(
+                    *line,
+                    &key,
+                    format!("a {ev} alarm is immediate: `for` would delay it"),
+                );
+            }
+            if r.active.is_some() {
+                ctx.problem(
+                    *line,
+                    &key,
+                    format!(
+                        "a {ev} alarm cannot have an `active` window: it would be silent outside it"
+                    ),
+                );
+            }
+            if !r.residents.is_empty() || !r.devices.is_empty() {
+                ctx.problem(*line, &key, format!("a {ev} alarm applies to everyone: selectors would silence it for the others"));
+            }
         }
     }
+    for ev in LIFE_SAFETY {
+        let covered = rules
+            .iter()
+            .any(|(r, _)| r.event() == Some(ev) && r.severity == Severity::Critical);
+        if !covered {
+            ctx.problem(
+                0,
+                "rule",
+                format!("no critical rule for {ev} events: a {ev} alarm would raise nothing"),
+            );
+        }
+    }
+}
+
+fn read_steps(s: &mut Section<'_, '_>, key: &'static str) -> Option<Vec<Duration>> {
+    let (list, line) = s.text_list(key)?;
+    let mut out = Vec::new();
+    for t in list {
+        match crate::domain::duration::parse(&t) {
+            Ok(d) => {
+                if out.last().is_some_and(|p: &Duration| *p >= d) {
+                    s.problem(
+                        line,
+                        key,
+                        format!("steps must grow: {t:?} is not after the step before it"),
+                    );
+                    return None;
+                }
+                out.push(d);
+            }
+            Err(e) => {
+                s.problem(line, key, e);
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn read_duration(s: &mut Section<'_, '_>, key: &'static str) -> Option<(Duration, usize)> {
+    let (t, line) = s.string(key)?;
+    match crate::domain::duration::parse(&t) {
+        Ok(d) => Some((d, line)),
+        Err(e) => {
+            s.problem(line, key, e);
+            None
+        }
+    }
+}
+
+fn read_types(s: &mut Section<'_, '_>, key: &'static str) -> Option<TypeSet> {
+    let (list, line) = s.text_list(key)?;
+    if list.iter().any(|t| t == "any") {
+        if list.len() > 1 {
+            s.problem(
+                line,
+                key,
+                "\"any\" already counts every message; list it alone",
+            );
+        }
+        return Some(TypeSet::Any);
+    }
+    let mut types = Vec::new();
+    for t in list {
+        match EventType::parse(&t) {
+            Some(ty) => types.push(ty),
+            None => {
+                s.problem(line, key, format!("unknown event type {t:?}"));
+                return None;
+            }
+        }
+    }
+    Some(TypeSet::Types(types))
+}
+
+fn read_selector(s: &mut Section<'_, '_>, key: &'static str) -> Selector {
+    let mut sel = Selector::default();
+    let Some(entries) = s.entries(key) else {
+        return sel;
+    };
+    for e in entries {
+        match e
+            .item
+            .as_value()
+            .and_then(crate::config::reader::scalar_text)
+        {
+            Some(v) => {
+                let (v, neg) = match v.strip_prefix('!') {
+                    Some(rest) => (rest.to_owned(), true),
+                    None => (v, false),
+                };
+                sel.pairs.push((e.key, v, neg));
+            }
+            None => s.problem(
+                e.line,
+                key,
+                format!("{}: a selector value is a string", e.path),
+            ),
+        }
+    }
+    sel
 }
 
 fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
@@ -206,6 +601,7 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
     if name.is_none() {
         s.problem(line, "name", "missing");
     }
+    let event_line = s.peek("event").map(|_| line);
     let event = match s.string("event") {
         Some((e, l)) => match EventType::parse(&e) {
             Some(t) => Some(t),
@@ -214,10 +610,7 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
                 None
             }
         },
-        None => {
-            s.problem(line, "event", "missing");
-            None
-        }
+        None => None,
     };
     let severity = match s.string("severity") {
         Some((v, l)) => match Severity::parse(&v) {
@@ -238,19 +631,230 @@ fn read_rule(mut s: Section<'_, '_>) -> Option<Rule> {
     };
     let title = s.string("title").map(|(t, _)| t);
     let kind = s.string("kind").map(|(k, _)| k);
-    let conditions = read_conditions(&mut s, "when", event);
+    let when = read_conditions(&mut s, "when", event);
     let any_of = read_conditions(&mut s, "when_any", event);
+    let clear = read_conditions(&mut s, "clear", event);
+    let hold = read_duration(&mut s, "for");
+    let absent_line = s.peek("absent").map(|_| line);
+    let absent = read_types(&mut s, "absent");
+    let follows = s.text_list("follows");
+    let per = s.choice("per", &["resident", "device"]).map(|p| {
+        if p == "device" {
+            Per::Device
+        } else {
+            Per::Resident
+        }
+    });
+    let after_text = s.string("after");
+    let grace = s.string("grace");
+    let raise = s.int("raise", 1..=10);
+    let residents = read_selector(&mut s, "residents");
+    let devices = read_selector(&mut s, "devices");
+    let active = s
+        .string("active")
+        .and_then(|(w, l)| match Window::parse(&w) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                s.problem(l, "active", e);
+                None
+            }
+        });
+    let escalate = if s.peek("escalate").is_some() {
+        read_steps(&mut s, "escalate")
+    } else {
+        None
+    };
+
+    let trigger = match (event, absent_line.is_some(), &follows) {
+        (Some(_), true, _) | (_, true, _) if event_line.is_some() && absent_line.is_some() => {
+            s.problem(
+                line,
+                "absent",
+                "a rule is either an event rule (`event`) or an absence (`absent`), not both",
+            );
+            None
+        }
+        (_, _, Some((_, fl))) if event_line.is_some() => {
+            s.problem(
+                *fl,
+                "follows",
+                "`follows` goes with `absent` and `after`, not with `event`",
+            );
+            None
+        }
+        (Some(event), false, None) => {
+            if after_text.is_some() || per.is_some() || grace.is_some() || raise.is_some() {
+                s.problem(
+                    line,
+                    "after",
+                    "`after`, `per`, `grace` and `raise` belong to absences (`absent`)",
+                );
+            }
+            if let (false, Some(ew)) = (clear.is_empty(), when.first())
+                && clear == when
+                && any_of.is_empty()
+            {
+                let _ = ew;
+                s.problem(line, "clear", "`clear` is identical to `when`: the condition would end the moment it starts, so the rule could never stay open");
+            }
+            Some(Trigger::Event {
+                event,
+                when: when.clone(),
+                any_of: any_of.clone(),
+                hold: hold.map(|(d, _)| d),
+                clear: clear.clone(),
+            })
+        }
+        (None, _, _) if event_line.is_some() => None, // unknown event type, reported
+        (None, true, follows) => {
+            for (key, present) in [
+                ("when", !when.is_empty()),
+                ("when_any", !any_of.is_empty()),
+                ("clear", !clear.is_empty()),
+                ("for", hold.is_some()),
+            ] {
+                if present {
+                    s.problem(line, key, format!("`{key}` belongs to event rules; an absence ends with the next watched message"));
+                }
+            }
+            let types = absent.clone();
+            let after = match &after_text {
+                None => {
+                    s.problem(
+                        line,
+                        "after",
+                        "an absence needs `after` (a duration, or \"report_interval\")",
+                    );
+                    None
+                }
+                Some((t, l)) if t == "report_interval" => {
+                    if follows.is_some() {
+                        s.problem(*l, "after", "a correlation waits a fixed time after the alert; \"report_interval\" is for device supervision");
+                        None
+                    } else if per != Some(Per::Device) {
+                        s.problem(*l, "after", "after = \"report_interval\" needs per = \"device\": a resident's devices report at different intervals");
+                        None
+                    } else {
+                        let g = match &grace {
+                            None => Some(Grace::Share(0.1)),
+                            Some((g, gl)) => match parse_grace(g) {
+                                Ok(g) => Some(g),
+                                Err(e) => {
+                                    s.problem(*gl, "grace", e);
+                                    None
+                                }
+                            },
+                        };
+                        g.map(After::ReportInterval)
+                    }
+                }
+                Some((t, l)) => {
+                    if let Some((_, gl)) = &grace {
+                        s.problem(
+                            *gl,
+                            "grace",
+                            "`grace` only applies to after = \"report_interval\"",
+                        );
+                    }
+                    match crate::domain::duration::parse(t) {
+                        Ok(d) => Some(After::Fixed(d)),
+                        Err(e) => {
+                            s.problem(*l, "after", e);
+                            None
+                        }
+                    }
+                }
+            };
+            match (types, after, follows) {
+                (Some(types), Some(After::Fixed(after)), Some((rules, _))) => {
+                    if per.is_some() {
+                        s.problem(line, "per", "a correlation is counted for the household of the followed alert; drop `per`");
+                    }
+                    Some(Trigger::Follows {
+                        rules: rules.clone(),
+                        types,
+                        after,
+                        raise: raise.unwrap_or(1),
+                    })
+                }
+                (Some(types), Some(after), None) => {
+                    if raise.is_some() {
+                        s.problem(line, "raise", "`raise` belongs to correlations (`follows`)");
+                    }
+                    Some(Trigger::Absent {
+                        types,
+                        after,
+                        per: per.unwrap_or(Per::Resident),
+                    })
+                }
+                _ => None,
+            }
+        }
+        (None, false, Some((_, fl))) => {
+            s.problem(
+                *fl,
+                "absent",
+                "`follows` needs `absent` (what must not happen) and `after`",
+            );
+            None
+        }
+        (None, false, None) => {
+            s.problem(
+                line,
+                "event",
+                "missing: a rule needs `event` (an event rule) or `absent` (an absence)",
+            );
+            None
+        }
+        _ => None,
+    };
+    if let Some(Trigger::Follows { .. }) = &trigger {
+        if active.is_some() {
+            s.problem(
+                line,
+                "active",
+                "a correlation follows its alert whenever it opens; `active` has no meaning here",
+            );
+        }
+        if escalate.is_some() {
+            s.problem(
+                line,
+                "escalate",
+                "a correlation raises the followed alert; it has no escalation of its own",
+            );
+        }
+    }
     s.finish();
-    let event = event?;
+    let trigger = trigger?;
+    let name = name?;
+    let kind = kind.unwrap_or_else(|| match &trigger {
+        Trigger::Event { event, .. } => event.name().to_owned(),
+        _ => name.clone(),
+    });
     Some(Rule {
-        kind: kind.unwrap_or_else(|| event.name().to_owned()),
-        title: title.unwrap_or_else(|| format!("{} alarm", event.name())),
-        name: name?,
-        event,
+        title: title.unwrap_or_else(|| format!("{kind} alarm")),
+        kind,
+        name,
         severity: severity?,
-        conditions,
-        any_of,
+        trigger,
+        residents,
+        devices,
+        active,
+        escalate,
+        version: String::new(),
     })
+}
+
+fn parse_grace(g: &str) -> Result<Grace, String> {
+    if let Some(p) = g.strip_suffix('%') {
+        return match p.trim().parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=10_000.0).contains(&v) => Ok(Grace::Share(v / 100.0)),
+            _ => Err(format!("grace {g:?} is not a percentage like \"10%\"")),
+        };
+    }
+    crate::domain::duration::parse(g)
+        .map(Grace::Fixed)
+        .map_err(|e| format!("grace is a percentage (\"10%\") or a duration: {e}"))
 }
 
 fn read_conditions(
@@ -264,6 +868,7 @@ fn read_conditions(
         let field = c.string("field");
         let op = c.string("op");
         let value = c.value("value");
+        let override_key = c.string("override");
         let (Some((field, fl)), Some((op, ol)), Some((value, vl))) = (field, op, value) else {
             c.problem(cl, "", "a condition needs field, op and value");
             c.finish();
@@ -351,7 +956,32 @@ fn read_conditions(
         {
             c.problem(ol, "op", format!("{field} is not a number: use == or !="));
         } else if let Some(value) = literal {
-            conditions.push(Condition { field, op, value });
+            let override_key = match override_key {
+                Some((k, kl))
+                    if k.is_empty()
+                        || !k
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+                {
+                    c.problem(
+                        kl,
+                        "override",
+                        format!("{k:?} names no threshold: use letters, digits, '_' and '-'"),
+                    );
+                    None
+                }
+                Some((k, kl)) if !matches!(value, Literal::Number(_)) => {
+                    c.problem(kl, "override", format!("{field} is not a number: a resident threshold {k:?} cannot replace its value"));
+                    None
+                }
+                other => other.map(|(k, _)| k),
+            };
+            conditions.push(Condition {
+                field,
+                op,
+                value,
+                override_key,
+            });
         }
         c.finish();
     }

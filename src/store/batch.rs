@@ -8,9 +8,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Store, StoreError, on_pool};
+use super::deadlines::apply_deadlines;
+use super::{Deadline, DeadlineChange, DeadlineKind, Store, StoreError, on_pool};
 use crate::clock::to_millis;
 use crate::domain::alert::Severity;
+use crate::domain::alert::{Decision, EngineStep, Status, decide};
 use crate::event::{DedupKey, Event, EventType};
 use crate::protocol::Rejection;
 
@@ -23,8 +25,8 @@ fn flaws_json(e: &Event) -> Option<String> {
     (!e.flaws.is_empty()).then(|| serde_json::to_string(&e.flaws).unwrap_or_default())
 }
 
-/// A rule an event triggered (evaluated before the transaction: rules are pure).
-#[derive(Debug, Clone, PartialEq)]
+/// A rule that fired (evaluated before the transaction: rules are pure).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RuleHit {
     /// Rule name.
     pub rule: String,
@@ -37,17 +39,122 @@ pub struct RuleHit {
     /// Raise at most one open alert and never count on it (a condition, not a press:
     /// `unregistered_device`).
     pub once: bool,
+    /// Version of the rule (empty for the engine's own alerts).
+    pub version: String,
+    /// What the alert is about: the device id, or `r/<resident id>` for a household.
+    pub subject: String,
+    /// The partition key of the subject (resident id, else device id), for its deadlines.
+    pub partition: String,
+    /// Since when the condition held, ms (an absence's last activity, a `for`'s start).
+    pub since: Option<i64>,
+    /// Fired by a deadline that came due while the engine was down.
+    pub late: bool,
+    /// Escalation steps, ms after opening, cumulative.
+    pub escalate: Vec<i64>,
+    /// Correlations the opening starts.
+    pub follows: Vec<FollowSpec>,
+}
+
+impl RuleHit {
+    /// The hit of `rule` for `device` with escalation `steps`, before the engine adds what it
+    /// knows about the household.
+    pub fn of(rule: &crate::rules::Rule, device: &str, steps: &[chrono::Duration]) -> RuleHit {
+        RuleHit {
+            rule: rule.name.clone(),
+            kind: rule.kind.clone(),
+            severity: rule.severity,
+            title: rule.title.clone(),
+            once: false,
+            version: rule.version.clone(),
+            subject: device.to_owned(),
+            partition: device.to_owned(),
+            since: None,
+            late: false,
+            escalate: steps.iter().map(|d| d.num_milliseconds()).collect(),
+            follows: Vec::new(),
+        }
+    }
+}
+
+/// A correlation an opening alert starts (`follows`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowSpec {
+    /// The correlation rule.
+    pub rule: String,
+    /// Its version.
+    pub version: String,
+    /// The household subject it watches.
+    pub subject: String,
+    /// How long after the opening, ms.
+    pub after: i64,
+    /// Levels to raise by.
+    pub raise: i64,
+}
+
+/// A rule's condition ended: the alert of (rule, subject) gets a `cleared` entry, and is
+/// resolved when the lifecycle allows ([`decide`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clear {
+    /// Rule name.
+    pub rule: String,
+    /// Alert subject.
+    pub subject: String,
 }
 
 /// One thing to write, in receive order.
 #[derive(Debug, Clone)]
 pub enum WriteItem {
-    /// An accepted event and the rules it triggered.
+    /// An accepted event and what it did to rules.
     Event {
         /// The event.
         event: Event,
         /// Rules it triggered.
         hits: Vec<RuleHit>,
+        /// Conditions it ended.
+        clears: Vec<Clear>,
+    },
+    /// A deadline opened (or counted on) an alert with no event in hand.
+    Fired {
+        /// The device the alert names.
+        device_id: String,
+        /// Its resident.
+        resident_id: Option<String>,
+        /// The rule that fired.
+        hit: RuleHit,
+        /// When it came due, ms.
+        due: i64,
+    },
+    /// An escalation step came due.
+    Escalate {
+        /// The alert.
+        alert_id: i64,
+        /// Its rule (the deadline's key).
+        rule: String,
+        /// The level to raise to.
+        level: i64,
+        /// When it came due, ms.
+        due: i64,
+        /// Came due while the engine was down.
+        late: bool,
+        /// The step after this one, if any.
+        next: Option<Deadline>,
+    },
+    /// A correlation came due: raise the followed alert.
+    Raise {
+        /// The followed alert.
+        alert_id: i64,
+        /// The correlation rule (the deadline's key).
+        rule: String,
+        /// The household subject (the deadline's key).
+        subject: String,
+        /// Levels to add.
+        by: i64,
+        /// When it came due, ms.
+        due: i64,
+        /// Came due while the engine was down.
+        late: bool,
+        /// Its title, for the timeline.
+        title: String,
     },
     /// A refused message or array element.
     Rejected {
@@ -77,6 +184,10 @@ pub struct WriteBatch {
     pub token: String,
     /// An earlier attempt with this token failed: look the token up first.
     pub retry: bool,
+    /// Deadlines the rules started or ended.
+    pub deadlines: Vec<DeadlineChange>,
+    /// Suppressions that kept a match from alerting: (id, matches).
+    pub suppressed: Vec<(i64, i64)>,
 }
 
 /// Whether an event is new whatever the dedup table says: without `seq` or `ts` nothing but
@@ -115,7 +226,8 @@ pub struct AlertChange {
     pub kind: String,
     /// Its severity.
     pub severity: String,
-    /// `opened`, `counted`, `duplicate`, `cancelled_on_device`, `acknowledged`, `resolved`.
+    /// `opened`, `counted`, `duplicate`, `cancelled_on_device`, `cleared`, `escalated`,
+    /// `acknowledged`, `resolved`.
     pub action: String,
 }
 
@@ -130,6 +242,10 @@ pub struct BatchOutcome {
     pub rejected: usize,
     /// Alert changes, in order.
     pub changes: Vec<AlertChange>,
+    /// Deadlines the store started or ended itself (an opened alert's escalation, a
+    /// correlation, the next escalation step), for the engine's in-memory mirror.
+    #[serde(default)]
+    pub deadlines: Vec<DeadlineChange>,
     /// Not committed now: an earlier attempt with the same token had committed it, and this
     /// is what that attempt did.
     #[serde(skip)]
@@ -204,6 +320,8 @@ impl Store {
                     return Ok(outcome);
                 }
             }
+            // The last message of each type per device, for absences (one upsert per batch).
+            let mut activity: HashMap<(String, &'static str), i64> = HashMap::new();
             // Payload keys of this batch's new events, for DUP copies in the same batch.
             let mut in_batch: HashSet<(String, String)> = HashSet::new();
 
@@ -253,7 +371,7 @@ impl Store {
                     WriteItem::Rejected { rejection, origin, received_at } => {
                         rejected.push((rejection, origin.as_str(), to_millis(*received_at)));
                     }
-                    WriteItem::Event { event, hits } => {
+                    WriteItem::Event { event, hits, clears } => {
                         let key = (event.device_id.clone(), event.dedup_key.as_str().to_owned());
                         let new = if new_by_transport(event) {
                             // Written for a later DUP copy of this very message to find.
@@ -286,7 +404,11 @@ impl Store {
                         // A retained cancel is the broker's replay of an old press: recorded,
                         // never acted on (it would mark today's SOS cancelled on the device).
                         let cancels = event.event_type == EventType::Cancel && !event.retained;
-                        if hits.is_empty() && !cancels {
+                        if !event.retained {
+                            let at = activity.entry((event.device_id.clone(), event.event_type.name())).or_insert(0);
+                            *at = (*at).max(to_millis(event.received_at));
+                        }
+                        if hits.is_empty() && clears.is_empty() && !cancels {
                             plain.push(event);
                             continue;
                         }
@@ -330,50 +452,106 @@ impl Store {
                         }
                         for hit in hits {
                             let received = to_millis(event.received_at);
-                            // Conditional on still being unresolved: an operator may have just
-                            // resolved it, and then this press must open a new alert.
-                            let counted: Option<i64> = if hit.once {
-                                if open_alert!(tx, &event.device_id, &hit.rule).is_some() {
-                                    continue;
-                                }
-                                None
-                            } else {
-                                sqlx::query_scalar(
-                                    "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $4 \
-                                     WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
-                                )
-                                .bind(&event.device_id)
-                                .bind(&hit.rule)
-                                .bind(received)
-                                .bind(committed_at)
-                                .fetch_optional(&mut *tx)
-                                .await?
-                            };
-                            let (id, action) = match counted {
-                                Some(id) => (id, "counted"),
-                                None => {
-                                    let id: i64 = sqlx::query_scalar(
-                                        "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
-                                         escalation_level, opened_at, updated_at, last_event_at) \
-                                         VALUES ($1, $9, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $8) RETURNING id",
-                                    )
-                                    .bind(&event.device_id)
-                                    .bind(&hit.rule)
-                                    .bind(&hit.kind)
-                                    .bind(hit.severity.as_str())
-                                    .bind(hit.severity.rank())
-                                    .bind(&hit.title)
-                                    .bind(committed_at)
-                                    .bind(received)
-                                    .bind(&event.resident_id)
-                                    .fetch_one(&mut *tx)
-                                    .await?;
-                                    (id, "opened")
-                                }
+                            let Some((id, action)) = open_or_count!(tx, hit, &event.device_id, &event.resident_id, received, committed_at, out) else {
+                                continue;
                             };
                             timeline!(tx, id, committed_at, if action == "opened" { "opened" } else { "event" }, event, Some(event_id));
-                            out.changes.push(change(id, event, hit, action));
+                            out.changes.push(change(id, &event.device_id, hit, action));
                         }
+                        for clear in clears {
+                            let detail = event_detail(event, Some(event_id));
+                            clear_alert!(tx, clear, committed_at, detail, out);
+                        }
+                    }
+                    WriteItem::Fired { device_id, resident_id, hit, due } => {
+                        insert_plain!(tx, plain, committed_at);
+                        let Some((id, action)) = open_or_count!(tx, hit, device_id, resident_id, *due, committed_at, out) else {
+                            continue;
+                        };
+                        let detail = serde_json::json!({
+                            "rule": hit.rule,
+                            "due_at": crate::clock::from_millis(*due),
+                            "since": hit.since.map(crate::clock::from_millis),
+                            "late": hit.late,
+                            "rule_version": hit.version,
+                        });
+                        timeline_entry!(tx, id, committed_at, if action == "opened" { "opened" } else { "event" }, detail.to_string());
+                        out.changes.push(change(id, device_id, hit, action));
+                    }
+                    WriteItem::Escalate { alert_id, rule, level, due, late, next } => {
+                        insert_plain!(tx, plain, committed_at);
+                        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+                            "SELECT device_id, kind, severity, escalation_level FROM alerts WHERE id = $1 AND status = $2",
+                        )
+                        .bind(alert_id)
+                        .bind(Status::Open.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let key = (DeadlineKind::Escalate, rule.clone(), alert_id.to_string());
+                        let raised = match row {
+                            Some((device, kind, severity, current)) if current < *level => {
+                                sqlx::query("UPDATE alerts SET escalation_level = $2, updated_at = $3 WHERE id = $1")
+                                    .bind(alert_id)
+                                    .bind(level)
+                                    .bind(committed_at)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                let detail = serde_json::json!({
+                                    "level": level,
+                                    "due_at": crate::clock::from_millis(*due),
+                                    "late": late,
+                                    "reason": "unacknowledged",
+                                });
+                                timeline_entry!(tx, *alert_id, committed_at, "escalated", detail.to_string());
+                                out.changes.push(AlertChange { alert_id: *alert_id, device_id: device, kind, severity, action: "escalated".into() });
+                                true
+                            }
+                            // Acknowledged, resolved, or already at that level: this step and
+                            // the ones after it no longer apply.
+                            _ => false,
+                        };
+                        let changes = match (raised, next) {
+                            (true, Some(next)) => vec![DeadlineChange::Put(next.clone())],
+                            _ => vec![DeadlineChange::Delete(key.0, key.1, key.2)],
+                        };
+                        apply_deadlines!(tx, &changes);
+                        out.deadlines.extend(changes);
+                    }
+                    WriteItem::Raise { alert_id, rule, subject, by, due, late, title } => {
+                        insert_plain!(tx, plain, committed_at);
+                        let row: Option<(String, String, String, String)> = sqlx::query_as(
+                            "SELECT device_id, kind, severity, status FROM alerts WHERE id = $1",
+                        )
+                        .bind(alert_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some((device, kind, severity, status)) = row {
+                            let status = Status::parse(&status).unwrap_or(Status::Resolved);
+                            let sev = Severity::parse(&severity).unwrap_or(Severity::Low);
+                            if decide(EngineStep::Correlate, status, sev) == Decision::Raise {
+                                let level: i64 = sqlx::query_scalar(
+                                    "UPDATE alerts SET escalation_level = escalation_level + $2, updated_at = $3 WHERE id = $1 RETURNING escalation_level",
+                                )
+                                .bind(alert_id)
+                                .bind(by)
+                                .bind(committed_at)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                                let detail = serde_json::json!({
+                                    "level": level,
+                                    "due_at": crate::clock::from_millis(*due),
+                                    "late": late,
+                                    "reason": "correlation",
+                                    "rule": rule,
+                                    "title": title,
+                                });
+                                timeline_entry!(tx, *alert_id, committed_at, "escalated", detail.to_string());
+                                out.changes.push(AlertChange { alert_id: *alert_id, device_id: device, kind, severity, action: "escalated".into() });
+                            }
+                        }
+                        let changes = vec![DeadlineChange::Delete(DeadlineKind::Follow, rule.clone(), subject.clone())];
+                        apply_deadlines!(tx, &changes);
+                        out.deadlines.extend(changes);
                     }
                 }
             }
@@ -393,6 +571,27 @@ impl Store {
                 q.build().execute(&mut *tx).await?;
             }
             out.rejected = rejected.len();
+            let mut activity: Vec<_> = activity.into_iter().collect();
+            activity.sort_unstable();
+            for chunk in activity.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO device_activity (device_id, type, last_at) ");
+                q.push_values(chunk, |mut b, ((d, t), at)| {
+                    b.push_bind(d.clone()).push_bind(*t).push_bind(*at);
+                });
+                q.push(
+                    " ON CONFLICT (device_id, type) DO UPDATE SET last_at = CASE WHEN excluded.last_at > device_activity.last_at \
+                     THEN excluded.last_at ELSE device_activity.last_at END",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+            apply_deadlines!(tx, &batch.deadlines);
+            for (id, n) in &batch.suppressed {
+                sqlx::query("UPDATE suppressions SET suppressed_count = suppressed_count + $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query("INSERT INTO batches (token, committed_at, outcome) VALUES ($1, $2, $3)")
                 .bind(&batch.token)
                 .bind(committed_at)
@@ -405,10 +604,10 @@ impl Store {
     }
 }
 
-fn change(id: i64, event: &Event, hit: &RuleHit, action: &str) -> AlertChange {
+fn change(id: i64, device_id: &str, hit: &RuleHit, action: &str) -> AlertChange {
     AlertChange {
         alert_id: id,
-        device_id: event.device_id.clone(),
+        device_id: device_id.to_owned(),
         kind: hit.kind.clone(),
         severity: hit.severity.as_str().to_owned(),
         action: action.to_owned(),
@@ -446,7 +645,7 @@ use insert_plain;
 macro_rules! open_alert {
     ($tx:expr, $device:expr, $rule:expr) => {{
         let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM alerts WHERE device_id = $1 AND rule = $2 AND status <> 'resolved'",
+            "SELECT id FROM alerts WHERE subject = $1 AND rule = $2 AND status <> 'resolved'",
         )
         .bind($device)
         .bind($rule)
@@ -462,40 +661,178 @@ use open_alert;
 macro_rules! note_on_open {
     ($tx:expr, $hits:expr, $event:expr, $at:expr, $action:expr, $out:expr) => {{
         for hit in $hits {
-            if let Some(id) = open_alert!($tx, &$event.device_id, &hit.rule) {
+            if let Some(id) = open_alert!($tx, &hit.subject, &hit.rule) {
                 timeline!($tx, id, $at, $action, $event, None::<i64>);
-                $out.changes.push(change(id, $event, hit, $action));
+                $out.changes
+                    .push(change(id, &$event.device_id, hit, $action));
             }
         }
     }};
 }
 use note_on_open;
 
-/// Appends an engine entry to an alert's timeline (a macro so it compiles for both
-/// transaction types without a wall of sqlx trait bounds).
-macro_rules! timeline {
-    ($tx:expr, $alert_id:expr, $at:expr, $action:expr, $event:expr, $event_id:expr) => {{
-        let event: &Event = $event;
-        let mut detail = serde_json::json!({
-            "event_id": $event_id,
-            "type": event.event_type.name(),
-            "fields": event.fields,
-            "seq": event.seq,
-            "device_time": event.device_time,
-            "received_at": event.received_at,
-        });
-        if !event.flaws.is_empty() {
-            // What the device sent that could not be used, for the operator to see.
-            detail["flaws"] = serde_json::json!(event.flaws);
-        }
-        let detail = detail.to_string();
+/// The timeline detail of an event.
+fn event_detail(event: &Event, event_id: Option<i64>) -> String {
+    let mut detail = serde_json::json!({
+        "event_id": event_id,
+        "type": event.event_type.name(),
+        "fields": event.fields,
+        "seq": event.seq,
+        "device_time": event.device_time,
+        "received_at": event.received_at,
+    });
+    if !event.flaws.is_empty() {
+        // What the device sent that could not be used, for the operator to see.
+        detail["flaws"] = serde_json::json!(event.flaws);
+    }
+    detail.to_string()
+}
+
+/// Appends an engine entry with `detail` (JSON text) to an alert's timeline (a macro so it
+/// compiles for both transaction types without a wall of sqlx trait bounds).
+macro_rules! timeline_entry {
+    ($tx:expr, $alert_id:expr, $at:expr, $action:expr, $detail:expr) => {{
         sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, 'engine', $3, $4)")
             .bind($alert_id)
             .bind($at)
             .bind($action)
-            .bind(detail)
+            .bind($detail)
             .execute(&mut *$tx)
             .await?;
     }};
 }
+use timeline_entry;
+
+/// Appends an engine entry about `event` to an alert's timeline.
+macro_rules! timeline {
+    ($tx:expr, $alert_id:expr, $at:expr, $action:expr, $event:expr, $event_id:expr) => {{
+        let detail = event_detail($event, $event_id);
+        timeline_entry!($tx, $alert_id, $at, $action, detail);
+    }};
+}
 use timeline;
+
+/// Opens the alert of a hit, or counts on the unresolved one of its rule and subject;
+/// `None` when a `once` hit finds its alert open already. Opening also starts its
+/// escalation and the correlations that follow it (deadlines in this transaction).
+macro_rules! open_or_count {
+    ($tx:expr, $hit:expr, $device:expr, $resident:expr, $received:expr, $at:expr, $out:expr) => {{
+        let hit: &RuleHit = $hit;
+        // Conditional on still being unresolved: an operator may have just resolved it, and
+        // then this press must open a new alert.
+        let counted: Option<i64> = if hit.once {
+            if open_alert!($tx, &hit.subject, &hit.rule).is_some() {
+                None
+            } else {
+                Some(-1)
+            }
+        } else {
+            sqlx::query_scalar(
+                "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $4 \
+                 WHERE subject = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
+            )
+            .bind(&hit.subject)
+            .bind(&hit.rule)
+            .bind($received)
+            .bind($at)
+            .fetch_optional(&mut *$tx)
+            .await?
+        };
+        match counted {
+            None if hit.once => None,
+            Some(id) if id >= 0 => Some((id, "counted")),
+            _ => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
+                     escalation_level, opened_at, updated_at, last_event_at, subject, rule_version, since_at) \
+                     VALUES ($1, $9, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $8, $10, $11, $12) RETURNING id",
+                )
+                .bind($device)
+                .bind(&hit.rule)
+                .bind(&hit.kind)
+                .bind(hit.severity.as_str())
+                .bind(hit.severity.rank())
+                .bind(&hit.title)
+                .bind($at)
+                .bind($received)
+                .bind($resident)
+                .bind(&hit.subject)
+                .bind(&hit.version)
+                .bind(hit.since)
+                .fetch_one(&mut *$tx)
+                .await?;
+                let mut started = Vec::new();
+                if let Some(first) = hit.escalate.first() {
+                    started.push(DeadlineChange::Put(Deadline {
+                        kind: DeadlineKind::Escalate,
+                        rule: hit.rule.clone(),
+                        subject: id.to_string(),
+                        partition: hit.partition.clone(),
+                        due: $at + first,
+                        alert_id: Some(id),
+                        level: 1,
+                        since: $at,
+                        version: hit.version.clone(),
+                        detail: serde_json::json!({ "steps": hit.escalate, "opened_at": $at }),
+                    }));
+                }
+                for f in &hit.follows {
+                    started.push(DeadlineChange::Put(Deadline {
+                        kind: DeadlineKind::Follow,
+                        rule: f.rule.clone(),
+                        subject: f.subject.clone(),
+                        partition: hit.partition.clone(),
+                        due: $at + f.after,
+                        alert_id: Some(id),
+                        level: f.raise,
+                        since: $at,
+                        version: f.version.clone(),
+                        detail: serde_json::json!({ "followed": hit.rule }),
+                    }));
+                }
+                apply_deadlines!($tx, &started);
+                $out.deadlines.extend(started);
+                Some((id, "opened"))
+            }
+        }
+    }};
+}
+use open_or_count;
+
+/// Ends the condition of a rule and subject on its unresolved alert: a `cleared` entry, and
+/// the alert resolved with outcome `cleared` when the lifecycle allows.
+macro_rules! clear_alert {
+    ($tx:expr, $clear:expr, $at:expr, $detail:expr, $out:expr) => {{
+        let clear: &Clear = $clear;
+        let row: Option<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, device_id, kind, severity, status FROM alerts WHERE subject = $1 AND rule = $2 AND status <> 'resolved'",
+        )
+        .bind(&clear.subject)
+        .bind(&clear.rule)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        if let Some((id, device, kind, severity, status)) = row {
+            let st = Status::parse(&status).unwrap_or(Status::Open);
+            let sev = Severity::parse(&severity).unwrap_or(Severity::Critical);
+            timeline_entry!($tx, id, $at, "cleared", $detail);
+            let mut action = "cleared";
+            if decide(EngineStep::Clear, st, sev) == Decision::Resolve {
+                // Conditional: an operator may have taken it since it was read.
+                let done = sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = 'engine', outcome = 'cleared', updated_at = $2 \
+                     WHERE id = $1 AND status = 'open'",
+                )
+                .bind(id)
+                .bind($at)
+                .execute(&mut *$tx)
+                .await?;
+                if done.rows_affected() == 1 {
+                    timeline_entry!($tx, id, $at, "resolved", serde_json::json!({ "outcome": "cleared" }).to_string());
+                    action = "resolved";
+                }
+            }
+            $out.changes.push(AlertChange { alert_id: id, device_id: device, kind, severity, action: action.into() });
+        }
+    }};
+}
+use clear_alert;

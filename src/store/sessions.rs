@@ -94,7 +94,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             let counted: Option<i64> = sqlx::query_scalar(
                 "UPDATE alerts SET count = count + 1, last_event_at = $3, updated_at = $3 \
-                 WHERE device_id = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
+                 WHERE subject = $1 AND rule = $2 AND status <> 'resolved' RETURNING id",
             )
             .bind(SYSTEM_DEVICE)
             .bind(a.rule)
@@ -106,8 +106,8 @@ impl Store {
                 None => {
                     let id: i64 = sqlx::query_scalar(
                         "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
-                         escalation_level, opened_at, updated_at, last_event_at) \
-                         VALUES ($1, NULL, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $7) RETURNING id",
+                         escalation_level, opened_at, updated_at, last_event_at, subject) \
+                         VALUES ($1, NULL, $2, $3, $4, $5, $6, 'open', 1, 0, $7, $7, $7, $1) RETURNING id",
                     )
                     .bind(SYSTEM_DEVICE)
                     .bind(a.rule)
