@@ -91,7 +91,24 @@ pub async fn run(
             .await
             .context("loading the quarantined devices")?,
     );
-    tracing::info!(registered = registry.len(), policy = ?config.unknown_devices, "Device registry loaded");
+    registry.set_report_interval_defaults(config.report_intervals.clone());
+    let residents = store
+        .all_residents()
+        .await
+        .context("loading the residents")?;
+    let resident_count = residents.len();
+    for r in residents {
+        registry.put_resident(r);
+    }
+    let suppressions = store
+        .active_suppressions(clock.now())
+        .await
+        .context("loading the active suppressions")?;
+    let suppression_count = suppressions.len();
+    for s in suppressions {
+        registry.put_suppression(s);
+    }
+    tracing::info!(registered = registry.len(), residents = resident_count, suppressions = suppression_count, policy = ?config.unknown_devices, "Device registry loaded");
 
     // 2b. Admin token.
     let token_hash = admin_token(&config.data_dir, config.admin_token.as_deref())?;
@@ -223,8 +240,13 @@ pub async fn run(
 
     // 6. Upkeep: metrics histograms, gauges, expired dedup keys.
     let upkeep = {
-        let (metrics, store, clock, sink) =
-            (metrics.clone(), store.clone(), clock.clone(), sink.clone());
+        let (metrics, store, clock, sink, registry) = (
+            metrics.clone(),
+            store.clone(),
+            clock.clone(),
+            sink.clone(),
+            registry.clone(),
+        );
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -243,10 +265,13 @@ pub async fn run(
                     telemetry::queue_depth(i, d);
                 }
                 n += 1;
-                if n.is_multiple_of(60)
-                    && let Err(e) = store.purge_dedup(clock.now()).await
-                {
-                    tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");
+                if n.is_multiple_of(60) {
+                    // Suppressions past their end cover nothing already (Suppression::covers);
+                    // dropping them keeps the registry's list to the active ones.
+                    registry.prune_suppressions(clock.now());
+                    if let Err(e) = store.purge_dedup(clock.now()).await {
+                        tracing::warn!(error = %e, "Purging expired dedup keys failed; will retry");
+                    }
                 }
             }
         })

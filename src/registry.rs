@@ -1,15 +1,20 @@
 //! The device registry: which devices an installer registered, with their family, type, room,
-//! labels, resident and clock offset, and the unknown-device policy for everything else
-//! (CONTRACT.md, "Devices"). The pipeline and the TCP listeners consult an in-memory copy kept
-//! in step with the store by the API, so no lookup touches the database on the hot path.
+//! labels, resident, clock offset and reporting interval, and the unknown-device policy for
+//! everything else (CONTRACT.md, "Devices"); with them the residents and the active
+//! suppressions. The pipeline, the rules engine and the TCP listeners consult an in-memory
+//! copy kept in step with the store by the API, so no lookup touches the database on the hot
+//! path.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use chrono::FixedOffset;
+use chrono::{DateTime, FixedOffset, Utc};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::care::{Resident, Suppression};
+use crate::domain::duration;
 use crate::event::valid_device_id;
 use crate::protocol::tcp::Protocol;
 
@@ -60,6 +65,10 @@ pub struct Registration {
     /// The device clock's offset from UTC, `+08:00`, for watches that send local time.
     #[serde(default)]
     pub tz: Option<String>,
+    /// How often the device reports at least once (`"10m"`), the basis of offline
+    /// supervision; unset: the default of its `type` (`[devices] report_interval`).
+    #[serde(default)]
+    pub report_interval: Option<String>,
 }
 
 /// One problem with a registration, located.
@@ -131,12 +140,30 @@ impl Registration {
                 format!("{tz:?} is not an offset like +08:00 or -05:30"),
             );
         }
+        if let Some(Err(e)) = self.report_interval.as_deref().map(duration::parse) {
+            bad("report_interval", e);
+        }
         out
     }
 
     /// The clock offset, when set and valid.
     pub fn offset(&self) -> Option<FixedOffset> {
         self.tz.as_deref().and_then(parse_tz)
+    }
+
+    /// The device's own reporting interval, when set and valid.
+    pub fn report_interval(&self) -> Option<chrono::Duration> {
+        self.report_interval
+            .as_deref()
+            .and_then(|t| duration::parse(t).ok())
+    }
+
+    /// Writes `report_interval` the way the store gives it back (`"600s"` becomes `"10m"`),
+    /// so the registry holds the same text before and after a restart.
+    pub fn normalize(&mut self) {
+        if let Some(d) = self.report_interval() {
+            self.report_interval = Some(duration::format(d));
+        }
     }
 }
 
@@ -159,8 +186,9 @@ pub fn parse_tz(s: &str) -> Option<FixedOffset> {
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
-/// Parses a CSV registration file: header `id,family,type,room,labels,resident_id,tz`
-/// (only `id` is required; `labels` as `key=value;key=value`). Returns every row's problems.
+/// Parses a CSV registration file: header `id,family,type,room,labels,resident_id,tz,
+/// report_interval` (only `id` is required; `labels` as `key=value;key=value`). Returns every
+/// row's problems.
 pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError>> {
     let mut rdr = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -175,7 +203,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
             }]);
         }
     };
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
         "id",
         "family",
         "type",
@@ -183,6 +211,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
         "labels",
         "resident_id",
         "tz",
+        "report_interval",
     ];
     let mut errors = Vec::new();
     for h in headers.iter() {
@@ -246,6 +275,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
             labels,
             resident_id: col("resident_id"),
             tz: col("tz"),
+            report_interval: col("report_interval"),
         };
         errors.extend(r.problems(row));
         out.push(r);
@@ -257,12 +287,21 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
     }
 }
 
-/// The in-memory registry shared by the pipeline, the listeners and the API.
+/// The in-memory registry shared by the pipeline, the rules engine, the listeners and the
+/// API: registered devices, residents and active suppressions. Every change bumps
+/// [`Registry::version`].
 #[derive(Debug, Clone)]
 pub struct Registry {
     devices: Arc<DashMap<String, Registration>>,
     /// Unregistered devices that already have their `unregistered_device` alert.
     quarantined: Arc<dashmap::DashSet<String>>,
+    residents: Arc<DashMap<String, Arc<Resident>>>,
+    /// Few at any time (a handful per hundred residents), read on every rule match: a list
+    /// scanned under a read lock beats any index.
+    suppressions: Arc<RwLock<Vec<Suppression>>>,
+    /// `[devices] report_interval`: the reporting interval of each device type.
+    report_defaults: Arc<RwLock<HashMap<String, chrono::Duration>>>,
+    version: Arc<AtomicU64>,
     /// Policy for devices not in it.
     pub policy: UnknownPolicy,
 }
@@ -273,8 +312,24 @@ impl Registry {
         Registry {
             devices: Arc::new(DashMap::new()),
             quarantined: Arc::default(),
+            residents: Arc::default(),
+            suppressions: Arc::default(),
+            report_defaults: Arc::default(),
+            version: Arc::default(),
             policy,
         }
+    }
+
+    /// Counts a change of devices, residents, suppressions or defaults.
+    fn changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A number that grows with every change of registrations, residents, suppressions or
+    /// reporting-interval defaults: whoever derives something from them (which residents and
+    /// devices a rule covers) recomputes when it moved.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Whether `id` is registered.
@@ -292,21 +347,151 @@ impl Registry {
         for r in regs {
             self.devices.insert(r.id.clone(), r);
         }
+        self.changed();
     }
 
     /// Removes a registration.
     pub fn remove(&self, id: &str) {
         self.devices.remove(id);
+        self.changed();
     }
 
-    /// The resident of a registered device.
-    pub fn resident(&self, id: &str) -> Option<String> {
-        self.devices.get(id).and_then(|r| r.resident_id.clone())
+    /// Every registered device, by id.
+    pub fn registrations(&self) -> Vec<Registration> {
+        let mut all: Vec<Registration> = self.devices.iter().map(|r| r.clone()).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// The registered devices pointing at a resident, by id.
+    pub fn devices_of(&self, resident_id: &str) -> Vec<Registration> {
+        let mut of: Vec<Registration> = self
+            .devices
+            .iter()
+            .filter(|r| r.resident_id.as_deref() == Some(resident_id))
+            .map(|r| r.clone())
+            .collect();
+        of.sort_by(|a, b| a.id.cmp(&b.id));
+        of
+    }
+
+    /// The resident id of a registered device.
+    pub fn resident_of(&self, device_id: &str) -> Option<String> {
+        self.devices
+            .get(device_id)
+            .and_then(|r| r.resident_id.clone())
     }
 
     /// The clock offset of a registered device.
     pub fn offset(&self, id: &str) -> Option<FixedOffset> {
         self.devices.get(id).and_then(|r| r.offset())
+    }
+
+    /// Sets the reporting interval of each device type (`[devices] report_interval`),
+    /// replacing the previous ones.
+    pub fn set_report_interval_defaults(&self, by_type: HashMap<String, chrono::Duration>) {
+        *self
+            .report_defaults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = by_type;
+        self.changed();
+    }
+
+    /// How often a registered device reports at least once: its registration's own
+    /// `report_interval`, else the default of its `type`, else `None` (not supervised).
+    pub fn report_interval(&self, device_id: &str) -> Option<chrono::Duration> {
+        let reg = self.devices.get(device_id)?;
+        if let Some(own) = reg.report_interval() {
+            return Some(own);
+        }
+        let by_type = self
+            .report_defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        by_type.get(reg.device_type.as_deref()?).copied()
+    }
+
+    /// A resident.
+    pub fn resident(&self, id: &str) -> Option<Arc<Resident>> {
+        self.residents.get(id).map(|r| Arc::clone(&r))
+    }
+
+    /// Every resident, by id.
+    pub fn residents(&self) -> Vec<Arc<Resident>> {
+        let mut all: Vec<Arc<Resident>> = self.residents.iter().map(|r| Arc::clone(&r)).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Adds or replaces a resident.
+    pub fn put_resident(&self, r: Resident) {
+        self.residents.insert(r.id.clone(), Arc::new(r));
+        self.changed();
+    }
+
+    /// Removes a resident.
+    pub fn remove_resident(&self, id: &str) {
+        self.residents.remove(id);
+        self.changed();
+    }
+
+    /// The id of an active suppression that keeps an alert of `kind` for `device` (of
+    /// `resident`) from opening at `now` ([`Suppression::covers`]); of several, the oldest.
+    pub fn suppression_for(
+        &self,
+        resident: Option<&str>,
+        device: &str,
+        kind: &str,
+        now: DateTime<Utc>,
+    ) -> Option<i64> {
+        let all = self.suppressions.read().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .filter(|s| s.covers(resident, device, kind, now))
+            .map(|s| s.id)
+            .min()
+    }
+
+    /// The suppressions held (not ended; one past its `until` stays until
+    /// [`Registry::prune_suppressions`]), by id.
+    pub fn suppressions(&self) -> Vec<Suppression> {
+        self.suppressions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds or replaces a suppression (by id).
+    pub fn put_suppression(&self, s: Suppression) {
+        {
+            let mut all = self.suppressions.write().unwrap_or_else(|e| e.into_inner());
+            all.retain(|o| o.id != s.id);
+            let at = all.partition_point(|o| o.id < s.id);
+            all.insert(at, s);
+        }
+        self.changed();
+    }
+
+    /// Drops a suppression that was ended early.
+    pub fn end_suppression(&self, id: i64) {
+        self.suppressions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| s.id != id);
+        self.changed();
+    }
+
+    /// Drops the suppressions whose `until` has passed at `now`; returns how many.
+    pub fn prune_suppressions(&self, now: DateTime<Utc>) -> usize {
+        let dropped = {
+            let mut all = self.suppressions.write().unwrap_or_else(|e| e.into_inner());
+            let before = all.len();
+            all.retain(|s| s.until > now);
+            before - all.len()
+        };
+        if dropped > 0 {
+            self.changed();
+        }
+        dropped
     }
 
     /// Whether an unregistered device already has its `unregistered_device` alert.
@@ -360,5 +545,171 @@ mod tests {
         assert_eq!(parse_tz("+8"), FixedOffset::east_opt(28_800));
         assert_eq!(parse_tz("8"), None);
         assert_eq!(parse_tz("+25:00"), None);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn suppression(id: i64, resident: Option<&str>, device: Option<&str>) -> Suppression {
+        Suppression {
+            id,
+            resident_id: resident.map(str::to_owned),
+            device_id: device.map(str::to_owned),
+            kinds: None,
+            reason: "in hospital".into(),
+            author: "admin".into(),
+            created_at: at("2026-01-01T00:00:00Z"),
+            until: at("2026-01-02T00:00:00Z"),
+            suppressed_count: 0,
+        }
+    }
+
+    #[test]
+    fn report_interval_comes_from_the_registration_else_the_type_default() {
+        let reg = Registry::new(UnknownPolicy::Accept);
+        reg.put([
+            Registration {
+                id: "w1".into(),
+                device_type: Some("watch".into()),
+                report_interval: Some("600s".into()),
+                ..Default::default()
+            },
+            Registration {
+                id: "w2".into(),
+                device_type: Some("watch".into()),
+                ..Default::default()
+            },
+            Registration {
+                id: "x1".into(),
+                device_type: Some("kettle".into()),
+                ..Default::default()
+            },
+            Registration {
+                id: "n1".into(),
+                ..Default::default()
+            },
+        ]);
+        reg.set_report_interval_defaults(HashMap::from([(
+            "watch".to_owned(),
+            chrono::Duration::minutes(5),
+        )]));
+        assert_eq!(
+            reg.report_interval("w1"),
+            Some(chrono::Duration::minutes(10))
+        );
+        assert_eq!(
+            reg.report_interval("w2"),
+            Some(chrono::Duration::minutes(5))
+        );
+        assert_eq!(reg.report_interval("x1"), None, "a type without a default");
+        assert_eq!(reg.report_interval("n1"), None, "no type at all");
+        assert_eq!(reg.report_interval("nobody"), None, "not registered");
+
+        let mut r = reg.get("w1").unwrap();
+        r.normalize();
+        assert_eq!(r.report_interval.as_deref(), Some("10m"));
+        let bad = Registration {
+            id: "b".into(),
+            report_interval: Some("10 minutes".into()),
+            ..Default::default()
+        };
+        assert_eq!(bad.problems(4)[0].field, "report_interval");
+        let csv = parse_csv(b"id,type,report_interval\nd1,water,25h\n").unwrap();
+        assert_eq!(csv[0].report_interval(), Some(chrono::Duration::hours(25)));
+    }
+
+    #[test]
+    fn residents_devices_and_suppressions_are_kept_and_every_change_bumps_the_version() {
+        let reg = Registry::new(UnknownPolicy::Accept);
+        let mut v = reg.version();
+        let bumped = |v: &mut u64, what: &str| {
+            let now = reg.version();
+            assert!(now > *v, "{what} must bump the version");
+            *v = now;
+        };
+        reg.put_resident(Resident {
+            id: "r1".into(),
+            name: "Li Hua".into(),
+            region: "xh".into(),
+            time_zone: "Asia/Shanghai".into(),
+            labels: BTreeMap::new(),
+            thresholds: BTreeMap::from([("hr_high".to_owned(), 110.0)]),
+        });
+        bumped(&mut v, "put_resident");
+        reg.put([
+            Registration {
+                id: "b".into(),
+                resident_id: Some("r1".into()),
+                ..Default::default()
+            },
+            Registration {
+                id: "a".into(),
+                resident_id: Some("r1".into()),
+                ..Default::default()
+            },
+            Registration {
+                id: "c".into(),
+                resident_id: Some("r2".into()),
+                ..Default::default()
+            },
+        ]);
+        bumped(&mut v, "put");
+        let ids = |regs: Vec<Registration>| regs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(reg.devices_of("r1")), ["a", "b"]);
+        assert_eq!(ids(reg.registrations()), ["a", "b", "c"]);
+        assert_eq!(reg.resident_of("c").as_deref(), Some("r2"));
+        assert_eq!(reg.resident("r1").unwrap().thresholds["hr_high"], 110.0);
+        assert_eq!(reg.residents().len(), 1);
+
+        reg.put_suppression(suppression(7, Some("r1"), None));
+        bumped(&mut v, "put_suppression");
+        reg.put_suppression(suppression(3, None, Some("c")));
+        bumped(&mut v, "put_suppression");
+        let during = at("2026-01-01T12:00:00Z");
+        assert_eq!(
+            reg.suppression_for(Some("r1"), "a", "door", during),
+            Some(7)
+        );
+        assert_eq!(reg.suppression_for(Some("r1"), "a", "sos", during), None);
+        assert_eq!(
+            reg.suppression_for(Some("r2"), "c", "door", during),
+            Some(3)
+        );
+        assert_eq!(reg.suppression_for(Some("r2"), "d", "door", during), None);
+        assert_eq!(
+            reg.suppressions().iter().map(|s| s.id).collect::<Vec<_>>(),
+            [3, 7]
+        );
+        let mut both = suppression(2, Some("r2"), None);
+        both.kinds = Some(vec!["door".into()]);
+        reg.put_suppression(both);
+        bumped(&mut v, "put_suppression");
+        assert_eq!(
+            reg.suppression_for(Some("r2"), "c", "door", during),
+            Some(2),
+            "of several, the oldest"
+        );
+        assert_eq!(
+            reg.suppression_for(Some("r2"), "c", "water", during),
+            Some(3)
+        );
+
+        reg.end_suppression(3);
+        bumped(&mut v, "end_suppression");
+        assert_eq!(reg.suppression_for(Some("r2"), "c", "water", during), None);
+        assert_eq!(reg.prune_suppressions(during), 0);
+        assert_eq!(reg.version(), v, "nothing pruned, nothing changed");
+        assert_eq!(reg.prune_suppressions(at("2026-01-02T00:00:00Z")), 2);
+        bumped(&mut v, "prune_suppressions");
+        assert!(reg.suppressions().is_empty());
+
+        reg.remove_resident("r1");
+        bumped(&mut v, "remove_resident");
+        assert!(reg.resident("r1").is_none());
+        reg.remove("a");
+        bumped(&mut v, "remove");
+        reg.set_report_interval_defaults(HashMap::new());
+        bumped(&mut v, "set_report_interval_defaults");
     }
 }

@@ -295,7 +295,7 @@ async fn check_config_reports_every_problem_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("anxin.toml"),
-        "[mqtt]\nurl = \"ftp://x\"\nrecieve_maximum = 10\n[pipeline]\nshards = 0\n",
+        "[mqtt]\nurl = \"ftp://x\"\nrecieve_maximum = 10\n[pipeline]\nshards = 0\n[devices]\nreport_interval = { watch = \"10\" }\n",
     )
     .unwrap();
     std::fs::write(
@@ -316,6 +316,7 @@ async fn check_config_reports_every_problem_with_file_and_line() {
         "anxin.toml:2: mqtt.url",
         "anxin.toml:3: mqtt.recieve_maximum: unknown key",
         "anxin.toml:5: pipeline.shards",
+        "anxin.toml:7: devices.report_interval.watch: duration \"10\" needs a unit",
         "rules.toml:4: rule[0].severity",
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");

@@ -31,7 +31,12 @@
 //! 11. a batch that fails stores nothing of itself (events, alerts, timeline, devices, dedup
 //!     keys, rejections);
 //! 12. events of one device are stored in receive order;
-//! 13. a batch of more rows than one SQL statement carries commits whole, duplicates included.
+//! 13. a batch of more rows than one SQL statement carries commits whole, duplicates included;
+//! 14. residents are created then replaced (told apart), read, paged by id exactly once, and
+//!     deleted only while no registered device points at them, ending their suppressions;
+//! 15. suppressions are stored with their scope, kinds, author and end, listed while active
+//!     with the `suppressed_count` the batch commit adds to, and ended early exactly once;
+//! 16. a device's `report_interval` is stored in seconds and read back in its largest unit.
 //!
 //! Run: `ANXIN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test --test
 //! store_contract`.
@@ -40,9 +45,11 @@ use std::future::Future;
 use std::path::Path;
 
 use anxin::clock::{Clock, ManualClock, to_millis};
+use anxin::domain::care::{Resident, Suppression};
 use anxin::event::Event;
 use anxin::protocol::RejectReason;
 use anxin::protocol::canonical::decode;
+use anxin::registry::Registration;
 use anxin::rules::RuleSet;
 use anxin::store::{
     Alert, AlertChange, AlertFilter, BatchOutcome, RuleHit, Store, StoreError, Table,
@@ -246,6 +253,15 @@ contract! {
     a_batch_larger_than_one_statement_commits_whole
         => sqlite_a_batch_larger_than_one_statement_commits_whole,
            postgres_a_batch_larger_than_one_statement_commits_whole;
+    residents_are_written_read_paged_and_deleted_only_without_devices
+        => sqlite_residents_are_written_read_paged_and_deleted_only_without_devices,
+           postgres_residents_are_written_read_paged_and_deleted_only_without_devices;
+    suppressions_are_listed_while_active_counted_and_ended_once
+        => sqlite_suppressions_are_listed_while_active_counted_and_ended_once,
+           postgres_suppressions_are_listed_while_active_counted_and_ended_once;
+    a_devices_report_interval_is_stored_and_read_back
+        => sqlite_a_devices_report_interval_is_stored_and_read_back,
+           postgres_a_devices_report_interval_is_stored_and_read_back;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1677,4 +1693,311 @@ async fn a_batch_larger_than_one_statement_commits_whole(store: Store) {
         .map(|t| t.seq.unwrap())
         .collect();
     assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+}
+
+fn resident(id: &str, name: &str) -> Resident {
+    Resident {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        region: "xh".to_owned(),
+        time_zone: "Asia/Shanghai".to_owned(),
+        labels: [("lives_alone".to_owned(), "true".to_owned())].into(),
+        thresholds: [("hr_high".to_owned(), 110.5)].into(),
+    }
+}
+
+fn device_of(id: &str, resident: &str) -> Registration {
+    Registration {
+        id: id.to_owned(),
+        resident_id: Some(resident.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// 14. Residents: a first write creates, a second replaces (and says so); a read returns
+///     exactly what was written with both times; pages by id see every resident once; a
+///     delete is refused while a registered device points at the resident, and otherwise
+///     removes it and ends its active suppressions.
+async fn residents_are_written_read_paged_and_deleted_only_without_devices(store: Store) {
+    let fx = Fx::new(store);
+    let created_at = fx.now();
+    assert!(
+        fx.store
+            .put_resident(&resident("r1", "Li Hua"), fx.now())
+            .await
+            .unwrap()
+    );
+    fx.advance(Duration::minutes(5));
+    let mut changed = resident("r1", "Li Hua (Mrs)");
+    changed.time_zone = "Asia/Urumqi".to_owned();
+    changed.thresholds.insert("spo2_low".to_owned(), 88.0);
+    assert!(
+        !fx.store.put_resident(&changed, fx.now()).await.unwrap(),
+        "a second write replaces"
+    );
+    let got = fx.store.get_resident("r1").await.unwrap().unwrap();
+    assert_eq!(got.resident, changed);
+    assert_eq!((got.created_at, got.updated_at), (created_at, fx.now()));
+    assert_eq!(fx.store.get_resident("nobody").await.unwrap(), None);
+
+    for i in 2..=7 {
+        fx.store
+            .put_resident(&resident(&format!("r{i}"), "x"), fx.now())
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let (page, next) = fx.store.list_residents(cursor.as_deref(), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        seen.extend(page.into_iter().map(|r| r.resident.id));
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["r1", "r2", "r3", "r4", "r5", "r6", "r7"]);
+    let (page, next) = fx.store.list_residents(Some("r5"), 2).await.unwrap();
+    assert_eq!(page.len(), 2);
+    assert_eq!(next, None, "a last page that is exactly full has no next");
+    let all = fx.store.all_residents().await.unwrap();
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[0], changed);
+
+    // Registered devices keep their resident; one only heard from does not count.
+    fx.store
+        .register_devices(&[device_of("d1", "r2"), device_of("d2", "r2")], fx.now())
+        .await
+        .unwrap();
+    match fx.store.delete_resident("r2", "admin", fx.now()).await {
+        Err(StoreError::ResidentInUse { id, devices }) => {
+            assert_eq!(
+                (id.as_str(), devices),
+                ("r2", vec!["d1".to_owned(), "d2".to_owned()])
+            )
+        }
+        other => panic!("expected ResidentInUse, got {other:?}"),
+    }
+    assert!(fx.store.get_resident("r2").await.unwrap().is_some());
+    fx.store.unregister_device("d1", fx.now()).await.unwrap();
+    fx.store
+        .register_devices(&[device_of("d2", "r3")], fx.now())
+        .await
+        .unwrap();
+
+    let until = fx.now() + Duration::days(3);
+    let active = fx
+        .store
+        .create_suppression(&suppression(Some("r2"), None, until, fx.now()))
+        .await
+        .unwrap();
+    let other = fx
+        .store
+        .create_suppression(&suppression(Some("r3"), None, until, fx.now()))
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.store
+            .delete_resident("r2", "admin", fx.now())
+            .await
+            .unwrap(),
+        [active],
+        "its active suppression ends with it"
+    );
+    assert_eq!(fx.store.get_resident("r2").await.unwrap(), None);
+    let left: Vec<i64> = fx
+        .store
+        .active_suppressions(fx.now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(left, [other]);
+    assert!(matches!(
+        fx.store.delete_resident("r2", "admin", fx.now()).await,
+        Err(StoreError::ResidentNotFound(id)) if id == "r2"
+    ));
+}
+
+fn suppression(
+    resident: Option<&str>,
+    device: Option<&str>,
+    until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Suppression {
+    Suppression {
+        id: 0,
+        resident_id: resident.map(str::to_owned),
+        device_id: device.map(str::to_owned),
+        kinds: None,
+        reason: "in hospital".to_owned(),
+        author: "admin".to_owned(),
+        created_at: now,
+        until,
+        suppressed_count: 0,
+    }
+}
+
+/// 15. Suppressions: what is written is read back (scope, kinds or none, reason, author,
+///     times) while active; the batch commit's increment of `suppressed_count` shows; one past
+///     its `until` or ended is not listed; ending is recorded with who did it and happens once.
+async fn suppressions_are_listed_while_active_counted_and_ended_once(store: Store) {
+    let fx = Fx::new(store);
+    let now = fx.now();
+    let mut by_device = suppression(None, Some("watch-1"), now + Duration::hours(2), now);
+    by_device.kinds = Some(vec!["low_battery".to_owned(), "offline".to_owned()]);
+    by_device.reason = "on charge".to_owned();
+    let a = fx.store.create_suppression(&by_device).await.unwrap();
+    let b = fx
+        .store
+        .create_suppression(&suppression(Some("r1"), None, now + Duration::days(7), now))
+        .await
+        .unwrap();
+    let c = fx
+        .store
+        .create_suppression(&suppression(
+            Some("r2"),
+            None,
+            now + Duration::minutes(30),
+            now,
+        ))
+        .await
+        .unwrap();
+    assert!(a < b && b < c, "ids grow: {a} {b} {c}");
+
+    let listed = fx.store.active_suppressions(now).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(
+        listed[0],
+        Suppression {
+            id: a,
+            ..by_device.clone()
+        }
+    );
+    assert_eq!(
+        listed[1].kinds, None,
+        "no kinds: every kind but the four alarms"
+    );
+    assert_eq!(listed[1].resident_id.as_deref(), Some("r1"));
+
+    // What the batch commit runs for matches a suppression kept from opening alerts.
+    const COUNT: &str =
+        "UPDATE suppressions SET suppressed_count = suppressed_count + $2 WHERE id = $1";
+    for n in [1_i64, 2] {
+        let updated = match &fx.store {
+            Store::Sqlite(pool) => sqlx::query(COUNT)
+                .bind(a)
+                .bind(n)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Store::Postgres(pool) => sqlx::query(COUNT)
+                .bind(a)
+                .bind(n)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        assert_eq!(updated.unwrap(), 1);
+    }
+    fx.advance(Duration::hours(1));
+    let listed = fx.store.active_suppressions(fx.now()).await.unwrap();
+    let ids: Vec<i64> = listed.iter().map(|s| s.id).collect();
+    assert_eq!(ids, [a, b], "the 30-minute one is over");
+    assert_eq!(listed[0].suppressed_count, 3);
+    assert!(matches!(
+        fx.store.end_suppression(c, "admin", fx.now()).await,
+        Err(StoreError::SuppressionNotFound(id)) if id == c
+    ));
+
+    fx.store
+        .end_suppression(a, "supervisor-7", fx.now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        fx.store.end_suppression(a, "admin", fx.now()).await,
+        Err(StoreError::SuppressionNotFound(_))
+    ));
+    assert!(matches!(
+        fx.store.end_suppression(999_999, "admin", fx.now()).await,
+        Err(StoreError::SuppressionNotFound(999_999))
+    ));
+    let ids: Vec<i64> = fx
+        .store
+        .active_suppressions(fx.now())
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, [b]);
+    let ended_by_supervisor = raw_i64(
+        &fx.store,
+        "SELECT COUNT(*) FROM suppressions WHERE ended_by = 'supervisor-7' AND ended_at IS NOT NULL",
+    )
+    .await;
+    assert_eq!(ended_by_supervisor, 1, "who ended it is kept");
+
+    // The database refuses a suppression scoped to both or neither.
+    for sql in [
+        "INSERT INTO suppressions (resident_id, device_id, reason, author, created_at, until_at) VALUES ('r1', 'd1', 'x', 'a', 0, 1)",
+        "INSERT INTO suppressions (resident_id, device_id, reason, author, created_at, until_at) VALUES (NULL, NULL, 'x', 'a', 0, 1)",
+    ] {
+        assert!(raw_execute(&fx.store, sql).await.is_err(), "{sql}");
+    }
+}
+
+/// 16. `report_interval` goes in as text, is stored in seconds and comes back in the largest
+///     unit that divides it, from the registry load and the device read alike; unregistering
+///     clears it.
+async fn a_devices_report_interval_is_stored_and_read_back(store: Store) {
+    let fx = Fx::new(store);
+    let mut w = device_of("w1", "r1");
+    w.device_type = Some("watch".to_owned());
+    w.report_interval = Some("600s".to_owned());
+    let mut p = device_of("p1", "r1");
+    p.report_interval = Some("90m".to_owned());
+    let n = device_of("n1", "r1");
+    fx.store
+        .register_devices(&[w, p, n], fx.now())
+        .await
+        .unwrap();
+    let mut got: Vec<(String, Option<String>)> = fx
+        .store
+        .registered_devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.report_interval))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("n1".to_owned(), None),
+            ("p1".to_owned(), Some("90m".to_owned())),
+            ("w1".to_owned(), Some("10m".to_owned())),
+        ]
+    );
+    let w1 = fx.store.get_device("w1").await.unwrap().unwrap();
+    assert_eq!(w1["report_interval"], "10m");
+    assert_eq!(
+        raw_i64(
+            &fx.store,
+            "SELECT report_interval_secs FROM devices WHERE id = 'p1'"
+        )
+        .await,
+        5400
+    );
+    fx.store.unregister_device("w1", fx.now()).await.unwrap();
+    assert_eq!(
+        raw_i64(
+            &fx.store,
+            "SELECT COUNT(*) FROM devices WHERE id = 'w1' AND report_interval_secs IS NULL"
+        )
+        .await,
+        1
+    );
 }

@@ -71,7 +71,12 @@ pub(super) async fn get_one(
     let mut v = serde_json::to_value(&alert).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["timeline"] = json!(timeline);
     v["device"] = device.unwrap_or(Value::Null);
-    v["resident"] = Value::Null;
+    v["resident"] = json!(
+        alert
+            .resident_id
+            .as_deref()
+            .and_then(|r| s.registry.resident(r))
+    );
     Ok(Json(v))
 }
 

@@ -35,7 +35,7 @@ fn csv_syntax(data: &[u8]) -> Result<(), ApiError> {
 /// `POST /api/devices`: a JSON object, a JSON array, or `text/csv`. All or nothing: any
 /// problem refuses the whole request and lists every problem with its row.
 pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let regs = if body.media_type == "text/csv" {
+    let mut regs = if body.media_type == "text/csv" {
         csv_syntax(&body.bytes)?;
         parse_csv(&body.bytes).map_err(ApiError::InvalidRegistrations)?
     } else if body.is_json() {
@@ -73,6 +73,8 @@ pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Re
     if regs.is_empty() {
         return Err(ApiError::Invalid("no devices in the request".into()));
     }
+    // Stored in seconds and read back in the largest unit: keep the registry's copy the same.
+    regs.iter_mut().for_each(Registration::normalize);
     s.store.register_devices(&regs, s.clock.now()).await?;
     let n = regs.len();
     registered(&s, regs).await;
@@ -139,6 +141,7 @@ pub(super) async fn put(
     if !problems.is_empty() {
         return Err(ApiError::InvalidRegistrations(problems));
     }
+    reg.normalize();
     s.store
         .register_devices(std::slice::from_ref(&reg), s.clock.now())
         .await?;

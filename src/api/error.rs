@@ -58,8 +58,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(e) => match e {
-                StoreError::NotFound(_) | StoreError::DeviceNotFound(_) => StatusCode::NOT_FOUND,
-                StoreError::Conflict { .. } => StatusCode::CONFLICT,
+                StoreError::NotFound(_)
+                | StoreError::DeviceNotFound(_)
+                | StoreError::ResidentNotFound(_)
+                | StoreError::SuppressionNotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::Conflict { .. } | StoreError::ResidentInUse { .. } => {
+                    StatusCode::CONFLICT
+                }
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

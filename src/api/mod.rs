@@ -1,10 +1,13 @@
-//! The operator API (axum): alerts, live feed, health, readiness and metrics (CONTRACT.md).
+//! The operator API (axum): alerts, live feed, devices, residents, suppressions, health,
+//! readiness and metrics (CONTRACT.md).
 
 mod alerts;
 mod config;
 mod devices;
 mod error;
 pub mod extract;
+mod residents;
+mod suppressions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use futures_util::Stream;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
@@ -85,6 +88,18 @@ pub fn router(state: AppState) -> Router {
                 .delete(devices::delete),
         )
         .route("/api/devices/{id}/frames", get(devices::frames))
+        .route("/api/residents", get(residents::list))
+        .route(
+            "/api/residents/{id}",
+            get(residents::get_one)
+                .put(residents::put)
+                .delete(residents::delete),
+        )
+        .route(
+            "/api/suppressions",
+            get(suppressions::list).post(suppressions::create),
+        )
+        .route("/api/suppressions/{id}", delete(suppressions::end))
         .route("/api/config/reload", post(config::reload))
         .route("/api/profiles", get(config::profiles))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
@@ -108,6 +123,15 @@ async fn no_route(req: Request) -> ApiError {
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
+
+impl Actor {
+    /// The name recorded as the author of what the caller does (a suppression, ending one).
+    /// Today the one credential is the admin bearer token, so it is `admin`; per-user logins
+    /// and roles change this function, not its callers.
+    pub fn author(&self) -> String {
+        self.0.clone()
+    }
+}
 
 async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = req

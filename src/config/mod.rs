@@ -8,6 +8,7 @@ pub mod reader;
 
 pub use broker::{Credentials, MqttTarget, MqttTls, Secret};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -176,6 +177,9 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// What happens to messages from unregistered devices.
     pub unknown_devices: UnknownPolicy,
+    /// `[devices] report_interval`: how often a device of each type reports at least once,
+    /// for devices whose registration sets no `report_interval` of its own.
+    pub report_intervals: HashMap<String, chrono::Duration>,
     /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
 }
@@ -244,9 +248,31 @@ impl Default for Config {
                 max_connections_per_address: 1000,
             },
             unknown_devices: UnknownPolicy::Quarantine,
+            report_intervals: default_report_intervals(),
             admin_token: None,
         }
     }
+}
+
+/// The reporting interval of each device type when `[devices] report_interval` does not name
+/// it, from telecare practice (DESIGN.md "Defaults"): a watch sends a keep-alive every 5–10
+/// minutes; a 4G pendant a heartbeat within half an hour; mains-powered sensors and hub-linked
+/// battery sensors check in about hourly; battery leak sensors report once a day, so a day and
+/// an hour.
+pub fn default_report_intervals() -> HashMap<String, chrono::Duration> {
+    let (m, h) = (chrono::Duration::minutes, chrono::Duration::hours);
+    [
+        ("watch", m(10)),
+        ("pendant", m(30)),
+        ("smoke", h(1)),
+        ("gas", h(1)),
+        ("door", h(1)),
+        ("pir", h(1)),
+        ("water", h(25)),
+    ]
+    .into_iter()
+    .map(|(t, d)| (t.to_owned(), d))
+    .collect()
 }
 
 impl Config {
@@ -519,6 +545,26 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         if let Some(v) = s.choice("unknown", &["reject", "quarantine", "accept"]) {
             config.unknown_devices = UnknownPolicy::parse(&v).expect("choice checked");
         }
+        // Per type, over the defaults: a type named here replaces its default, "off" removes
+        // it (devices of that type are not supervised unless their registration says).
+        for e in s.entries("report_interval").unwrap_or_default() {
+            match e.item.as_str() {
+                Some("off") => {
+                    config.report_intervals.remove(&e.key);
+                }
+                Some(text) => match crate::domain::duration::parse(text) {
+                    Ok(d) => {
+                        config.report_intervals.insert(e.key.clone(), d);
+                    }
+                    Err(m) => ctx.problem(e.line, e.path.clone(), m),
+                },
+                None => ctx.problem(
+                    e.line,
+                    e.path.clone(),
+                    "expected a duration such as \"10m\" or \"25h\", or \"off\"",
+                ),
+            }
+        }
         s.finish();
     }
     if let Some(mut s) = root.table("profiles") {
@@ -771,6 +817,30 @@ mod tests {
             4 * 128 * 1024,
             "a refused value keeps the default"
         );
+    }
+
+    #[test]
+    fn device_report_intervals_override_the_defaults_per_type_and_bad_ones_are_located() {
+        let mut c = Config::default();
+        assert_eq!(c.report_intervals["watch"], chrono::Duration::minutes(10));
+        let src = "[devices]\nunknown = \"accept\"\nreport_interval = { watch = \"5m\", water = \"off\", kettle = \"2h\" }\n";
+        assert!(read_engine(Path::new("anxin.toml"), src, &mut c).is_empty());
+        assert_eq!(c.report_intervals["watch"], chrono::Duration::minutes(5));
+        assert_eq!(c.report_intervals["kettle"], chrono::Duration::hours(2));
+        assert_eq!(c.report_intervals["pendant"], chrono::Duration::minutes(30));
+        assert!(!c.report_intervals.contains_key("water"));
+
+        let src = "[devices]\n\n[devices.report_interval]\nwatch = \"10 minutes\"\ngas = 60\n";
+        let p = read_engine(Path::new("anxin.toml"), src, &mut Config::default());
+        let got: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (4, "devices.report_interval.watch"),
+                (5, "devices.report_interval.gas")
+            ]
+        );
+        assert!(p[0].message.contains("10 minutes"), "{}", p[0].message);
     }
 
     #[test]

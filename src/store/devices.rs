@@ -8,6 +8,7 @@ use sqlx::Row;
 
 use super::{AlertChange, Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
+use crate::domain::duration;
 use crate::pipeline::UNREGISTERED_RULE;
 use crate::registry::Registration;
 
@@ -15,7 +16,7 @@ use crate::registry::Registration;
 /// registered.
 pub const REGISTERED_OUTCOME: &str = "device_registered";
 
-const COLUMNS: &str = "id, first_seen, last_seen, registered, family, device_type, room, labels, resident_id, tz_offset_minutes";
+const COLUMNS: &str = "id, first_seen, last_seen, registered, family, device_type, room, labels, resident_id, tz_offset_minutes, report_interval_secs";
 
 fn tz_text(minutes: i64) -> String {
     let sign = if minutes < 0 { '-' } else { '+' };
@@ -43,6 +44,9 @@ where
         tz: r
             .try_get::<Option<i64>, _>("tz_offset_minutes")?
             .map(tz_text),
+        report_interval: r
+            .try_get::<Option<i64>, _>("report_interval_secs")?
+            .map(|s| duration::format(chrono::Duration::seconds(s))),
     };
     let seen = |c: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(Some(r.try_get::<i64, _>(c)?)
@@ -69,12 +73,14 @@ impl Store {
             for r in regs {
                 let labels = serde_json::to_string(&r.labels).unwrap_or_else(|_| "{}".into());
                 let tz = r.offset().map(|o| i64::from(o.local_minus_utc() / 60));
+                let interval = r.report_interval().map(|d| d.num_seconds());
                 sqlx::query(
-                    "INSERT INTO devices (id, first_seen, last_seen, registered, family, device_type, room, labels, resident_id, tz_offset_minutes, updated_at) \
-                     VALUES ($1, 0, 0, 1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO devices (id, first_seen, last_seen, registered, family, device_type, room, labels, resident_id, tz_offset_minutes, updated_at, report_interval_secs) \
+                     VALUES ($1, 0, 0, 1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (id) DO UPDATE SET registered = 1, family = excluded.family, device_type = excluded.device_type, \
                      room = excluded.room, labels = excluded.labels, resident_id = excluded.resident_id, \
-                     tz_offset_minutes = excluded.tz_offset_minutes, updated_at = excluded.updated_at",
+                     tz_offset_minutes = excluded.tz_offset_minutes, updated_at = excluded.updated_at, \
+                     report_interval_secs = excluded.report_interval_secs",
                 )
                 .bind(&r.id)
                 .bind(&r.family)
@@ -84,6 +90,7 @@ impl Store {
                 .bind(&r.resident_id)
                 .bind(tz)
                 .bind(at)
+                .bind(interval)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -97,7 +104,8 @@ impl Store {
         let n = on_pool!(self, pool => {
             sqlx::query(
                 "UPDATE devices SET registered = 0, family = NULL, device_type = NULL, room = NULL, labels = '{}', \
-                 resident_id = NULL, tz_offset_minutes = NULL, updated_at = $2 WHERE id = $1 AND registered = 1",
+                 resident_id = NULL, tz_offset_minutes = NULL, report_interval_secs = NULL, updated_at = $2 \
+                 WHERE id = $1 AND registered = 1",
             )
             .bind(id)
             .bind(to_millis(now))

@@ -8,6 +8,7 @@
 mod batch;
 mod deadlines;
 mod devices;
+mod residents;
 mod sessions;
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatch, WriteItem};
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
+pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 
 use crate::clock::{from_millis, to_millis};
@@ -35,6 +37,23 @@ pub enum StoreError {
     /// No such registered device.
     #[error("device {0} is not registered")]
     DeviceNotFound(String),
+    /// No such resident.
+    #[error("resident {0} not found")]
+    ResidentNotFound(String),
+    /// Registered devices still point at the resident.
+    #[error(
+        "resident {id} still has devices ({}); point them at another resident or unregister them first",
+        devices.join(", ")
+    )]
+    ResidentInUse {
+        /// The resident.
+        id: String,
+        /// The registered devices whose `resident_id` it is.
+        devices: Vec<String>,
+    },
+    /// No such active suppression.
+    #[error("suppression {0} not found, or no longer active")]
+    SuppressionNotFound(i64),
     /// The alert is not in a state that allows the step.
     #[error("alert {id} is {status}; {step} is not allowed")]
     Conflict {

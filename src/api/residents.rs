@@ -1,0 +1,142 @@
+//! Resident routes: create or replace, read (with the devices pointing at the resident), list,
+//! delete (CONTRACT.md "Residents and suppressions").
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{self, Path, Query};
+use super::{Actor, ApiError, AppState};
+use crate::domain::care::{DEFAULT_TIME_ZONE, Resident};
+use crate::store::{ResidentRecord, StoreError};
+
+/// The body of `PUT /api/residents/{id}`. Required fields are options here so that a missing
+/// one is refused with a message naming it, like an empty one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResidentBody {
+    id: Option<String>,
+    name: Option<String>,
+    region: Option<String>,
+    time_zone: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    thresholds: BTreeMap<String, f64>,
+}
+
+/// A resident as the API shows it: the stored record and the devices pointing at it.
+fn shown(s: &AppState, record: &ResidentRecord) -> Result<Value, ApiError> {
+    let mut v = serde_json::to_value(record).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["devices"] = json!(s.registry.devices_of(&record.resident.id));
+    Ok(v)
+}
+
+/// `PUT /api/residents/{id}`: 201 when created, 200 when replaced, with the resident.
+pub(super) async fn put(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    extract::Json(body): extract::Json<ResidentBody>,
+) -> Result<Response, ApiError> {
+    if let Some(body_id) = &body.id
+        && *body_id != id
+    {
+        return Err(ApiError::Invalid(format!(
+            "body id {body_id:?} differs from the path's {id:?}"
+        )));
+    }
+    let missing: Vec<&str> = [("name", &body.name), ("region", &body.region)]
+        .into_iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| k)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "{} required",
+            match missing.as_slice() {
+                [one] => format!("{one} is"),
+                many => format!("{} are", many.join(" and ")),
+            }
+        )));
+    }
+    let resident = Resident {
+        id,
+        name: body.name.unwrap_or_default(),
+        region: body.region.unwrap_or_default(),
+        time_zone: body.time_zone.unwrap_or_else(|| DEFAULT_TIME_ZONE.into()),
+        labels: body.labels,
+        thresholds: body.thresholds,
+    };
+    let problems = resident.problems();
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems.join("; ")));
+    }
+    let created = s.store.put_resident(&resident, s.clock.now()).await?;
+    s.registry.put_resident(resident.clone());
+    let record = s
+        .store
+        .get_resident(&resident.id)
+        .await?
+        .ok_or_else(|| StoreError::ResidentNotFound(resident.id.clone()))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(shown(&s, &record)?)).into_response())
+}
+
+/// `GET /api/residents/{id}`: the resident with `devices`, its registered devices.
+pub(super) async fn get_one(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = s
+        .store
+        .get_resident(&id)
+        .await?
+        .ok_or(StoreError::ResidentNotFound(id))?;
+    Ok(Json(shown(&s, &record)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /api/residents?limit=&cursor=`: by id, `{"items": [...], "next": cursor-or-null}`.
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (items, next) = s
+        .store
+        .list_residents(q.cursor.as_deref(), q.limit.unwrap_or(500))
+        .await?;
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+/// `DELETE /api/residents/{id}`: 204; 409 while registered devices point at the resident;
+/// the resident's active suppressions end with it.
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let ended = s
+        .store
+        .delete_resident(&id, &actor.author(), s.clock.now())
+        .await?;
+    s.registry.remove_resident(&id);
+    for sid in ended {
+        s.registry.end_suppression(sid);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

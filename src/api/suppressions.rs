@@ -1,0 +1,107 @@
+//! Suppression routes: put one on, list the active ones, end one early (CONTRACT.md
+//! "Residents and suppressions").
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{self, Path, Query};
+use super::{Actor, ApiError, AppState};
+use crate::domain::care::Suppression;
+
+/// The body of `POST /api/suppressions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SuppressionBody {
+    resident_id: Option<String>,
+    device_id: Option<String>,
+    kinds: Option<Vec<String>>,
+    reason: Option<String>,
+    /// Text, so that a missing, malformed or past time each get their own message.
+    until: Option<String>,
+}
+
+/// `POST /api/suppressions`: 201 with the suppression and its `id`.
+pub(super) async fn create(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    extract::Json(body): extract::Json<SuppressionBody>,
+) -> Result<Response, ApiError> {
+    let now = s.clock.now();
+    let until = match body.until.as_deref() {
+        None => {
+            return Err(ApiError::Invalid(
+                "until is mandatory: when the suppression ends, as RFC 3339 (2026-05-01T08:00:00+08:00)"
+                    .into(),
+            ));
+        }
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map_err(|e| ApiError::Invalid(format!("until {text:?} is not an RFC 3339 time: {e}")))?
+            .with_timezone(&Utc),
+    };
+    // The same kind named twice is one kind.
+    let kinds = body.kinds.map(|mut k| {
+        let mut seen = std::collections::HashSet::new();
+        k.retain(|kind| seen.insert(kind.clone()));
+        k
+    });
+    let mut sup = Suppression {
+        id: 0,
+        resident_id: body.resident_id,
+        device_id: body.device_id,
+        kinds,
+        reason: body.reason.unwrap_or_default().trim().to_owned(),
+        author: actor.author(),
+        created_at: now,
+        until,
+        suppressed_count: 0,
+    };
+    let mut problems = sup.problems(now);
+    if let Some(r) = &sup.resident_id
+        && s.registry.resident(r).is_none()
+    {
+        problems.push(format!("resident_id {r:?}: no such resident"));
+    }
+    if let Some(d) = &sup.device_id
+        && !s.registry.is_registered(d)
+    {
+        problems.push(format!("device_id {d:?}: no such registered device"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Invalid(problems.join("; ")));
+    }
+    sup.id = s.store.create_suppression(&sup).await?;
+    s.registry.put_suppression(sup.clone());
+    Ok((StatusCode::CREATED, Json(json!(sup))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {}
+
+/// `GET /api/suppressions`: the active ones, by id, each with its `suppressed_count`.
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(_): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    // From the store, not the registry: the batch commits count suppressed matches there.
+    let items = s.store.active_suppressions(s.clock.now()).await?;
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `DELETE /api/suppressions/{id}`: ends it now; 404 when unknown or no longer active.
+pub(super) async fn end(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    s.store
+        .end_suppression(id, &actor.author(), s.clock.now())
+        .await?;
+    s.registry.end_suppression(id);
+    Ok(StatusCode::NO_CONTENT)
+}
