@@ -231,12 +231,14 @@ async fn shipped_profiles_raise_alerts_through_the_embedded_broker() {
         r#"{"imei":"869000000000001","cmd":"alarm","alarmType":"FALL","time":"2026-12-06 14:30:00","data":{}}"#,
     );
     alert(&e, "869000000000001", "fall").await;
+    // A body temperature in kelvin: converted, and a fever is alerted on one reading (the
+    // other vital signs wait out their `for`).
     publish(
         port,
         &format!("{}/senml/861234567890123", e.root),
-        r#"[{"bn":"urn:dev:imei:861234567890123:","bt":1796538600,"n":"spo2","u":"/","v":0.86}]"#,
+        r#"[{"bn":"urn:dev:imei:861234567890123:","bt":1796538600,"n":"body_temp","u":"K","v":312.15}]"#,
     );
-    alert(&e, "861234567890123", "spo2_low").await;
+    alert(&e, "861234567890123", "fever").await;
 }
 
 fn anxin(args: &[&str]) -> (bool, String, String) {

@@ -973,27 +973,27 @@ async fn dedup_keys_expire_and_purge_removes_expired_keys(store: Store) {
     assert_eq!(raw_i64(&fx.store, "SELECT COUNT(*) FROM dedup").await, 0);
 }
 
-/// 6. One unresolved alert per (device, rule) is enforced by the database itself.
+/// 6. One unresolved alert per (subject, rule) — for a device rule, per device — is enforced by the database itself.
 async fn the_database_enforces_one_unresolved_alert_per_device_and_rule(store: Store) {
     let fx = Fx::new(store);
     let out = fx.send("watch-1", &sos(1, "2026-11-23T09:59:59Z")).await;
     let id = out.changes[0].alert_id;
 
     const SECOND_OPEN: &str = "INSERT INTO alerts (device_id, rule, kind, severity, severity_rank, title, status, count, \
-         escalation_level, opened_at, updated_at, last_event_at) \
-         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'open', 1, 0, 1, 1, 1)";
+         escalation_level, opened_at, updated_at, last_event_at, subject) \
+         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'open', 1, 0, 1, 1, 1, 'watch-1')";
     const SECOND_ACKNOWLEDGED: &str = "INSERT INTO alerts (device_id, rule, kind, severity, severity_rank, title, status, count, \
-         escalation_level, opened_at, updated_at, last_event_at) \
-         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'acknowledged', 1, 0, 1, 1, 1)";
+         escalation_level, opened_at, updated_at, last_event_at, subject) \
+         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'acknowledged', 1, 0, 1, 1, 1, 'watch-1')";
     const RESOLVED: &str = "INSERT INTO alerts (device_id, rule, kind, severity, severity_rank, title, status, count, \
-         escalation_level, opened_at, updated_at, last_event_at) \
-         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'resolved', 1, 0, 1, 1, 1)";
+         escalation_level, opened_at, updated_at, last_event_at, subject) \
+         VALUES ('watch-1', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'resolved', 1, 0, 1, 1, 1, 'watch-1')";
     const OTHER_RULE: &str = "INSERT INTO alerts (device_id, rule, kind, severity, severity_rank, title, status, count, \
-         escalation_level, opened_at, updated_at, last_event_at) \
-         VALUES ('watch-1', 'fall', 'fall', 'critical', 0, 'Fall detected', 'open', 1, 0, 1, 1, 1)";
+         escalation_level, opened_at, updated_at, last_event_at, subject) \
+         VALUES ('watch-1', 'fall', 'fall', 'critical', 0, 'Fall detected', 'open', 1, 0, 1, 1, 1, 'watch-1')";
     const OTHER_DEVICE: &str = "INSERT INTO alerts (device_id, rule, kind, severity, severity_rank, title, status, count, \
-         escalation_level, opened_at, updated_at, last_event_at) \
-         VALUES ('watch-2', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'open', 1, 0, 1, 1, 1)";
+         escalation_level, opened_at, updated_at, last_event_at, subject) \
+         VALUES ('watch-2', 'sos', 'sos', 'critical', 0, 'SOS button pressed', 'open', 1, 0, 1, 1, 1, 'watch-2')";
 
     for sql in [SECOND_OPEN, SECOND_ACKNOWLEDGED] {
         let err = raw_execute(&fx.store, sql)

@@ -12,31 +12,36 @@ impl Directory for Registry {
     fn registration(&self, device: &str) -> Option<Registration> {
         self.get(device)
     }
-    fn resident(&self, _id: &str) -> Option<Arc<Resident>> {
-        None
+    fn resident(&self, id: &str) -> Option<Arc<Resident>> {
+        Registry::resident(self, id)
     }
     fn residents(&self) -> Vec<Arc<Resident>> {
-        Vec::new()
+        Registry::residents(self)
     }
     fn registrations(&self) -> Vec<Registration> {
-        Vec::new()
+        Registry::registrations(self)
     }
-    fn devices_of(&self, _resident: &str) -> Vec<Registration> {
-        Vec::new()
+    fn devices_of(&self, resident: &str) -> Vec<Registration> {
+        Registry::devices_of(self, resident)
     }
-    fn report_interval(&self, _device: &str) -> Option<Duration> {
-        None
+    fn report_interval(&self, device: &str) -> Option<Duration> {
+        Registry::report_interval(self, device)
     }
     fn suppression(
         &self,
-        _resident: Option<&str>,
-        _device: &str,
-        _kind: &str,
-        _at: DateTime<Utc>,
+        resident: Option<&str>,
+        device: &str,
+        kind: &str,
+        at: DateTime<Utc>,
     ) -> Option<(i64, DateTime<Utc>)> {
-        None
+        // The one that covers longest: an absence held by it is looked at again once.
+        self.suppressions()
+            .into_iter()
+            .filter(|s| s.covers(resident, device, kind, at))
+            .map(|s| (s.id, s.until))
+            .max_by_key(|(_, until)| *until)
     }
     fn version(&self) -> u64 {
-        0
+        Registry::version(self)
     }
 }
