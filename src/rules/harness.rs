@@ -231,8 +231,10 @@ mod tests {
     async fn world() -> Harness {
         let src = include_str!("../../config/rules.toml");
         let rules = RuleSet::parse(Path::new("config/rules.toml"), src).unwrap();
-        let mut cfg = Config::default();
-        cfg.report_intervals = crate::config::default_report_intervals();
+        let cfg = Config {
+            report_intervals: crate::config::default_report_intervals(),
+            ..Config::default()
+        };
         let mut w = Harness::new(rules, &cfg, t("2026-03-02T08:00:00+08:00"))
             .await
             .unwrap();
