@@ -256,6 +256,10 @@ const HISTOGRAMS: &[(&str, &str)] = &[
         names::COMMIT_SECONDS,
         "Time to commit one batch, in seconds.",
     ),
+    (
+        names::TIMER_LAG,
+        "How long after its time a rule deadline was taken up by its shard, in seconds (a late one, due while the engine was down, included).",
+    ),
 ];
 
 /// Label values known at start-up, so every series can be shown (at zero) before its first
@@ -316,6 +320,7 @@ pub fn register_all(known: &KnownLabels) {
     // Registering is enough: the exporter renders a registered histogram with empty buckets.
     let _ = histogram!(names::BATCH_SIZE);
     let _ = histogram!(names::COMMIT_SECONDS);
+    let _ = histogram!(names::TIMER_LAG);
     for r in RejectReason::ALL {
         counter!(names::REJECTED, "reason" => r.as_str()).increment(0);
     }
@@ -578,6 +583,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                 )
                 .and_then(|b| {
                     b.set_buckets_for_metric(
+                        Matcher::Full(names::TIMER_LAG.into()),
+                        &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
                         Matcher::Full(names::BATCH_SIZE.into()),
                         &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
                     )
@@ -773,6 +784,11 @@ pub fn api_request_failed(status: u16, error: &dyn std::fmt::Display) {
 /// A shard's queue depth after taking a batch.
 pub fn queue_depth(shard: usize, depth: usize) {
     gauge!(names::QUEUE_DEPTH, "shard" => shard.to_string()).set(depth as f64);
+}
+
+/// A rule deadline was taken up `lag_secs` after its time.
+pub fn timer_fired(lag_secs: f64) {
+    histogram!(names::TIMER_LAG).record(lag_secs.max(0.0));
 }
 
 /// Deadlines and absences a shard is timing.

@@ -684,6 +684,7 @@ impl Engine {
                 break;
             }
             let late = due < self.started_at;
+            crate::telemetry::timer_fired((upto - due) as f64 / 1000.0);
             match key {
                 TKey::A(akey) => self.fire_absence(rules, dir, akey, due, late, items, out),
                 TKey::D(dkey) => self.fire_deadline(rules, dir, dkey, due, late, items, out),

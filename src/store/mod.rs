@@ -147,6 +147,13 @@ pub struct Alert {
     pub outcome: Option<String>,
     /// Resolution note.
     pub note: Option<String>,
+    /// What it is about: the device id, or `r/<resident id>` for a household (an absence
+    /// counted over a resident's devices).
+    pub subject: Option<String>,
+    /// Version (hash) of the rule that opened it.
+    pub rule_version: Option<String>,
+    /// Since when its condition held (an absence's last activity, a `for`'s start).
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// One timeline entry.
@@ -188,7 +195,7 @@ pub const OUTCOMES: [&str; 5] = [
     "other",
 ];
 
-const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note";
+const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note, subject, rule_version, since_at";
 
 fn alert_from_row<R: Row>(r: &R) -> Result<(Alert, i64), sqlx::Error>
 where
@@ -222,6 +229,9 @@ where
             resolved_by: r.try_get("resolved_by")?,
             outcome: r.try_get("outcome")?,
             note: r.try_get("note")?,
+            subject: r.try_get("subject")?,
+            rule_version: r.try_get("rule_version")?,
+            since: t("since_at")?,
         },
         r.try_get("severity_rank")?,
     ))
