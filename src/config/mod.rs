@@ -5,6 +5,7 @@ pub mod broker;
 pub mod live;
 pub mod profiles;
 pub mod reader;
+pub mod rules;
 
 pub use broker::{Credentials, MqttTarget, MqttTls, Secret};
 

@@ -46,6 +46,10 @@ impl Severity {
     }
 }
 
+/// The rule name and alert kind of the one alert an unregistered device gets under the
+/// `quarantine` policy (CONTRACT.md, "Devices").
+pub const UNREGISTERED_RULE: &str = "unregistered_device";
+
 /// Where an alert is in its lifecycle (CONTRACT.md values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {

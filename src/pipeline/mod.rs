@@ -728,9 +728,7 @@ fn oversized(
     }
 }
 
-/// The rule name and alert kind of the one alert an unregistered device gets under the
-/// `quarantine` policy (CONTRACT.md, "Devices").
-pub const UNREGISTERED_RULE: &str = "unregistered_device";
+pub use crate::domain::alert::UNREGISTERED_RULE;
 
 /// How a message arrived, as far as the pipeline cares.
 #[derive(Debug, Clone, Copy)]

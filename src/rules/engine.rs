@@ -432,7 +432,16 @@ impl Engine {
             self.set_absence(k, None);
         }
         for (key, (devices, resident, part)) in desired {
-            if self.absences.contains_key(&key) {
+            if let Some(a) = self.absences.get(&key).cloned() {
+                // Still counted: its interval, window or time zone may have changed.
+                if !a.fired
+                    && let Some(rule) = rules.get(&key.0)
+                {
+                    let due = self.absence_due(rule, &a, dir);
+                    if due != a.due {
+                        self.set_absence(key, Some(Absence { due, ..a }));
+                    }
+                }
                 continue;
             }
             let Some(rule) = rules.get(&key.0) else {
@@ -645,7 +654,7 @@ impl Engine {
         home: &str,
         resident: Option<&Resident>,
     ) -> RuleHit {
-        let mut hit = RuleHit::of(rule, device, rules.steps(rule));
+        let mut hit = rule.hit(device, rules.steps(rule));
         hit.partition = part.to_owned();
         for f in &rules.rules {
             if let Trigger::Follows {
@@ -723,7 +732,7 @@ impl Engine {
             self.set_absence(key, Some(a));
             return;
         }
-        let mut hit = RuleHit::of(rule, &a.device, rules.steps(rule));
+        let mut hit = rule.hit(&a.device, rules.steps(rule));
         hit.subject = key.1.clone();
         hit.partition = a.partition.clone();
         hit.since = Some(a.last);
@@ -736,6 +745,9 @@ impl Engine {
         });
         a.fired = true;
         a.due = None;
+        // Remembered beyond this absence's entry: were the subject dropped and counted again
+        // (a registry change), the same silence must not fire twice.
+        self.fired.insert(key.clone(), a.last);
         self.set_absence(key, Some(a));
     }
 

@@ -55,27 +55,6 @@ pub struct RuleHit {
     pub follows: Vec<FollowSpec>,
 }
 
-impl RuleHit {
-    /// The hit of `rule` for `device` with escalation `steps`, before the engine adds what it
-    /// knows about the household.
-    pub fn of(rule: &crate::rules::Rule, device: &str, steps: &[chrono::Duration]) -> RuleHit {
-        RuleHit {
-            rule: rule.name.clone(),
-            kind: rule.kind.clone(),
-            severity: rule.severity,
-            title: rule.title.clone(),
-            once: false,
-            version: rule.version.clone(),
-            subject: device.to_owned(),
-            partition: device.to_owned(),
-            since: None,
-            late: false,
-            escalate: steps.iter().map(|d| d.num_milliseconds()).collect(),
-            follows: Vec::new(),
-        }
-    }
-}
-
 /// A correlation an opening alert starts (`follows`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FollowSpec {

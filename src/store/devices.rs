@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{AlertChange, Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
+use crate::domain::alert::UNREGISTERED_RULE;
 use crate::domain::duration;
-use crate::pipeline::UNREGISTERED_RULE;
 use crate::registry::Registration;
 
 /// The outcome of an `unregistered_device` alert the engine resolved because the device was
