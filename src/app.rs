@@ -248,6 +248,7 @@ pub async fn run(
             registry.clone(),
         );
         let stop = shutdown.clone();
+        let started_at = clock.now();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut n: u64 = 0;
@@ -263,6 +264,19 @@ pub async fn run(
                     .set(sink.oldest_age().map(|d| d.as_secs_f64()).unwrap_or(0.0));
                 for (i, d) in depths.depths().into_iter().enumerate() {
                     telemetry::queue_depth(i, d);
+                }
+                // A suppression's end: in force to the millisecond through `covers`; recorded
+                // here once, late when it ended while the engine was down.
+                match store.expire_suppressions(clock.now()).await {
+                    Ok(ended) => {
+                        for (id, until) in ended {
+                            let late = until < started_at;
+                            tracing::info!(suppression = id, until = %until, late, "Suppression ended");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Recording ended suppressions failed; will retry")
+                    }
                 }
                 n += 1;
                 if n.is_multiple_of(60) {

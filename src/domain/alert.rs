@@ -88,6 +88,46 @@ impl Status {
     }
 }
 
+/// A step an operator takes on an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorStep {
+    /// Take it (only while nobody has).
+    Acknowledge,
+    /// Close it with an outcome (from any unresolved status).
+    Resolve,
+}
+
+impl OperatorStep {
+    /// The statuses the step may start from; from any other it is refused (409).
+    pub fn allowed_from(self) -> &'static [Status] {
+        match self {
+            OperatorStep::Acknowledge => &[Status::Open],
+            OperatorStep::Resolve => &[Status::Open, Status::Acknowledged, Status::Dispatched],
+        }
+    }
+
+    /// The status it leads to.
+    pub fn to(self) -> Status {
+        match self {
+            OperatorStep::Acknowledge => Status::Acknowledged,
+            OperatorStep::Resolve => Status::Resolved,
+        }
+    }
+
+    /// Its name in errors (`acknowledge`, `resolve`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OperatorStep::Acknowledge => "acknowledge",
+            OperatorStep::Resolve => "resolve",
+        }
+    }
+
+    /// Its timeline action (`acknowledged`, `resolved`).
+    pub fn action(self) -> &'static str {
+        self.to().as_str()
+    }
+}
+
 /// What the engine may do to an alert on its own, decided from its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineStep {
@@ -150,6 +190,18 @@ mod tests {
             decide(EngineStep::Clear, Status::Resolved, Severity::Low),
             Decision::Ignore
         );
+    }
+
+    #[test]
+    fn operators_take_only_open_alerts_and_close_any_unresolved_one() {
+        assert_eq!(OperatorStep::Acknowledge.allowed_from(), [Status::Open]);
+        assert!(
+            !OperatorStep::Resolve
+                .allowed_from()
+                .contains(&Status::Resolved)
+        );
+        assert_eq!(OperatorStep::Resolve.action(), "resolved");
+        assert_eq!(OperatorStep::Acknowledge.action(), "acknowledged");
     }
 
     #[test]

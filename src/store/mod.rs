@@ -27,6 +27,7 @@ pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 
 use crate::clock::{from_millis, to_millis};
+use crate::domain::alert::OperatorStep;
 
 /// Store failures. Domain variants carry the id involved.
 #[derive(Debug, thiserror::Error)]
@@ -441,7 +442,7 @@ impl Store {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Alert, StoreError> {
-        self.transition(id, actor, now, "acknowledge", None, None)
+        self.transition(id, actor, now, OperatorStep::Acknowledge, None, None)
             .await
     }
 
@@ -484,7 +485,7 @@ impl Store {
                 OUTCOMES.join(", ")
             )));
         }
-        self.transition(id, actor, now, "resolve", Some(outcome), note)
+        self.transition(id, actor, now, OperatorStep::Resolve, Some(outcome), note)
             .await
     }
 
@@ -493,38 +494,34 @@ impl Store {
         id: i64,
         actor: &str,
         now: DateTime<Utc>,
-        step: &'static str,
+        step: OperatorStep,
         outcome: Option<&str>,
         note: Option<&str>,
     ) -> Result<Alert, StoreError> {
         let at = to_millis(now);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let done = if step == "acknowledge" {
-                sqlx::query(
-                    "UPDATE alerts SET status = 'acknowledged', acknowledged_at = $2, acknowledged_by = $3, updated_at = $2 \
-                     WHERE id = $1 AND status = 'open'",
-                )
-                .bind(id)
-                .bind(at)
-                .bind(actor)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-            } else {
-                sqlx::query(
-                    "UPDATE alerts SET status = 'resolved', resolved_at = $2, resolved_by = $3, outcome = $4, note = $5, updated_at = $2 \
-                     WHERE id = $1 AND status <> 'resolved'",
-                )
-                .bind(id)
-                .bind(at)
-                .bind(actor)
-                .bind(outcome)
-                .bind(note)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+            // The lifecycle decides which statuses the step may start from; the update is
+            // conditional on them, so two operators cannot both take one alert.
+            let from = step
+                .allowed_from()
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let set = match step {
+                OperatorStep::Acknowledge => "acknowledged_at = $2, acknowledged_by = $3",
+                OperatorStep::Resolve => "resolved_at = $2, resolved_by = $3, outcome = $4, note = $5",
             };
+            let sql = format!(
+                "UPDATE alerts SET status = '{}', {set}, updated_at = $2 WHERE id = $1 AND status IN ({from})",
+                step.to().as_str()
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(at).bind(actor);
+            if step == OperatorStep::Resolve {
+                q = q.bind(outcome).bind(note);
+            }
+            let done = q.execute(&mut *tx).await?.rows_affected();
             if done == 0 {
                 let status: Option<String> = sqlx::query_scalar("SELECT status FROM alerts WHERE id = $1")
                     .bind(id)
@@ -532,7 +529,7 @@ impl Store {
                     .await?;
                 return Err(match status {
                     None => StoreError::NotFound(id),
-                    Some(status) => StoreError::Conflict { id, status, step },
+                    Some(status) => StoreError::Conflict { id, status, step: step.name() },
                 });
             }
             let detail = serde_json::json!({ "outcome": outcome, "note": note }).to_string();
@@ -540,7 +537,7 @@ impl Store {
                 .bind(id)
                 .bind(at)
                 .bind(actor)
-                .bind(if step == "acknowledge" { "acknowledged" } else { "resolved" })
+                .bind(step.action())
                 .bind(detail)
                 .execute(&mut *tx)
                 .await?;

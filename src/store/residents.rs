@@ -297,4 +297,26 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Marks the suppressions whose `until` has passed as ended by expiry, each exactly once
+    /// (a conditional update; also those that ended while the engine was down), and returns
+    /// them as (id, until).
+    pub async fn expire_suppressions(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, DateTime<Utc>)>, StoreError> {
+        let rows: Vec<(i64, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "UPDATE suppressions SET ended_at = until_at, ended_by = 'expired' \
+                 WHERE ended_at IS NULL AND until_at <= $1 RETURNING id, until_at",
+            )
+            .bind(to_millis(now))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, until)| (id, crate::clock::from_millis(until)))
+            .collect())
+    }
 }
