@@ -292,7 +292,9 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Registration>, Vec<RegistrationError
 /// [`Registry::version`].
 #[derive(Debug, Clone)]
 pub struct Registry {
-    devices: Arc<DashMap<String, Registration>>,
+    devices: Arc<DashMap<String, Arc<Registration>>>,
+    /// Resident id → ids of the devices pointing at it (rules look households up by it).
+    households: Arc<DashMap<String, std::collections::BTreeSet<String>>>,
     /// Unregistered devices that already have their `unregistered_device` alert.
     quarantined: Arc<dashmap::DashSet<String>>,
     residents: Arc<DashMap<String, Arc<Resident>>>,
@@ -311,6 +313,7 @@ impl Registry {
     pub fn new(policy: UnknownPolicy) -> Registry {
         Registry {
             devices: Arc::new(DashMap::new()),
+            households: Arc::new(DashMap::new()),
             quarantined: Arc::default(),
             residents: Arc::default(),
             suppressions: Arc::default(),
@@ -339,40 +342,73 @@ impl Registry {
 
     /// A copy of a registration.
     pub fn get(&self, id: &str) -> Option<Registration> {
-        self.devices.get(id).map(|r| r.clone())
+        self.devices.get(id).map(|r| Registration::clone(&r))
+    }
+
+    /// A shared handle on a registration (no copy: read on every event by the rules).
+    pub fn get_shared(&self, id: &str) -> Option<Arc<Registration>> {
+        self.devices.get(id).map(|r| Arc::clone(&r))
+    }
+
+    fn unlink(&self, old: Option<&Registration>) {
+        if let Some(old) = old
+            && let Some(rid) = &old.resident_id
+        {
+            let empty = match self.households.get_mut(rid) {
+                Some(mut set) => {
+                    set.remove(&old.id);
+                    set.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                self.households.remove_if(rid, |_, set| set.is_empty());
+            }
+        }
     }
 
     /// Adds or replaces registrations.
     pub fn put(&self, regs: impl IntoIterator<Item = Registration>) {
         for r in regs {
-            self.devices.insert(r.id.clone(), r);
+            if let Some(rid) = &r.resident_id {
+                self.households
+                    .entry(rid.clone())
+                    .or_default()
+                    .insert(r.id.clone());
+            }
+            let id = r.id.clone();
+            let old = self.devices.insert(id, Arc::new(r.clone()));
+            if old.as_ref().is_some_and(|o| o.resident_id != r.resident_id) {
+                self.unlink(old.as_deref());
+            }
         }
         self.changed();
     }
 
     /// Removes a registration.
     pub fn remove(&self, id: &str) {
-        self.devices.remove(id);
+        let old = self.devices.remove(id).map(|(_, r)| r);
+        self.unlink(old.as_deref());
         self.changed();
     }
 
     /// Every registered device, by id.
     pub fn registrations(&self) -> Vec<Registration> {
-        let mut all: Vec<Registration> = self.devices.iter().map(|r| r.clone()).collect();
+        let mut all: Vec<Registration> = self
+            .devices
+            .iter()
+            .map(|r| Registration::clone(&r))
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
     /// The registered devices pointing at a resident, by id.
     pub fn devices_of(&self, resident_id: &str) -> Vec<Registration> {
-        let mut of: Vec<Registration> = self
-            .devices
-            .iter()
-            .filter(|r| r.resident_id.as_deref() == Some(resident_id))
-            .map(|r| r.clone())
-            .collect();
-        of.sort_by(|a, b| a.id.cmp(&b.id));
-        of
+        let Some(ids) = self.households.get(resident_id).map(|s| s.clone()) else {
+            return Vec::new();
+        };
+        ids.iter().filter_map(|id| self.get(id)).collect()
     }
 
     /// The resident id of a registered device.

@@ -190,9 +190,10 @@ impl Pipeline {
         };
         // A household's devices share a shard: per-resident absences and correlations see
         // all of its events in order.
-        let reg = self.registry.get(key);
-        let key = crate::rules::engine::partition_key(reg.as_ref(), key);
-        partition(&key, self.senders.len())
+        match self.registry.resident_of(key) {
+            Some(resident) => partition(&resident, self.senders.len()),
+            None => partition(key, self.senders.len()),
+        }
     }
 
     /// Hands a message to its shard. Waits only when the shard's queue is full, which the
@@ -537,8 +538,8 @@ fn build(
         } else {
             (hits, clears) = engine.on_event(rules, dir, &event, out);
         }
-        if let Some(reg) = shared.registry.get(&event.device_id) {
-            event.resident_id = reg.resident_id;
+        if let Some(reg) = shared.registry.get_shared(&event.device_id) {
+            event.resident_id.clone_from(&reg.resident_id);
         } else {
             match shared.registry.policy {
                 UnknownPolicy::Accept => {}

@@ -9,8 +9,8 @@ use crate::domain::care::Resident;
 use crate::registry::{Registration, Registry};
 
 impl Directory for Registry {
-    fn registration(&self, device: &str) -> Option<Registration> {
-        self.get(device)
+    fn registration(&self, device: &str) -> Option<Arc<Registration>> {
+        self.get_shared(device)
     }
     fn resident(&self, id: &str) -> Option<Arc<Resident>> {
         Registry::resident(self, id)

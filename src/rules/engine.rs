@@ -28,7 +28,7 @@ use crate::store::{
 /// What the engine needs to know about devices, residents and suppressions (the registry).
 pub trait Directory {
     /// A registered device.
-    fn registration(&self, device: &str) -> Option<Registration>;
+    fn registration(&self, device: &str) -> Option<Arc<Registration>>;
     /// A resident.
     fn resident(&self, id: &str) -> Option<Arc<Resident>>;
     /// Every resident.
@@ -164,7 +164,7 @@ impl Engine {
                 continue;
             };
             let reg = dir.registration(device);
-            if !self.mine(&partition_key(reg.as_ref(), device)) {
+            if !self.mine(&partition_key(reg.as_deref(), device)) {
                 continue;
             }
             self.activity
@@ -511,7 +511,7 @@ impl Engine {
             .as_ref()
             .and_then(|r| r.resident_id.as_deref())
             .and_then(|r| dir.resident(r));
-        let part = partition_key(reg.as_ref(), device);
+        let part = partition_key(reg.as_deref(), device);
         let home = resident
             .as_ref()
             .map(|r| household(&r.id))
@@ -529,7 +529,7 @@ impl Engine {
                 Trigger::Absent { types, per, .. } if types.contains(ty) => {
                     let subject = match per {
                         Per::Device => device.to_owned(),
-                        Per::Resident if selects_device(rule, reg.as_ref()) => home.clone(),
+                        Per::Resident if selects_device(rule, reg.as_deref()) => home.clone(),
                         Per::Resident => continue,
                     };
                     let key = (rule.name.clone(), subject.clone());
@@ -551,7 +551,7 @@ impl Engine {
                     self.set_absence(key, Some(a));
                 }
                 Trigger::Follows { types, .. }
-                    if types.contains(ty) && selects_device(rule, reg.as_ref()) =>
+                    if types.contains(ty) && selects_device(rule, reg.as_deref()) =>
                 {
                     let key = (DeadlineKind::Follow, rule.name.clone(), home.clone());
                     if self.deadlines.contains_key(&key) {
@@ -565,7 +565,7 @@ impl Engine {
                     hold,
                     clear,
                 } if *t == ty => {
-                    if !selects(rule, reg.as_ref(), resident.as_deref()) {
+                    if !selects(rule, reg.as_deref(), resident.as_deref()) {
                         continue;
                     }
                     let thresholds = resident.as_ref().map(|r| &r.thresholds);
