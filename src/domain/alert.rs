@@ -154,8 +154,8 @@ pub enum Decision {
 
 /// The lifecycle rule for engine steps (CONTRACT.md "Rules file"): a clear resolves only an
 /// open, not yet acknowledged, non-critical alert — a critical one, or one an operator has
-/// taken, waits for that operator; escalation only climbs while nobody has acknowledged it;
-/// a correlation raises any unresolved alert.
+/// taken, waits for that operator; escalation, by time or by correlation, only climbs while
+/// nobody has acknowledged it.
 pub fn decide(step: EngineStep, status: Status, severity: Severity) -> Decision {
     match (step, status) {
         (_, Status::Resolved) => Decision::Ignore,
@@ -163,8 +163,10 @@ pub fn decide(step: EngineStep, status: Status, severity: Severity) -> Decision 
         (EngineStep::Clear, _) => Decision::NoteOnly,
         (EngineStep::Escalate, Status::Open) => Decision::Raise,
         (EngineStep::Escalate, _) => Decision::Ignore,
-        // No movement after an alarm matters to whoever holds the alert, acknowledged or not.
-        (EngineStep::Correlate, _) => Decision::Raise,
+        // No movement after an alarm raises it to a supervisor like an unanswered one; an
+        // operator who has taken it is already on the phone.
+        (EngineStep::Correlate, Status::Open) => Decision::Raise,
+        (EngineStep::Correlate, _) => Decision::Ignore,
     }
 }
 

@@ -94,6 +94,7 @@ struct Absence {
 enum Undo {
     A(AKey, Option<Absence>),
     D(DKey, Option<Deadline>),
+    C(AKey, Option<bool>),
 }
 
 /// Deadline and suppression bookkeeping a batch carries besides its items.
@@ -121,6 +122,10 @@ pub struct Engine {
     /// (rule, subject) → condition start of its latest alert, from the store at start-up.
     fired: HashMap<AKey, i64>,
     timers: BTreeSet<(i64, TKey)>,
+    /// (rule, device) of event rules with `clear`: raised (true) or cleared (false) since
+    /// start; unknown ones clear once, so a reading that satisfies `clear` every few minutes
+    /// notes the end of a condition once, not every time.
+    raised: HashMap<AKey, bool>,
     undo: Vec<Undo>,
     directory_version: Option<u64>,
     /// Deletions from a reload, carried by every attempt until one commits.
@@ -141,6 +146,7 @@ impl Engine {
             activity: HashMap::new(),
             fired: HashMap::new(),
             timers: BTreeSet::new(),
+            raised: HashMap::new(),
             undo: Vec::new(),
             directory_version: None,
             carry: Vec::new(),
@@ -227,6 +233,14 @@ impl Engine {
                 Undo::D(k, v) => {
                     self.put_deadline_raw(k, v);
                 }
+                Undo::C(k, v) => match v {
+                    Some(b) => {
+                        self.raised.insert(k, b);
+                    }
+                    None => {
+                        self.raised.remove(&k);
+                    }
+                },
             }
         }
     }
@@ -257,6 +271,13 @@ impl Engine {
             self.timers.insert((d.due, TKey::D(key)));
         }
         old
+    }
+
+    fn set_raised(&mut self, key: AKey, raised: bool) {
+        let old = self.raised.insert(key.clone(), raised);
+        if old != Some(raised) {
+            self.undo.push(Undo::C(key, old));
+        }
     }
 
     fn set_absence(&mut self, key: AKey, v: Option<Absence>) {
@@ -581,11 +602,13 @@ impl Engine {
                         && clear
                             .iter()
                             .all(|c| c.eval(event, thresholds) == Some(true));
-                    if cleared {
+                    let ckey = (rule.name.clone(), device.to_owned());
+                    if cleared && self.raised.get(&ckey) != Some(&false) {
                         clears.push(Clear {
                             rule: rule.name.clone(),
                             subject: device.to_owned(),
                         });
+                        self.set_raised(ckey.clone(), false);
                     }
                     match hold {
                         Some(d) => {
@@ -634,6 +657,9 @@ impl Engine {
                                 &home,
                                 resident.as_deref(),
                             ));
+                            if !clear.is_empty() {
+                                self.set_raised(ckey, true);
+                            }
                         }
                         None => {}
                     }
@@ -803,6 +829,9 @@ impl Engine {
                     &home,
                     resident.as_deref(),
                 );
+                if matches!(&rule.trigger, Trigger::Event { clear, .. } if !clear.is_empty()) {
+                    self.set_raised((rule.name.clone(), d.subject.clone()), true);
+                }
                 hit.since = Some(d.since);
                 hit.late = late;
                 items.push(WriteItem::Fired {

@@ -303,6 +303,34 @@ impl Store {
             let mut activity: HashMap<(String, &'static str), i64> = HashMap::new();
             // Payload keys of this batch's new events, for DUP copies in the same batch.
             let mut in_batch: HashSet<(String, String)> = HashSet::new();
+            // (subject, rule) of the unresolved alerts the batch's clears could act on, kept
+            // up to date as the batch opens and resolves them: one query per batch instead
+            // of one per clearing reading.
+            let mut open_keys: HashSet<(String, String)> = HashSet::new();
+            {
+                let mut subjects: Vec<&str> = batch
+                    .items
+                    .iter()
+                    .filter_map(|i| match i {
+                        WriteItem::Event { clears, .. } => Some(clears.iter().map(|c| c.subject.as_str())),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                subjects.sort_unstable();
+                subjects.dedup();
+                for chunk in subjects.chunks(ROWS_PER_STATEMENT) {
+                    let mut q = sqlx::QueryBuilder::<Db>::new("SELECT subject, rule FROM alerts WHERE status <> 'resolved' AND subject IN (");
+                    let mut sep = q.separated(", ");
+                    for s in chunk {
+                        sep.push_bind((*s).to_owned());
+                    }
+                    q.push(")");
+                    for row in q.build().fetch_all(&mut *tx).await? {
+                        open_keys.insert((row.try_get("subject")?, row.try_get("rule")?));
+                    }
+                }
+            }
 
             // 1. Which keys are new: inserted, or overwriting a row no longer valid. A payload
             //    hash the broker flagged DUP matches for the whole dedup window (a redelivery
@@ -373,6 +401,11 @@ impl Store {
                             continue;
                         }
                         out.accepted += 1;
+                        // Every message counts as activity, a level still held included.
+                        if !event.retained {
+                            let at = activity.entry((event.device_id.clone(), event.event_type.name())).or_insert(0);
+                            *at = (*at).max(to_millis(event.received_at));
+                        }
                         if event.still_active {
                             // A level the device keeps reporting: on the timeline of what it
                             // raised, never a new press and never a new alert.
@@ -383,10 +416,12 @@ impl Store {
                         // A retained cancel is the broker's replay of an old press: recorded,
                         // never acted on (it would mark today's SOS cancelled on the device).
                         let cancels = event.event_type == EventType::Cancel && !event.retained;
-                        if !event.retained {
-                            let at = activity.entry((event.device_id.clone(), event.event_type.name())).or_insert(0);
-                            *at = (*at).max(to_millis(event.received_at));
-                        }
+                        // Only a clear with an unresolved alert to act on costs anything: most
+                        // readings that satisfy a `clear` find nothing open.
+                        let clears: Vec<&Clear> = clears
+                            .iter()
+                            .filter(|c| open_keys.contains(&(c.subject.clone(), c.rule.clone())))
+                            .collect();
                         if hits.is_empty() && clears.is_empty() && !cancels {
                             plain.push(event);
                             continue;
@@ -434,12 +469,15 @@ impl Store {
                             let Some((id, action)) = open_or_count!(tx, hit, &event.device_id, &event.resident_id, received, committed_at, out) else {
                                 continue;
                             };
+                            open_keys.insert((hit.subject.clone(), hit.rule.clone()));
                             timeline!(tx, id, committed_at, if action == "opened" { "opened" } else { "event" }, event, Some(event_id));
                             out.changes.push(change(id, &event.device_id, hit, action));
                         }
                         for clear in clears {
                             let detail = event_detail(event, Some(event_id));
-                            clear_alert!(tx, clear, committed_at, detail, out);
+                            if clear_alert!(tx, clear, committed_at, detail, out) {
+                                open_keys.remove(&(clear.subject.clone(), clear.rule.clone()));
+                            }
                         }
                     }
                     WriteItem::Fired { device_id, resident_id, hit, due } => {
@@ -447,6 +485,7 @@ impl Store {
                         let Some((id, action)) = open_or_count!(tx, hit, device_id, resident_id, *due, committed_at, out) else {
                             continue;
                         };
+                        open_keys.insert((hit.subject.clone(), hit.rule.clone()));
                         let detail = serde_json::json!({
                             "rule": hit.rule,
                             "due_at": crate::clock::from_millis(*due),
@@ -779,7 +818,7 @@ macro_rules! open_or_count {
 use open_or_count;
 
 /// Ends the condition of a rule and subject on its unresolved alert: a `cleared` entry, and
-/// the alert resolved with outcome `cleared` when the lifecycle allows.
+/// the alert resolved with outcome `cleared` when the lifecycle allows (then `true`).
 macro_rules! clear_alert {
     ($tx:expr, $clear:expr, $at:expr, $detail:expr, $out:expr) => {{
         let clear: &Clear = $clear;
@@ -790,6 +829,7 @@ macro_rules! clear_alert {
         .bind(&clear.rule)
         .fetch_optional(&mut *$tx)
         .await?;
+        let mut resolved = false;
         if let Some((id, device, kind, severity, status)) = row {
             let st = Status::parse(&status).unwrap_or(Status::Open);
             let sev = Severity::parse(&severity).unwrap_or(Severity::Critical);
@@ -808,10 +848,12 @@ macro_rules! clear_alert {
                 if done.rows_affected() == 1 {
                     timeline_entry!($tx, id, $at, "resolved", serde_json::json!({ "outcome": "cleared" }).to_string());
                     action = "resolved";
+                    resolved = true;
                 }
             }
             $out.changes.push(AlertChange { alert_id: id, device_id: device, kind, severity, action: action.into() });
         }
+        resolved
     }};
 }
 use clear_alert;
