@@ -7,6 +7,9 @@ use std::path::Path;
 use crate::config::reader::{Ctx, Problem, Section};
 use crate::event::{Event, EventType, FieldKind};
 
+pub mod harness;
+pub mod runner;
+pub mod testfile;
 pub mod world;
 
 /// A comparison in a condition.
