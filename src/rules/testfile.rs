@@ -435,16 +435,17 @@ fn read_resident(mut s: Section<'_, '_>) -> Option<ResidentSpec> {
     let name = s.string("name").map(|(n, _)| n);
     let region = s.string("region").map(|(r, _)| r);
     let time_zone = match s.string("time_zone") {
-        Some((tz, l)) if tz.parse::<chrono_tz::Tz>().is_err() => {
-            s.problem(
-                l,
-                "time_zone",
-                format!("{tz:?} is not an IANA time zone name (e.g. \"Asia/Shanghai\")"),
-            );
-            None
+        Some((tz, l)) => {
+            if tz.parse::<chrono_tz::Tz>().is_err() {
+                s.problem(
+                    l,
+                    "time_zone",
+                    format!("{tz:?} is not an IANA time zone name (e.g. \"Asia/Shanghai\")"),
+                );
+            }
+            tz
         }
-        Some((tz, _)) => Some(tz),
-        None => Some(DEFAULT_TIME_ZONE.to_owned()),
+        None => DEFAULT_TIME_ZONE.to_owned(),
     };
     let labels = labels(&mut s);
     let mut thresholds = BTreeMap::new();
@@ -468,7 +469,7 @@ fn read_resident(mut s: Section<'_, '_>) -> Option<ResidentSpec> {
             name: name.unwrap_or_else(|| id.clone()),
             id,
             region: region.unwrap_or_else(|| "test".into()),
-            time_zone: time_zone?,
+            time_zone,
             labels,
             thresholds,
         },
@@ -542,11 +543,11 @@ fn read_device(mut s: Section<'_, '_>, names: &Names) -> Option<DeviceSpec> {
         resident_id,
         tz,
     };
-    let bad = registration.problems(0);
-    for p in &bad {
-        ctx.problem(line, format!("{path}.{}", p.field), &p.message);
+    for p in registration.problems(0) {
+        ctx.problem(line, format!("{path}.{}", p.field), p.message);
     }
-    bad.is_empty().then_some(DeviceSpec {
+    // Kept even when refused, so steps naming it do not report it missing as well.
+    Some(DeviceSpec {
         line,
         registration,
         report_interval,
@@ -656,8 +657,8 @@ fn read_step(
     if actions.len() > 1 {
         let which: Vec<&str> = actions.iter().map(|(k, _)| *k).collect();
         s.problem_here(format!(
-            "one action per step ({} given): split it into steps at the same time",
-            which.join(", ")
+            "one action per step, this one has {}: split it into steps at the same time",
+            which.join(" and ")
         ));
     }
     let mut expectations = Vec::new();
@@ -919,12 +920,15 @@ fn read_suppression(
     case_start: DateTime<Utc>,
     names: &Names,
 ) -> Option<NewSuppression> {
-    let resident_id = s
-        .string("resident")
-        .and_then(|(r, l)| names.check_resident(&s, l, "resident", &r).then_some(r));
-    let device_id = s
-        .string("device")
-        .and_then(|(d, l)| names.check_device(&s, l, "device", &d).then_some(d));
+    let mut known = true;
+    let resident_id = s.string("resident").map(|(r, l)| {
+        known &= names.check_resident(&s, l, "resident", &r);
+        r
+    });
+    let device_id = s.string("device").map(|(d, l)| {
+        known &= names.check_device(&s, l, "device", &d);
+        d
+    });
     let kinds = s.text_list("kinds").map(|(k, _)| k);
     let reason = s
         .string("reason")
@@ -953,7 +957,7 @@ fn read_suppression(
         }
     };
     s.finish();
-    if resident_id.is_some() == device_id.is_some() {
+    if !known || resident_id.is_some() == device_id.is_some() {
         return None;
     }
     Some(NewSuppression {
@@ -1010,6 +1014,11 @@ pub fn parse_time(text: &str, base: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
     let t = text.trim();
     if let Some(rel) = t.strip_prefix('+') {
         return parse_offset(rel).map(|d| base + d);
+    }
+    if parse_offset(t).is_ok() {
+        return Err(format!(
+            "{text:?} is not an offset: write \"+{t}\" for that long after the case start"
+        ));
     }
     if t.starts_with('-') {
         return Err(format!(
@@ -1088,6 +1097,198 @@ pub fn format_offset(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `rules.toml` with rules sos and fall and `src` as `tests/t.toml`; parses it.
+    fn parse_in_dir(src: &str) -> (tempfile::TempDir, Result<TestFile, Vec<Problem>>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rules.toml"),
+            "[[rule]]\nname = \"sos\"\nevent = \"sos\"\n[[rule]]\nname = \"fall\"\nevent = \"fall\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("tests")).unwrap();
+        let path = dir.path().join("tests").join("t.toml");
+        std::fs::write(&path, src).unwrap();
+        let parsed = read(&path);
+        (dir, parsed)
+    }
+
+    fn line(src: &str, needle: &str) -> usize {
+        src.lines().position(|l| l.contains(needle)).unwrap() + 1
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_key() {
+        let src = r#"start = "2026-03-02T08:00:00+08:00"
+colour = "blue"
+
+[[resident]]
+id = "r1"
+time_zone = "Mars/Olympus"
+
+[[device]]
+id = "p1"
+resident = "r2"
+
+[[device]]
+id = "w1"
+report_interval = "often"
+
+[[case]]
+name = "many mistakes"
+
+[[case.step]]
+at = "5m"
+no_alerts = true
+
+[[case.step]]
+at = "+1m"
+send = { device = "w1", event = { type = "vitals", heart_rate = "fast" } }
+
+[[case.step]]
+at = "+2m"
+send = { device = "p9", event = { type = "sos" } }
+ack = { rule = "sos", device = "p1" }
+
+[[case.step]]
+at = "+3m"
+alerts_include = [{ rule = "soss", device = "p1", status = "opened" }]
+expect = "typo"
+
+[[case.step]]
+at = "+4m"
+suppress = { resident = "r1", kinds = ["water"] }
+
+[[case.step]]
+at = "+5m"
+alerts_exclude = [{ status = "open" }]
+"#;
+        let (_dir, parsed) = parse_in_dir(src);
+        let problems = parsed.unwrap_err();
+        let got: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (line(src, "Mars"), "resident[0].time_zone"),
+                (line(src, "r2"), "device[0].resident"),
+                (line(src, "often"), "device[1].report_interval"),
+                (line(src, "\"5m\""), "case[0].step[0].at"),
+                (line(src, "fast"), "case[0].step[1].send.event"),
+                (line(src, "p9"), "case[0].step[2].send.device"),
+                (line(src, "at = \"+2m\"") - 1, "case[0].step[2]"),
+                (line(src, "soss"), "case[0].step[3].alerts_include[0].rule"),
+                (line(src, "soss"), "case[0].step[3].alerts_include[0].status"),
+                (line(src, "typo"), "case[0].step[3].expect"),
+                (line(src, "kinds"), "case[0].step[4].suppress"),
+                (line(src, "status = \"open\""), "case[0].step[5].alerts_exclude[0]"),
+                (line(src, "colour"), "colour"),
+            ],
+            "{problems:#?}"
+        );
+        let text = |key: &str| {
+            problems
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.message.clone())
+                .unwrap()
+        };
+        assert!(text("case[0].step[1].send.event").contains("the decoder refuses this event"));
+        assert!(text("case[0].step[2]").contains("one action per step, this one has send and ack"));
+        assert!(text("case[0].step[3].alerts_include[0].rule").contains("no rule \"soss\""));
+        assert_eq!(text("case[0].step[3].expect"), "unknown key");
+        assert!(text("case[0].step[4].suppress").contains("say when it ends"));
+        assert!(text("case[0].step[0].at").contains("not an offset"));
+    }
+
+    #[test]
+    fn a_file_without_start_or_cases_and_a_missing_rules_file_are_problems() {
+        let (_dir, parsed) = parse_in_dir("rules = \"nowhere.toml\"\n");
+        let problems = parsed.unwrap_err();
+        let got: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(got, [(1, "rules"), (1, "start"), (1, "case")], "{problems:#?}");
+        assert!(problems[0].message.contains("cannot read the rules file"));
+        let (_dir, parsed) = parse_in_dir("start = \"+5m\"\n[[case]]\nname = \"x\"\n");
+        let problems = parsed.unwrap_err();
+        assert!(problems[0].message.contains("must be absolute"), "{problems:#?}");
+        let (_dir, parsed) = parse_in_dir("start = [\n");
+        assert!(parsed.unwrap_err()[0].message.contains("not valid TOML"));
+    }
+
+    #[test]
+    fn messages_carry_their_time_and_a_sequence_per_device() {
+        let src = r#"start = "2026-03-02T08:00:00+08:00"
+[[device]]
+id = "p1"
+[[device]]
+id = "p2"
+[[case]]
+name = "stamps"
+start = "+1d"
+[[case.step]]
+at = "+5m"
+send = [{ device = "p1", event = { type = "sos" } }, { device = "p2", event = { type = "sos" } }, { device = "p1", event = { type = "sos", seq = 7, ts = "2026-03-03T00:00:00Z" } }]
+[[case.step]]
+at = "2026-03-03T08:06:00+08:00"
+resolve = { rule = "sos", device = "p1" }
+no_alerts = true
+"#;
+        let (_dir, parsed) = parse_in_dir(src);
+        let f = parsed.unwrap();
+        let case = &f.cases[0];
+        assert_eq!(case.start.to_rfc3339(), "2026-03-03T00:00:00+00:00");
+        let Some(Action::Send(m)) = &case.steps[0].action else {
+            panic!("a send")
+        };
+        let json: Vec<serde_json::Value> = m
+            .iter()
+            .map(|m| serde_json::from_str(&m.json).unwrap())
+            .collect();
+        assert_eq!(json[0]["ts"], "2026-03-03T00:05:00Z");
+        assert_eq!((json[0]["seq"].as_i64(), json[1]["seq"].as_i64()), (Some(1), Some(1)));
+        assert_eq!((json[2]["seq"].as_i64(), json[2]["ts"].as_str()), (Some(7), Some("2026-03-03T00:00:00Z")));
+        let step = &case.steps[1];
+        assert_eq!(step.at - case.start, Duration::minutes(6));
+        let Some(Action::Resolve { outcome, .. }) = &step.action else {
+            panic!("a resolve")
+        };
+        assert_eq!(outcome, DEFAULT_OUTCOME);
+    }
+
+    /// The shipped tests are the engine's specification: they must parse, and every rule of
+    /// the shipped rules file must be exercised by at least one case.
+    #[test]
+    fn the_shipped_tests_parse_and_cover_every_shipped_rule() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let files = crate::rules::runner::test_files(&[root.join("config/tests")]).unwrap();
+        let mut covered = BTreeSet::new();
+        let mut cases = 0;
+        for path in &files {
+            let f = read(path).unwrap_or_else(|p| {
+                panic!(
+                    "{}",
+                    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+                )
+            });
+            assert_eq!(f.rules, path.parent().unwrap().join("../rules.toml"));
+            for c in &f.cases {
+                cases += 1;
+                covered.extend(c.covers.iter().cloned());
+                for st in &c.steps {
+                    for e in &st.expectations {
+                        let specs = match e {
+                            Expectation::Include(s) | Expectation::Exclude(s) => vec![s],
+                            Expectation::Exactly { alerts, .. } => alerts.iter().collect(),
+                        };
+                        covered.extend(specs.iter().filter_map(|s| s.rule.clone()));
+                    }
+                }
+            }
+        }
+        let all = rule_names(&root.join("config/rules.toml")).unwrap();
+        let missing: Vec<&String> = all.iter().filter(|r| !covered.contains(*r)).collect();
+        assert!(missing.is_empty(), "rules without a test: {missing:?}");
+        assert!(cases >= all.len(), "{cases} cases for {} rules", all.len());
+    }
 
     #[test]
     fn offsets_read_and_write_alike() {
