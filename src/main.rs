@@ -149,9 +149,7 @@ fn test_rules(files: &[std::path::PathBuf], path: Option<&std::path::Path>) -> E
     for file in &files {
         let report = rt.block_on(runner::run_file(file, |spec| {
             let engine = &engine;
-            async move {
-                anxin::rules::harness::real_world(&spec.rules, engine, spec.start).await
-            }
+            async move { anxin::rules::harness::real_world(&spec.rules, engine, spec.start).await }
         }));
         println!("{report}");
         summary.add(&report);

@@ -265,22 +265,26 @@ pub async fn run_case<W: World>(
         })?;
     }
     for d in &file.devices {
-        world.put_device(d.registration.clone()).await.map_err(|e| {
-            fail(
-                d.line,
-                None,
-                format!("the world refused device {}: {e:#}", d.registration.id),
-            )
-        })?;
+        world
+            .put_device(d.registration.clone())
+            .await
+            .map_err(|e| {
+                fail(
+                    d.line,
+                    None,
+                    format!("the world refused device {}: {e:#}", d.registration.id),
+                )
+            })?;
     }
     let show = Show { start: case.start };
     for step in &case.steps {
         let at = Some(step.at_text.as_str());
         let now = world.now();
         if step.at > now {
-            world.advance_to(step.at).await.map_err(|e| {
-                fail(step.line, at, format!("moving the clock forward: {e:#}"))
-            })?;
+            world
+                .advance_to(step.at)
+                .await
+                .map_err(|e| fail(step.line, at, format!("moving the clock forward: {e:#}")))?;
         } else if step.at < now {
             return Err(fail(
                 step.line,
@@ -317,9 +321,10 @@ pub async fn run_case<W: World>(
                 let id = find_target(world, alert, "resolve", &show)
                     .await
                     .map_err(|m| fail(alert.line, at, m))?;
-                world.resolve(id, outcome).await.map_err(|e| {
-                    fail(alert.line, at, format!("resolving as {outcome}: {e:#}"))
-                })?;
+                world
+                    .resolve(id, outcome)
+                    .await
+                    .map_err(|e| fail(alert.line, at, format!("resolving as {outcome}: {e:#}")))?;
             }
             Some(Action::Suppress(s)) => {
                 world
@@ -411,7 +416,10 @@ fn check_step(
                     ));
                 }
             }
-            Expectation::Exactly { line, alerts: specs } => {
+            Expectation::Exactly {
+                line,
+                alerts: specs,
+            } => {
                 let considered: Vec<&AlertView> = alerts
                     .iter()
                     .filter(|a| !case.ignore_rules.contains(&a.rule))
@@ -506,7 +514,9 @@ fn exact_diff(
     let mut out = if specs.is_empty() {
         format!("expected no alerts{ignoring}, found:")
     } else {
-        format!("expected exactly these alerts{ignoring} (- expected, not found; + found, not expected):")
+        format!(
+            "expected exactly these alerts{ignoring} (- expected, not found; + found, not expected):"
+        )
     };
     for (j, a) in alerts.iter().enumerate() {
         let mark = if owner[j].is_some() { ' ' } else { '+' };
@@ -691,7 +701,12 @@ impl Show {
         s
     }
 
-    fn list(&self, alerts: &[&AlertView], with_resident: bool, compared: Option<&AlertSpec>) -> String {
+    fn list(
+        &self,
+        alerts: &[&AlertView],
+        with_resident: bool,
+        compared: Option<&AlertSpec>,
+    ) -> String {
         alerts
             .iter()
             .map(|a| format!("\n    {}", self.alert(a, with_resident, compared)))
@@ -995,7 +1010,13 @@ alerts_exactly = [{ rule = "fall", device = "p1", severity = "critical" }]
             .iter()
             .map(|f| f.to_string())
             .collect();
-        let at = |needle: &str| format!("{}:{}: case \"no sos expected\": at +1m: ", path.display(), line(&src, needle));
+        let at = |needle: &str| {
+            format!(
+                "{}:{}: case \"no sos expected\": at +1m: ",
+                path.display(),
+                line(&src, needle)
+            )
+        };
         assert_eq!(
             got,
             [
@@ -1102,8 +1123,28 @@ no_alerts = true
                 (line(&src, "+4m"), "case[0].step[1].at".into()),
             ]
         );
-        assert!(report.problems[1].message.contains("before the step above (+5m)"));
-        assert!(report.to_string().contains("not run (2 problem(s) in the file)"));
+        assert!(
+            report.problems[1]
+                .message
+                .contains("before the step above (+5m)")
+        );
+        assert!(
+            report
+                .to_string()
+                .contains("not run (2 problem(s) in the file)")
+        );
+    }
+
+    /// The fake world implements exactly what sos.toml specifies (open, count, escalate at
+    /// 60 s and 180 s unless acknowledged, a new alert after resolution), so the shipped file
+    /// must pass against it: a check that the file is consistent with itself.
+    #[tokio::test]
+    async fn the_shipped_sos_tests_pass_against_a_world_that_behaves_as_they_say() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tests/sos.toml");
+        let report = run(&path).await;
+        assert!(report.problems.is_empty(), "{report}");
+        assert_eq!(report.failed(), 0, "{report}");
+        assert!(report.passed() >= 9, "{report}");
     }
 
     #[test]
@@ -1120,8 +1161,16 @@ no_alerts = true
             .collect();
         assert_eq!(names, ["a.toml", "b.toml", "sub/c.toml"]);
         let missing = dir.path().join("nope.toml");
-        assert!(test_files(&[missing]).unwrap_err().contains("no such test file"));
+        assert!(
+            test_files(&[missing])
+                .unwrap_err()
+                .contains("no such test file")
+        );
         let empty = tempfile::tempdir().unwrap();
-        assert!(test_files(&[empty.path().to_owned()]).unwrap_err().contains("no *.toml"));
+        assert!(
+            test_files(&[empty.path().to_owned()])
+                .unwrap_err()
+                .contains("no *.toml")
+        );
     }
 }

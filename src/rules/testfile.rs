@@ -265,12 +265,12 @@ fn read_file(root: &mut Section<'_, '_>, path: &Path) -> Option<TestFile> {
     let ignore_rules = rule_list(root, "ignore_rules", &names);
 
     let mut residents: Vec<ResidentSpec> = Vec::new();
-    for s in root.tables("resident") {
+    for (i, s) in root.tables("resident").into_iter().enumerate() {
         if let Some(r) = read_resident(s) {
             if residents.iter().any(|o| o.resident.id == r.resident.id) {
                 root.ctx().problem(
                     r.line,
-                    "resident.id",
+                    format!("resident[{i}].id"),
                     format!("resident {:?} is declared twice", r.resident.id),
                 );
             }
@@ -282,7 +282,7 @@ fn read_file(root: &mut Section<'_, '_>, path: &Path) -> Option<TestFile> {
         ..names
     };
     let mut devices: Vec<DeviceSpec> = Vec::new();
-    for s in root.tables("device") {
+    for (i, s) in root.tables("device").into_iter().enumerate() {
         if let Some(d) = read_device(s, &names) {
             if devices
                 .iter()
@@ -290,7 +290,7 @@ fn read_file(root: &mut Section<'_, '_>, path: &Path) -> Option<TestFile> {
             {
                 root.ctx().problem(
                     d.line,
-                    "device.id",
+                    format!("device[{i}].id"),
                     format!("device {:?} is declared twice", d.registration.id),
                 );
             }
@@ -305,15 +305,19 @@ fn read_file(root: &mut Section<'_, '_>, path: &Path) -> Option<TestFile> {
     let mut cases: Vec<Case> = Vec::new();
     let case_sections = root.tables("case");
     if case_sections.is_empty() && !root.ctx().has_problem_at("case") {
-        root.problem(1, "case", "no [[case]]: a test file needs at least one case");
+        root.problem(
+            1,
+            "case",
+            "no [[case]]: a test file needs at least one case",
+        );
     }
-    for s in case_sections {
+    for (i, s) in case_sections.into_iter().enumerate() {
         let Some(start) = start else { continue };
         if let Some(c) = read_case(s, start, &ignore_rules, &names) {
             if cases.iter().any(|o| o.name == c.name) {
                 root.ctx().problem(
                     c.line,
-                    "case.name",
+                    format!("case[{i}].name"),
                     format!("two cases are named {:?}", c.name),
                 );
             }
@@ -419,16 +423,14 @@ fn read_resident(mut s: Section<'_, '_>) -> Option<ResidentSpec> {
     let line = s.line();
     let id = match s.string("id") {
         Some((id, l)) if !crate::event::valid_device_id(&id) => {
-            s.problem(
-                l,
-                "id",
-                format!("{id:?} breaks [A-Za-z0-9_.:-]{{1,64}}"),
-            );
+            s.problem(l, "id", format!("{id:?} breaks [A-Za-z0-9_.:-]{{1,64}}"));
             None
         }
         Some((id, _)) => Some(id),
         None => {
-            s.problem_here("a resident needs an id");
+            if !s.ctx().has_problem_at(&s.key_path("id")) {
+                s.problem_here("a resident needs an id");
+            }
             None
         }
     };
@@ -504,11 +506,7 @@ fn read_device(mut s: Section<'_, '_>, names: &Names) -> Option<DeviceSpec> {
     let family = s.string("family").map(|(f, _)| f);
     let tz = match s.string("tz") {
         Some((tz, l)) if parse_tz(&tz).is_none() => {
-            s.problem(
-                l,
-                "tz",
-                format!("{tz:?} is not a clock offset like +08:00"),
-            );
+            s.problem(l, "tz", format!("{tz:?} is not a clock offset like +08:00"));
             None
         }
         other => other.map(|(tz, _)| tz),
@@ -635,24 +633,25 @@ fn read_step(
             .collect();
         actions.push(("send", Action::Send(msgs)));
     }
-    if let Some(a) = s.table("ack") {
-        if let Some(spec) = read_spec(a, case_start, names, SpecUse::Target) {
-            actions.push(("ack", Action::Ack(spec)));
-        }
+    if let Some(a) = s.table("ack")
+        && let Some(spec) = read_spec(a, case_start, names, SpecUse::Target)
+    {
+        actions.push(("ack", Action::Ack(spec)));
     }
-    if let Some(r) = s.table("resolve") {
-        if let Some(mut alert) = read_spec(r, case_start, names, SpecUse::Resolve) {
-            let outcome = alert
-                .outcome
-                .take()
-                .unwrap_or_else(|| DEFAULT_OUTCOME.to_owned());
-            actions.push(("resolve", Action::Resolve { alert, outcome }));
-        }
+    if let Some(r) = s.table("resolve")
+        && let Some(mut alert) = read_spec(r, case_start, names, SpecUse::Resolve)
+    {
+        let outcome = alert
+            .outcome
+            .take()
+            .unwrap_or_else(|| DEFAULT_OUTCOME.to_owned());
+        actions.push(("resolve", Action::Resolve { alert, outcome }));
     }
-    if let Some(sup) = s.table("suppress") {
-        if let Some(n) = read_suppression(sup, at, case_start, names) {
-            actions.push(("suppress", Action::Suppress(n)));
-        }
+
+    if let Some(sup) = s.table("suppress")
+        && let Some(n) = read_suppression(sup, at, case_start, names)
+    {
+        actions.push(("suppress", Action::Suppress(n)));
     }
     if actions.len() > 1 {
         let which: Vec<&str> = actions.iter().map(|(k, _)| *k).collect();
@@ -690,11 +689,7 @@ fn read_step(
     match (s.bool("no_alerts"), no_alerts_line) {
         (Some(true), Some(l)) => {
             if exactly_line.is_some() {
-                s.problem(
-                    l,
-                    "no_alerts",
-                    "give alerts_exactly or no_alerts, not both",
-                );
+                s.problem(l, "no_alerts", "give alerts_exactly or no_alerts, not both");
             }
             expectations.push(Expectation::Exactly {
                 line: l,
@@ -883,8 +878,12 @@ fn read_spec(
         spec.level = s.int("level", 0..=1000);
         spec.count = s.int("count", 1..=i64::MAX);
         spec.outcome = s.string("outcome").map(|(o, _)| o);
-        spec.timeline_has = s.text_list("timeline_has").map(|(l, _)| l).unwrap_or_default();
-        spec.opened_at = time_at(&mut s, "opened_at", Some(case_start)).map(|(t, text, _)| (t, text));
+        spec.timeline_has = s
+            .text_list("timeline_has")
+            .map(|(l, _)| l)
+            .unwrap_or_default();
+        spec.opened_at =
+            time_at(&mut s, "opened_at", Some(case_start)).map(|(t, text, _)| (t, text));
     }
     match usage {
         SpecUse::Include if spec.rule.is_none() && !s.ctx().has_problem_at(&s.key_path("rule")) => {
@@ -900,13 +899,13 @@ fn read_spec(
             s.problem_here("say which alerts must not exist: rule, device, resident or kind");
             ok = false;
         }
-        SpecUse::Target | SpecUse::Resolve => {
-            if spec.rule.is_none() || (spec.device.is_none() && spec.resident.is_none()) {
-                s.problem_here(
-                    "name the alert by its rule and its device or resident: { rule = \"…\", device = \"…\" }",
-                );
-                ok = false;
-            }
+        SpecUse::Target | SpecUse::Resolve
+            if spec.rule.is_none() || (spec.device.is_none() && spec.resident.is_none()) =>
+        {
+            s.problem_here(
+                "name the alert by its rule and its device or resident: { rule = \"…\", device = \"…\" }",
+            );
+            ok = false;
         }
         _ => {}
     }
@@ -1177,10 +1176,16 @@ alerts_exclude = [{ status = "open" }]
                 (line(src, "p9"), "case[0].step[2].send.device"),
                 (line(src, "at = \"+2m\"") - 1, "case[0].step[2]"),
                 (line(src, "soss"), "case[0].step[3].alerts_include[0].rule"),
-                (line(src, "soss"), "case[0].step[3].alerts_include[0].status"),
+                (
+                    line(src, "soss"),
+                    "case[0].step[3].alerts_include[0].status"
+                ),
                 (line(src, "typo"), "case[0].step[3].expect"),
                 (line(src, "kinds"), "case[0].step[4].suppress"),
-                (line(src, "status = \"open\""), "case[0].step[5].alerts_exclude[0]"),
+                (
+                    line(src, "status = \"open\""),
+                    "case[0].step[5].alerts_exclude[0]"
+                ),
                 (line(src, "colour"), "colour"),
             ],
             "{problems:#?}"
@@ -1205,11 +1210,18 @@ alerts_exclude = [{ status = "open" }]
         let (_dir, parsed) = parse_in_dir("rules = \"nowhere.toml\"\n");
         let problems = parsed.unwrap_err();
         let got: Vec<(usize, &str)> = problems.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert_eq!(got, [(1, "rules"), (1, "start"), (1, "case")], "{problems:#?}");
+        assert_eq!(
+            got,
+            [(1, "rules"), (1, "start"), (1, "case")],
+            "{problems:#?}"
+        );
         assert!(problems[0].message.contains("cannot read the rules file"));
         let (_dir, parsed) = parse_in_dir("start = \"+5m\"\n[[case]]\nname = \"x\"\n");
         let problems = parsed.unwrap_err();
-        assert!(problems[0].message.contains("must be absolute"), "{problems:#?}");
+        assert!(
+            problems[0].message.contains("must be absolute"),
+            "{problems:#?}"
+        );
         let (_dir, parsed) = parse_in_dir("start = [\n");
         assert!(parsed.unwrap_err()[0].message.contains("not valid TOML"));
     }
@@ -1244,8 +1256,14 @@ no_alerts = true
             .map(|m| serde_json::from_str(&m.json).unwrap())
             .collect();
         assert_eq!(json[0]["ts"], "2026-03-03T00:05:00Z");
-        assert_eq!((json[0]["seq"].as_i64(), json[1]["seq"].as_i64()), (Some(1), Some(1)));
-        assert_eq!((json[2]["seq"].as_i64(), json[2]["ts"].as_str()), (Some(7), Some("2026-03-03T00:00:00Z")));
+        assert_eq!(
+            (json[0]["seq"].as_i64(), json[1]["seq"].as_i64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(
+            (json[2]["seq"].as_i64(), json[2]["ts"].as_str()),
+            (Some(7), Some("2026-03-03T00:00:00Z"))
+        );
         let step = &case.steps[1];
         assert_eq!(step.at - case.start, Duration::minutes(6));
         let Some(Action::Resolve { outcome, .. }) = &step.action else {
@@ -1266,7 +1284,10 @@ no_alerts = true
             let f = read(path).unwrap_or_else(|p| {
                 panic!(
                     "{}",
-                    p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+                    p.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 )
             });
             assert_eq!(f.rules, path.parent().unwrap().join("../rules.toml"));
@@ -1295,7 +1316,10 @@ no_alerts = true
         assert_eq!(parse_offset("5m"), Ok(Duration::minutes(5)));
         assert_eq!(parse_offset("1h30m"), Ok(Duration::minutes(90)));
         assert_eq!(parse_offset("0s"), Ok(Duration::zero()));
-        assert_eq!(parse_offset("1d2h3m4s").map(format_offset), Ok("+1d2h3m4s".into()));
+        assert_eq!(
+            parse_offset("1d2h3m4s").map(format_offset),
+            Ok("+1d2h3m4s".into())
+        );
         assert!(parse_offset("5").unwrap_err().contains("not an offset"));
         assert!(parse_offset("m").is_err());
         assert!(parse_offset("5x").is_err());
