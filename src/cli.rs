@@ -1,4 +1,5 @@
-//! Command line (CONTRACT.md): `anxin [run]`, `anxin check-config`.
+//! Command line (CONTRACT.md): `anxin [run]`, `anxin check-config`, `anxin test-rules`,
+//! `anxin decode`.
 
 use std::path::PathBuf;
 
@@ -35,6 +36,15 @@ pub enum Command {
     /// Validate the engine config and rules; print every problem with file and line.
     CheckConfig {
         /// Engine config file (default config/anxin.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run rule test files on a virtual clock (config/tests/README.md); print every failure
+    /// with its file and line and `N passed, M failed`; exit 0 only when all pass.
+    TestRules {
+        /// Test files, or directories of them (default: every *.toml under config/tests/).
+        files: Vec<PathBuf>,
+        /// Engine config file whose device defaults apply (default config/anxin.toml).
         #[arg(long)]
         config: Option<PathBuf>,
     },

@@ -37,6 +37,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::TestRules {
+            files,
+            config: path,
+        } => test_rules(&files, path.as_deref()),
         Command::Decode {
             protocol,
             hex,
@@ -107,6 +111,54 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `anxin test-rules`: runs each test file's cases, each in a fresh engine world, prints the
+/// failures and per-file tallies, then `N passed, M failed`.
+fn test_rules(files: &[std::path::PathBuf], path: Option<&std::path::Path>) -> ExitCode {
+    use anxin::rules::runner::{self, Summary};
+    let engine = match config::load_engine(path, &config::process_env) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "not testing: {} problem(s) in the engine config",
+                problems.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = match runner::test_files(files) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("anxin test-rules: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut summary = Summary::default();
+    for file in &files {
+        let report = rt.block_on(runner::run_file(file, |spec| {
+            let engine = &engine;
+            async move { anxin::rules::harness::real_world(&spec.rules, engine, spec.start).await }
+        }));
+        println!("{report}");
+        summary.add(&report);
+    }
+    println!("{summary}");
+    if summary.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

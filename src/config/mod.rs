@@ -315,27 +315,8 @@ pub fn load(
     path: Option<&Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut config = Config::default();
-    let file = match path {
-        Some(p) => Some(p.to_owned()),
-        None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
-        None => None,
-    };
-    if let Some(file) = &file {
-        match std::fs::read_to_string(file) {
-            Ok(src) => problems.extend(read_engine(file, &src, &mut config)),
-            Err(e) => problems.push(Problem {
-                file: file.clone(),
-                line: 0,
-                key: "-".into(),
-                message: format!("cannot read: {e}"),
-            }),
-        }
-        config.file = Some(file.clone());
-    }
-    problems.extend(apply_env(&mut config, env));
-    problems.extend(check_mqtt_tls(&config, file.as_deref(), env));
+    let (config, mut problems) = engine_settings(path, env);
+    problems.extend(check_mqtt_tls(&config, config.file.as_deref(), env));
     let rules = match std::fs::read_to_string(&config.rules_file) {
         Ok(src) => match RuleSet::parse(&config.rules_file, &src) {
             Ok(r) => Some(r),
@@ -376,6 +357,48 @@ pub fn load(
         }),
         _ => Err(problems),
     }
+}
+
+/// Reads only the engine settings (`path`, or [`DEFAULT_CONFIG`] when it exists, and the
+/// environment), not the rules or profiles they name: `anxin test-rules` takes the rules
+/// under test from each test file and needs only the engine's device defaults.
+pub fn load_engine(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Problem>> {
+    let (config, problems) = engine_settings(path, env);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
+fn engine_settings(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> (Config, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut config = Config::default();
+    let file = match path {
+        Some(p) => Some(p.to_owned()),
+        None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        None => None,
+    };
+    if let Some(file) = &file {
+        match std::fs::read_to_string(file) {
+            Ok(src) => problems.extend(read_engine(file, &src, &mut config)),
+            Err(e) => problems.push(Problem {
+                file: file.clone(),
+                line: 0,
+                key: "-".into(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+        config.file = Some(file.clone());
+    }
+    problems.extend(apply_env(&mut config, env));
+    (config, problems)
 }
 
 /// Reads the process environment.

@@ -211,6 +211,11 @@ impl Engine {
         for change in &outcome.deadlines {
             match change {
                 DeadlineChange::Put(d) => {
+                    if d.kind == DeadlineKind::Hold {
+                        // A reading meant to count found its alert resolved: the `for` runs.
+                        self.raised
+                            .insert((d.rule.clone(), d.subject.clone()), false);
+                    }
                     self.put_deadline_raw(
                         (d.kind, d.rule.clone(), d.subject.clone()),
                         Some(d.clone()),
@@ -615,7 +620,7 @@ impl Engine {
                             let key = (DeadlineKind::Hold, rule.name.clone(), device.to_owned());
                             let pending = self.deadlines.contains_key(&key);
                             if matched && !pending {
-                                let dl = Deadline {
+                                let mut dl = Deadline {
                                     kind: DeadlineKind::Hold,
                                     rule: rule.name.clone(),
                                     subject: device.to_owned(),
@@ -631,7 +636,24 @@ impl Engine {
                                         "fields": event.fields,
                                     }),
                                 };
-                                self.change_deadline(key, Some(dl), out);
+                                if self.raised.get(&ckey) == Some(&true) {
+                                    // Its alert is open (as far as this shard knows): the
+                                    // reading counts on it; the store starts the `for` instead
+                                    // if an operator has resolved it meanwhile.
+                                    dl.detail["count_or_hold"] = true.into();
+                                    let mut hit = self.hit(
+                                        rules,
+                                        rule,
+                                        device,
+                                        &part,
+                                        &home,
+                                        resident.as_deref(),
+                                    );
+                                    hit.hold = Some(dl);
+                                    hits.push(hit);
+                                } else {
+                                    self.change_deadline(key, Some(dl), out);
+                                }
                             } else if !matched && relevant && pending {
                                 self.change_deadline(key, None, out);
                             }
@@ -829,9 +851,7 @@ impl Engine {
                     &home,
                     resident.as_deref(),
                 );
-                if matches!(&rule.trigger, Trigger::Event { clear, .. } if !clear.is_empty()) {
-                    self.set_raised((rule.name.clone(), d.subject.clone()), true);
-                }
+                self.set_raised((rule.name.clone(), d.subject.clone()), true);
                 hit.since = Some(d.since);
                 hit.late = late;
                 items.push(WriteItem::Fired {

@@ -13,6 +13,8 @@ use crate::event::{Event, EventType};
 mod directory;
 pub mod engine;
 pub mod harness;
+pub mod runner;
+pub mod testfile;
 pub mod window;
 pub mod world;
 
@@ -302,6 +304,7 @@ impl Rule {
             late: false,
             escalate: steps.iter().map(|d| d.num_milliseconds()).collect(),
             follows: Vec::new(),
+            hold: None,
         }
     }
 

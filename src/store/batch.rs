@@ -53,6 +53,9 @@ pub struct RuleHit {
     pub escalate: Vec<i64>,
     /// Correlations the opening starts.
     pub follows: Vec<FollowSpec>,
+    /// Only count on an unresolved alert; when there is none, start this `for` instead (a
+    /// reading of a condition whose alert the engine believes open).
+    pub hold: Option<Deadline>,
 }
 
 /// A correlation an opening alert starts (`follows`).
@@ -498,24 +501,23 @@ impl Store {
                     }
                     WriteItem::Escalate { alert_id, rule, level, due, late, next } => {
                         insert_plain!(tx, plain, committed_at);
+                        // Each step adds a level on top of what a correlation added: an alarm
+                        // nobody answers keeps climbing.
                         let row: Option<(String, String, String, i64)> = sqlx::query_as(
-                            "SELECT device_id, kind, severity, escalation_level FROM alerts WHERE id = $1 AND status = $2",
+                            "UPDATE alerts SET escalation_level = escalation_level + 1, updated_at = $3 \
+                             WHERE id = $1 AND status = $2 RETURNING device_id, kind, severity, escalation_level",
                         )
                         .bind(alert_id)
                         .bind(Status::Open.as_str())
+                        .bind(committed_at)
                         .fetch_optional(&mut *tx)
                         .await?;
                         let key = (DeadlineKind::Escalate, rule.clone(), alert_id.to_string());
                         let raised = match row {
-                            Some((device, kind, severity, current)) if current < *level => {
-                                sqlx::query("UPDATE alerts SET escalation_level = $2, updated_at = $3 WHERE id = $1")
-                                    .bind(alert_id)
-                                    .bind(level)
-                                    .bind(committed_at)
-                                    .execute(&mut *tx)
-                                    .await?;
+                            Some((device, kind, severity, new_level)) => {
                                 let detail = serde_json::json!({
-                                    "level": level,
+                                    "level": new_level,
+                                    "step": level,
                                     "due_at": crate::clock::from_millis(*due),
                                     "late": late,
                                     "reason": "unacknowledged",
@@ -524,8 +526,8 @@ impl Store {
                                 out.changes.push(AlertChange { alert_id: *alert_id, device_id: device, kind, severity, action: "escalated".into() });
                                 true
                             }
-                            // Acknowledged, resolved, or already at that level: this step and
-                            // the ones after it no longer apply.
+                            // Acknowledged or resolved: this step and the ones after it no longer
+                            // apply.
                             _ => false,
                         };
                         let changes = match (raised, next) {
@@ -759,6 +761,12 @@ macro_rules! open_or_count {
         match counted {
             None if hit.once => None,
             Some(id) if id >= 0 => Some((id, "counted")),
+            None if hit.hold.is_some() => {
+                let started: Vec<DeadlineChange> = hit.hold.iter().cloned().map(DeadlineChange::Put).collect();
+                apply_deadlines!($tx, &started);
+                $out.deadlines.extend(started);
+                None
+            }
             _ => {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO alerts (device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, \
