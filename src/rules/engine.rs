@@ -88,6 +88,9 @@ struct Absence {
     resident: Option<String>,
     /// Partition key.
     partition: String,
+    /// Held back by a suppression: `due` is that suppression's end. Looked at again as soon
+    /// as no suppression covers it, so one ended early does not keep holding it.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -431,6 +434,35 @@ impl Engine {
         for k in gone {
             self.set_absence(k, None);
         }
+        // A suppression ended early (DELETE) or pruned at its end changes the directory:
+        // the absences it held back come due now, not at the end it was created with.
+        let released: Vec<(AKey, Absence)> = self
+            .absences
+            .iter()
+            .filter(|(_, a)| a.held)
+            .filter_map(|(k, a)| {
+                let rule = rules.get(&k.0)?;
+                let covered = dir
+                    .suppression(
+                        a.resident.as_deref(),
+                        &a.device,
+                        &rule.kind,
+                        from_millis(now),
+                    )
+                    .is_some();
+                if covered {
+                    return None;
+                }
+                let mut a = a.clone();
+                a.held = false;
+                // Due when the suppression ended, if its own deadline has passed.
+                a.due = self.absence_due(rule, &a, dir).map(|d| d.max(now));
+                Some((k.clone(), a))
+            })
+            .collect();
+        for (k, a) in released {
+            self.set_absence(k, Some(a));
+        }
         for (key, (devices, resident, part)) in desired {
             if self.absences.contains_key(&key) {
                 continue;
@@ -463,6 +495,7 @@ impl Engine {
                 device,
                 resident,
                 partition: part,
+                held: false,
             };
             if !fired {
                 a.due = self.absence_due(rule, &a, dir);
@@ -538,6 +571,7 @@ impl Engine {
                         a.last = at;
                         a.device = device.to_owned();
                     }
+                    a.held = false;
                     a.due = self.absence_due(rule, &a, dir);
                     self.set_absence(key, Some(a));
                 }
@@ -719,6 +753,7 @@ impl Engine {
                 None => until,
             };
             a.due = Some(to_millis(next).max(due + 1));
+            a.held = true;
             self.set_absence(key, Some(a));
             return;
         }
@@ -735,6 +770,7 @@ impl Engine {
         });
         a.fired = true;
         a.due = None;
+        a.held = false;
         self.set_absence(key, Some(a));
     }
 
