@@ -174,7 +174,12 @@ async fn alert(e: &Engine, id: &Value) -> Value {
 }
 
 /// Waits until alert `id` satisfies `ok`; returns it with its timeline.
-async fn wait_alert_state(e: &Engine, id: &Value, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+async fn wait_alert_state(
+    e: &Engine,
+    id: &Value,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let ok = &ok;
     poll(what, || async move {
         let a = alert(e, id).await;
@@ -345,7 +350,13 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
         return;
     };
     let e = &w.e;
-    put_resident(e, "r1", json!({"lives_alone": "true"}), json!({"hr_high": 100})).await;
+    put_resident(
+        e,
+        "r1",
+        json!({"lives_alone": "true"}),
+        json!({"hr_high": 100}),
+    )
+    .await;
     put_resident(e, "r2", json!({"lives_alone": "false"}), json!({})).await;
     put_resident(e, "r3", json!({}), json!({})).await;
     put_resident(e, "r4", json!({}), json!({})).await;
@@ -391,7 +402,11 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
     })
     .await;
     assert_eq!(
-        (ina["kind"].as_str(), ina["severity"].as_str(), ina["device_id"].as_str()),
+        (
+            ina["kind"].as_str(),
+            ina["severity"].as_str(),
+            ina["device_id"].as_str()
+        ),
         (Some("inactivity"), Some("high"), Some("pir-hall")),
         "{ina}"
     );
@@ -472,7 +487,11 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
     hold_until(
         "a cancelled `for` opened an alert",
         a_at + Duration::milliseconds(3500),
-        async || alerts_of(e, "hr_high", |a| a["device_id"] == "w2").await.is_empty(),
+        async || {
+            alerts_of(e, "hr_high", |a| a["device_id"] == "w2")
+                .await
+                .is_empty()
+        },
     )
     .await;
     flush(e, "w2").await;
@@ -486,7 +505,10 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
     e.publish("w2", &heart_rate(130));
     let hr2 = wait_alert(e, "hr_high", |a| a["device_id"] == "w2").await;
     let o = opened(&alert(e, &hr2["id"]).await);
-    assert!(ts(&o["since"]) >= c_at, "counted from the second reading: {o}");
+    assert!(
+        ts(&o["since"]) >= c_at,
+        "counted from the second reading: {o}"
+    );
     assert_eq!(ms(ts(&o["due_at"]) - ts(&o["since"])), 2000, "{o}");
 
     // active: the same door event opens the rule whose window covers now, not the other
@@ -535,7 +557,11 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
     let esc = entries(&fall3, "escalated");
     assert_eq!(esc.len(), 1, "{fall3}");
     assert_eq!(
-        (esc[0]["reason"].as_str(), esc[0]["rule"].as_str(), esc[0]["level"].as_i64()),
+        (
+            esc[0]["reason"].as_str(),
+            esc[0]["rule"].as_str(),
+            esc[0]["level"].as_i64()
+        ),
         (Some("correlation"), Some("fall_then_still"), Some(1)),
         "{fall3}"
     );
@@ -566,3 +592,123 @@ async fn every_rule_key_of_the_contract_works_on_the_real_clock(b: Backend) {
     assert!(entries(&fall4, "escalated").is_empty(), "{fall4}");
 }
 on_both_stores!(every_rule_key_of_the_contract_works_on_the_real_clock);
+
+const SUPPRESSION_RULES: &str = r#"
+[[rule]]
+name = "sos"
+event = "sos"
+severity = "critical"
+
+[[rule]]
+name = "inactivity"
+absent = ["motion", "door"]
+after = "2s"
+residents = { lives_alone = "true" }
+severity = "high"
+kind = "inactivity"
+"#;
+
+async fn a_suppression_holds_an_absence_back_but_never_an_sos(b: Backend) {
+    let Some(w) = World::start(b, SUPPRESSION_RULES).await else {
+        return;
+    };
+    let e = &w.e;
+    put_resident(e, "rs", json!({"lives_alone": "true"}), json!({})).await;
+    put_resident(e, "rc", json!({"lives_alone": "true"}), json!({})).await;
+
+    let until = Utc::now() + Duration::hours(1);
+    let ok = json!({"resident_id": "rs", "reason": "in hospital", "until": rfc3339(until)});
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut b = ok.clone();
+        f(&mut b);
+        b
+    };
+    for (what, body, needle) in [
+        (
+            "no until",
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("until");
+            }),
+            "until is mandatory",
+        ),
+        (
+            "until in the past",
+            with(&|b| b["until"] = json!(rfc3339(Utc::now() - Duration::minutes(5)))),
+            "not in the future",
+        ),
+        (
+            "unknown resident",
+            with(&|b| b["resident_id"] = json!("nobody")),
+            "resident_id \"nobody\": no such resident",
+        ),
+        (
+            "kinds naming sos",
+            with(&|b| b["kinds"] = json!(["inactivity", "sos"])),
+            "kinds names \"sos\"",
+        ),
+    ] {
+        let (s, v) = e.post("/api/suppressions", body).await;
+        assert_eq!(s, 422, "{what}: {v}");
+        let error = v["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(needle),
+            "{what}: {needle:?} not in {error:?}"
+        );
+    }
+    let (_, list) = e.get("/api/suppressions").await;
+    assert_eq!(list["items"], json!([]), "nothing refused was stored");
+
+    let (s, sup) = e.post("/api/suppressions", ok.clone()).await;
+    assert_eq!(s, 201, "{sup}");
+    assert_eq!(sup["kinds"], Value::Null, "every kind but the four: {sup}");
+    let sup_id = sup["id"].clone();
+
+    // Both households are counted from now; rc's absence opens, rs's is held back.
+    register(
+        e,
+        json!([
+            {"id": "ps", "type": "pendant", "resident_id": "rs"},
+            {"id": "pir-s", "type": "pir", "room": "hall", "resident_id": "rs"},
+            {"id": "pir-c", "type": "pir", "room": "hall", "resident_id": "rc"},
+        ]),
+    )
+    .await;
+    wait_alert(e, "inactivity", |a| a["resident_id"] == "rc").await;
+    let counted = poll("the suppression to count the held absence", || async {
+        let (_, list) = e.get("/api/suppressions").await;
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == sup_id && s["suppressed_count"].as_i64() > Some(0))
+            .cloned()
+    })
+    .await;
+    assert_eq!(counted["resident_id"], "rs", "{counted}");
+    flush(e, "pir-s").await;
+    assert!(
+        alerts_of(e, "inactivity", |a| a["resident_id"] == "rs")
+            .await
+            .is_empty(),
+        "a suppressed absence opened an alert"
+    );
+
+    // An SOS is never suppressed.
+    e.publish("ps", r#"{"type":"sos"}"#);
+    let sos = wait_alert(e, "sos", |a| a["device_id"] == "ps").await;
+    assert_eq!(
+        (sos["resident_id"].as_str(), sos["severity"].as_str()),
+        (Some("rs"), Some("critical")),
+        "{sos}"
+    );
+
+    // Ending it early: gone from the list, a second DELETE finds nothing, and the absence
+    // it held back is looked at again: rs has still not moved.
+    let path = format!("/api/suppressions/{sup_id}");
+    assert_eq!(send(e, Method::DELETE, &path, None).await.0, 204);
+    let (_, list) = e.get("/api/suppressions").await;
+    assert_eq!(list["items"], json!([]), "{list}");
+    assert_eq!(send(e, Method::DELETE, &path, None).await.0, 404);
+    let ina = wait_alert(e, "inactivity", |a| a["resident_id"] == "rs").await;
+    assert_eq!(ina["status"], "open", "{ina}");
+}
+on_both_stores!(a_suppression_holds_an_absence_back_but_never_an_sos);
