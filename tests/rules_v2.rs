@@ -712,3 +712,154 @@ async fn a_suppression_holds_an_absence_back_but_never_an_sos(b: Backend) {
     assert_eq!(ina["status"], "open", "{ina}");
 }
 on_both_stores!(a_suppression_holds_an_absence_back_but_never_an_sos);
+
+const DURABLE_RULES: &str = r#"
+[[rule]]
+name = "sos"
+event = "sos"
+severity = "critical"
+escalate = ["8s", "10s"]
+
+[[rule]]
+name = "hr_high"
+event = "vitals"
+kind = "vitals"
+severity = "high"
+when = [{ field = "heart_rate", op = ">", value = 120 }]
+for = "8s"
+
+[[rule]]
+name = "inactivity"
+absent = ["motion"]
+after = "8s"
+residents = { watch = "slow" }
+severity = "high"
+kind = "inactivity"
+
+[[rule]]
+name = "inactivity_fast"
+absent = ["motion"]
+after = "1s"
+residents = { watch = "fast" }
+severity = "high"
+kind = "inactivity_fast"
+"#;
+
+/// Lets the clock pass `t` (nothing to poll: the engine is down).
+async fn wait_past(t: DateTime<Utc>) {
+    assert!(
+        t - Utc::now() < Duration::seconds(30),
+        "{t} is too far ahead"
+    );
+    while Utc::now() <= t {
+        tokio::time::sleep(StdDuration::from_millis(100)).await;
+    }
+}
+
+/// The one alert of `rule` for `device`, with its timeline.
+async fn only_alert(e: &Engine, rule: &str, device: &str) -> Value {
+    let all = alerts_of(e, rule, |a| a["device_id"] == device).await;
+    assert_eq!(
+        all.len(),
+        1,
+        "exactly one {rule} alert for {device}: {all:?}"
+    );
+    alert(e, &all[0]["id"]).await
+}
+
+/// What the durability scenario expects of the alerts after a restart: each deadline fired
+/// once, late.
+async fn fired_once_and_late(e: &Engine) {
+    let hr = only_alert(e, "hr_high", "hr-1").await;
+    let o = opened(&hr);
+    assert_eq!(o["late"], true, "{hr}");
+    assert_eq!(ms(ts(&o["due_at"]) - ts(&o["since"])), 8000, "{hr}");
+
+    let ina = only_alert(e, "inactivity", "pir-d").await;
+    let o = opened(&ina);
+    assert_eq!(o["late"], true, "{ina}");
+    assert_eq!(ms(ts(&o["due_at"]) - ts(&o["since"])), 8000, "{ina}");
+
+    let held = only_alert(e, "inactivity_fast", "pir-s").await;
+    assert_eq!(opened(&held)["late"], true, "{held}");
+
+    let sos = only_alert(e, "sos", "s-1").await;
+    assert_eq!(sos["escalation_level"], 2, "{sos}");
+    let esc = entries(&sos, "escalated");
+    let levels: Vec<i64> = esc.iter().map(|d| d["level"].as_i64().unwrap()).collect();
+    assert_eq!(levels, [1, 2], "one entry per level: {sos}");
+    assert!(esc.iter().all(|d| d["late"] == true), "{sos}");
+}
+
+async fn deadlines_pending_at_a_sigkill_fire_once_late_at_restart(b: Backend) {
+    let Some(mut w) = World::start(b, DURABLE_RULES).await else {
+        return;
+    };
+    let e = &mut w.e;
+    put_resident(e, "rd", json!({"watch": "slow"}), json!({})).await;
+    put_resident(e, "rs", json!({"watch": "fast"}), json!({})).await;
+    let sup_at = Utc::now();
+    let until = sup_at + Duration::seconds(7);
+    let sup_id = suppress(e, "rs", until).await;
+    register(
+        e,
+        json!([
+            {"id": "pir-d", "type": "pir", "room": "hall", "resident_id": "rd"},
+            {"id": "pir-s", "type": "pir", "room": "hall", "resident_id": "rs"},
+        ]),
+    )
+    .await;
+    // A pending absence (rd, 8s), a pending `for` (8s), a pending escalation (8s, 10s) and
+    // rs's absence (1s) held back by the suppression until `until`.
+    publish_stored(e, "pir-d", MOTION).await;
+    publish_stored(e, "pir-s", MOTION).await;
+    publish_stored(e, "hr-1", &heart_rate(130)).await;
+    e.publish("s-1", r#"{"type":"sos"}"#);
+    let sos = wait_alert(e, "sos", |a| a["device_id"] == "s-1").await;
+    poll("the suppression to hold rs's absence back", || async {
+        let (_, list) = e.get("/api/suppressions").await;
+        list["items"]
+            .as_array()?
+            .iter()
+            .any(|s| s["id"] == sup_id && s["suppressed_count"].as_i64() > Some(0))
+            .then_some(())
+    })
+    .await;
+    // Every deadline but the held absence's lies after `until` (8s from events sent after
+    // the suppression was made).
+    let killed_at = Utc::now();
+    e.kill();
+    assert!(
+        killed_at < until - Duration::milliseconds(500),
+        "the box is too slow for this test: setting up took until {killed_at}, the suppression ends at {until}"
+    );
+
+    // Down until every one of them is past due.
+    let last_due = (ts(&sos["opened_at"]) + Duration::seconds(10))
+        .max(killed_at + Duration::seconds(8))
+        .max(until);
+    wait_past(last_due + Duration::milliseconds(500)).await;
+    e.spawn(&[]);
+    e.wait_ready().await;
+    wait_alert(e, "hr_high", |a| a["device_id"] == "hr-1").await;
+    wait_alert(e, "inactivity", |a| a["device_id"] == "pir-d").await;
+    wait_alert(e, "inactivity_fast", |a| a["device_id"] == "pir-s").await;
+    wait_alert_state(e, &sos["id"], "the SOS at level 2", |a| {
+        a["escalation_level"] == 2
+    })
+    .await;
+    for d in ["pir-d", "pir-s", "hr-1", "s-1"] {
+        flush(e, d).await;
+    }
+    fired_once_and_late(e).await;
+
+    // Once means once: another start fires none of them again.
+    e.kill();
+    e.spawn(&[]);
+    e.wait_ready().await;
+    for d in ["pir-d", "pir-s", "hr-1", "s-1"] {
+        flush(e, d).await;
+    }
+    fired_once_and_late(e).await;
+}
+on_both_stores!(deadlines_pending_at_a_sigkill_fire_once_late_at_restart);
