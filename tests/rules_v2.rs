@@ -863,3 +863,207 @@ async fn deadlines_pending_at_a_sigkill_fire_once_late_at_restart(b: Backend) {
     fired_once_and_late(e).await;
 }
 on_both_stores!(deadlines_pending_at_a_sigkill_fire_once_late_at_restart);
+
+/// Rules with one `for` and one immediate fault rule of severity `fault_severity`.
+fn reload_rules(fault_severity: &str) -> String {
+    format!(
+        r#"
+[[rule]]
+name = "sos"
+event = "sos"
+severity = "critical"
+
+[[rule]]
+name = "hr_high"
+event = "vitals"
+kind = "vitals"
+severity = "high"
+when = [{{ field = "heart_rate", op = ">", value = 120 }}]
+for = "3s"
+
+[[rule]]
+name = "device_fault"
+event = "fault"
+severity = "{fault_severity}"
+"#
+    )
+}
+
+async fn a_reload_keeps_the_pending_deadlines_of_unchanged_rules(b: Backend) {
+    let Some(w) = World::start(b, &reload_rules("low")).await else {
+        return;
+    };
+    let e = &w.e;
+    publish_stored(e, "hr-1", &heart_rate(130)).await;
+    // One rule changes; the pending `for` of the other must survive the reload.
+    w.write_rules(&reload_rules("medium"));
+    let (s, v) = e.post("/api/config/reload", Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    let hr = wait_alert(e, "hr_high", |a| a["device_id"] == "hr-1").await;
+    let o = opened(&alert(e, &hr["id"]).await);
+    let due = ts(&o["due_at"]);
+    assert_eq!(ms(due - ts(&o["since"])), 3000, "{o}");
+    assert_eq!(o["late"], false, "{o}");
+    let lag = ts(&hr["opened_at"]) - due;
+    assert!(
+        lag >= Duration::zero() && lag < Duration::seconds(2),
+        "on time: opened {lag} after its deadline: {hr}"
+    );
+    // The changed rule is in force.
+    e.publish("f-1", r#"{"type":"fault","code":"E1"}"#);
+    let fault = wait_alert(e, "device_fault", |a| a["device_id"] == "f-1").await;
+    assert_eq!(fault["severity"], "medium", "{fault}");
+}
+on_both_stores!(a_reload_keeps_the_pending_deadlines_of_unchanged_rules);
+
+async fn a_broken_rules_file_is_refused_and_the_rules_in_force_keep_running(b: Backend) {
+    let Some(w) = World::start(b, &reload_rules("low")).await else {
+        return;
+    };
+    let e = &w.e;
+    // Valid TOML, invalid rules: every problem comes back located.
+    let mut broken = reload_rules("low");
+    broken.push_str(
+        "\n[[rule]]\nname = \"still\"\nabsent = [\"motion\"]\nafter = \"5x\"\nseverity = \"high\"\n",
+    );
+    let after_line = broken
+        .lines()
+        .position(|l| l.starts_with("after = \"5x\""))
+        .unwrap()
+        + 1;
+    w.write_rules(&broken);
+    let (s, v) = e.post("/api/config/reload", Value::Null).await;
+    assert_eq!(s, 422, "{v}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains(&format!("rules.toml:{after_line}")) && problems.contains("5x"),
+        "{problems}"
+    );
+    // Not TOML at all.
+    w.write_rules("[[rule]\nname = \"sos\"\n");
+    let (s, v) = e.post("/api/config/reload", Value::Null).await;
+    assert_eq!(s, 422, "{v}");
+    let problems = v["problems"].to_string();
+    assert!(
+        problems.contains("rules.toml:1") && problems.contains("not valid TOML"),
+        "{problems}"
+    );
+    // The old rules still run.
+    e.publish("s-1", r#"{"type":"sos"}"#);
+    let sos = wait_alert(e, "sos", |a| a["device_id"] == "s-1").await;
+    assert_eq!(sos["severity"], "critical");
+    assert!(
+        all_alerts(e).await.iter().all(|a| a["rule"] != "still"),
+        "a refused rule is not in force"
+    );
+}
+on_both_stores!(a_broken_rules_file_is_refused_and_the_rules_in_force_keep_running);
+
+/// A rules file with one v2 mistake per rule; each line below names the line of the file a
+/// problem must be reported at and a piece of its message.
+const BAD_RULES: &str = r#"[[rule]]
+name = "sos"
+event = "sos"
+severity = "high"
+
+[[rule]]
+name = "mixed"
+event = "motion"
+absent = ["motion"]
+after = "1h"
+severity = "low"
+
+[[rule]]
+name = "interval_per_resident"
+absent = ["any"]
+after = "report_interval"
+per = "resident"
+severity = "low"
+
+[[rule]]
+name = "bad_duration"
+event = "vitals"
+when = [{ field = "heart_rate", op = ">", value = 120 }]
+for = "5x"
+severity = "high"
+
+[[rule]]
+name = "empty_window"
+event = "door"
+active = "06:00-06:00"
+severity = "high"
+
+[[rule]]
+name = "clear_is_when"
+event = "water"
+when = [{ field = "state", op = "==", value = "leak" }]
+clear = [{ field = "state", op = "==", value = "leak" }]
+severity = "high"
+
+[[rule]]
+name = "text_override"
+event = "fault"
+when = [{ field = "code", op = "==", value = "E1", override = "code_x" }]
+severity = "low"
+
+[[rule]]
+name = "follows_nothing"
+follows = ["nosuch"]
+absent = ["motion"]
+after = "2m"
+severity = "critical"
+"#;
+
+#[test]
+fn check_config_names_every_v2_problem_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("profiles")).unwrap();
+    std::fs::write(dir.path().join("rules.toml"), BAD_RULES).unwrap();
+    let conf = dir.path().join("anxin.toml");
+    std::fs::write(
+        &conf,
+        "rules_file = \"rules.toml\"\n[profiles]\ndir = \"profiles\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anxin"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line_of = |needle: &str| {
+        BAD_RULES
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle:?} not in the file"))
+            + 1
+    };
+    let file = dir.path().join("rules.toml").display().to_string();
+    for (line, message) in [
+        // Whole-rule problems are reported at the rule's [[rule]] line.
+        (line_of("name = \"sos\"") - 1, "severity high"),
+        (line_of("name = \"mixed\"") - 1, "not both"),
+        (line_of("per = \"resident\"") - 1, "needs per = \"device\""),
+        (line_of("\"5x\""), "\"5x\""),
+        (line_of("06:00-06:00"), "is empty"),
+        (
+            line_of("name = \"clear_is_when\"") - 1,
+            "identical to `when`",
+        ),
+        (line_of("code_x"), "code is not a number"),
+        (
+            line_of("name = \"follows_nothing\"") - 1,
+            "no rule is named \"nosuch\"",
+        ),
+    ] {
+        let at = format!("{file}:{line}:");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&at) && l.contains(message)),
+            "{message:?} at {at} missing from:\n{err}"
+        );
+    }
+    assert!(err.contains("8 problem(s)"), "{err}");
+}
