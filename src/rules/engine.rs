@@ -88,6 +88,9 @@ struct Absence {
     resident: Option<String>,
     /// Partition key.
     partition: String,
+    /// Held back by a suppression: `due` is that suppression's end. Looked at again as soon
+    /// as no suppression covers it, so one ended early does not keep holding it.
+    held: bool,
 }
 
 #[derive(Debug)]
@@ -457,10 +460,41 @@ impl Engine {
         for k in gone {
             self.set_absence(k, None);
         }
+        // A suppression ended early (DELETE) or pruned at its end changes the directory:
+        // the absences it held back come due now, not at the end it was created with.
+        let released: Vec<(AKey, Absence)> = self
+            .absences
+            .iter()
+            .filter(|(_, a)| a.held)
+            .filter_map(|(k, a)| {
+                let rule = rules.get(&k.0)?;
+                let covered = dir
+                    .suppression(
+                        a.resident.as_deref(),
+                        &a.device,
+                        &rule.kind,
+                        from_millis(now),
+                    )
+                    .is_some();
+                if covered {
+                    return None;
+                }
+                let mut a = a.clone();
+                a.held = false;
+                // Due when the suppression ended, if its own deadline has passed.
+                a.due = self.absence_due(rule, &a, dir).map(|d| d.max(now));
+                Some((k.clone(), a))
+            })
+            .collect();
+        for (k, a) in released {
+            self.set_absence(k, Some(a));
+        }
         for (key, (devices, resident, part)) in desired {
             if let Some(a) = self.absences.get(&key).cloned() {
-                // Still counted: its interval, window or time zone may have changed.
+                // Still counted: its interval, window or time zone may have changed (one held
+                // by a suppression keeps the suppression's end).
                 if !a.fired
+                    && !a.held
                     && let Some(rule) = rules.get(&key.0)
                 {
                     let due = self.absence_due(rule, &a, dir);
@@ -498,6 +532,7 @@ impl Engine {
                 device,
                 resident,
                 partition: part,
+                held: false,
             };
             if !fired {
                 a.due = self.absence_due(rule, &a, dir);
@@ -573,6 +608,7 @@ impl Engine {
                         a.last = at;
                         a.device = device.to_owned();
                     }
+                    a.held = false;
                     a.due = self.absence_due(rule, &a, dir);
                     self.set_absence(key, Some(a));
                 }
@@ -777,6 +813,7 @@ impl Engine {
                 None => until,
             };
             a.due = Some(to_millis(next).max(due + 1));
+            a.held = true;
             self.set_absence(key, Some(a));
             return;
         }
@@ -793,6 +830,7 @@ impl Engine {
         });
         a.fired = true;
         a.due = None;
+        a.held = false;
         // Remembered beyond this absence's entry: were the subject dropped and counted again
         // (a registry change), the same silence must not fire twice.
         self.fired.insert(key.clone(), a.last);
