@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    anxin::telemetry::init_tracing(cli.log_format);
+    if matches!(cli.command, Some(Command::TestRules { .. })) {
+        anxin::telemetry::init_tracing_with(cli.log_format, anxin::telemetry::QUIET_FILTER);
+    } else {
+        anxin::telemetry::init_tracing(cli.log_format);
+    }
     match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::CheckConfig { config: path } => {
             match config::load(path.as_deref(), &config::process_env) {

@@ -453,16 +453,25 @@ pub enum LogFormat {
 /// from `warn` (at `info` it logs every connection, subscription and disconnection).
 const DEFAULT_FILTER: &str = "info,rumqttd=warn";
 
+/// The filter of commands whose output is a report (`anxin test-rules`): the engine they run
+/// speaks only when something is wrong.
+pub const QUIET_FILTER: &str = "warn";
+
 /// Installs the global tracing subscriber: `RUST_LOG` (default [`DEFAULT_FILTER`]), written to
 /// stderr as `format`. Safe to call twice (the second call changes nothing).
 pub fn init_tracing(format: LogFormat) {
+    init_tracing_with(format, DEFAULT_FILTER)
+}
+
+/// [`init_tracing`] with another filter when `RUST_LOG` is unset.
+pub fn init_tracing_with(format: LogFormat, default_filter: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let filter = match tracing_subscriber::EnvFilter::try_new(&spec) {
-        _ if spec.trim().is_empty() => tracing_subscriber::EnvFilter::new(DEFAULT_FILTER),
+        _ if spec.trim().is_empty() => tracing_subscriber::EnvFilter::new(default_filter),
         Ok(f) if spec.contains("rumqttd") => f,
         // The broker's per-connection INFO lines would drown ours; an operator who wants
         // them names rumqttd in RUST_LOG.

@@ -52,9 +52,10 @@ fn a_case_that_does_not_hold_exits_1_naming_the_file_and_case() {
     let out = test_rules(dir.path(), &["config/tests/wrong.toml"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
+    // The expectation's line, what was expected, and what happened instead.
     assert!(
-        stdout.contains("config/tests/wrong.toml:")
-            && stdout.contains("case \"deliberately wrong\""),
+        stdout.contains("config/tests/wrong.toml:11: case \"deliberately wrong\": at +0s: expected no alerts, found:")
+            && stdout.contains("+ sos p1 open critical level 0 count 1, opened +0s"),
         "{stdout}"
     );
     assert!(stdout.ends_with("0 passed, 1 failed\n"), "{stdout}");
