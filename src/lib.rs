@@ -23,5 +23,6 @@ pub mod pipeline;
 pub mod protocol;
 pub mod registry;
 pub mod rules;
+pub mod ruletest;
 pub mod store;
 pub mod telemetry;

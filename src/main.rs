@@ -121,7 +121,7 @@ fn main() -> ExitCode {
 /// `anxin test-rules`: runs each test file's cases, each in a fresh engine world, prints the
 /// failures and per-file tallies, then `N passed, M failed`.
 fn test_rules(files: &[std::path::PathBuf], path: Option<&std::path::Path>) -> ExitCode {
-    use anxin::rules::runner::{self, Summary};
+    use anxin::ruletest::runner::{self, Summary};
     let engine = match config::load_engine(path, &config::process_env) {
         Ok(c) => c,
         Err(problems) => {
@@ -151,10 +151,13 @@ fn test_rules(files: &[std::path::PathBuf], path: Option<&std::path::Path>) -> E
     };
     let mut summary = Summary::default();
     for file in &files {
-        let report = rt.block_on(runner::run_file(file, |spec| {
-            let engine = &engine;
-            async move { anxin::rules::harness::real_world(&spec.rules, engine, spec.start).await }
-        }));
+        let report =
+            rt.block_on(runner::run_file(file, |spec| {
+                let engine = &engine;
+                async move {
+                    anxin::ruletest::harness::real_world(&spec.rules, engine, spec.start).await
+                }
+            }));
         println!("{report}");
         summary.add(&report);
     }

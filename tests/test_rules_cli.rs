@@ -1,6 +1,6 @@
 //! `anxin test-rules` from the outside (CONTRACT.md): which files it runs, the
 //! `N passed, M failed` summary, exit 1 with located problems. The runner's comparisons are
-//! tested against an in-memory world in `src/rules/runner.rs`.
+//! tested against an in-memory world in `src/ruletest/runner.rs`.
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -12,11 +12,7 @@ use crate::event::{Event, EventType};
 
 mod directory;
 pub mod engine;
-pub mod harness;
-pub mod runner;
-pub mod testfile;
 pub mod window;
-pub mod world;
 
 pub use window::Window;
 

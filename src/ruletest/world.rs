@@ -1,5 +1,5 @@
 //! What `anxin test-rules` drives: a world of residents, devices and a virtual clock in which
-//! the real rule code runs. The engine's implementation ([`crate::rules::harness`]) runs the
+//! the real rule code runs. The engine's implementation ([`crate::ruletest::harness`]) runs the
 //! real pipeline shard and store on an in-memory database; the test-file runner only sees
 //! this trait.
 

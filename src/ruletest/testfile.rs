@@ -19,7 +19,7 @@ use crate::domain::alert::{Severity, Status};
 use crate::domain::care::{DEFAULT_TIME_ZONE, Resident};
 use crate::domain::duration;
 use crate::registry::{Registration, parse_tz};
-use crate::rules::world::NewSuppression;
+use crate::ruletest::world::NewSuppression;
 
 /// Topic root messages are checked under: the canonical default (the world delivers them to
 /// the device, whatever root the engine's configuration names).
@@ -1277,7 +1277,7 @@ no_alerts = true
     #[test]
     fn the_shipped_tests_parse_and_cover_every_shipped_rule() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let files = crate::rules::runner::test_files(&[root.join("config/tests")]).unwrap();
+        let files = crate::ruletest::runner::test_files(&[root.join("config/tests")]).unwrap();
         let mut covered = BTreeSet::new();
         let mut cases = 0;
         for path in &files {

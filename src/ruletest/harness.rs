@@ -7,8 +7,6 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 
-use super::RuleSet;
-use super::world::{AlertView, NewSuppression, World};
 use crate::clock::{ManualClock, SharedClock, from_millis, to_millis};
 use crate::config::Config;
 use crate::config::live::Live;
@@ -17,6 +15,8 @@ use crate::pipeline::{Delivery, ManualShard};
 use crate::protocol::canonical;
 use crate::protocol::profile::ProfileSet;
 use crate::registry::{Registration, Registry, UnknownPolicy};
+use crate::rules::RuleSet;
+use crate::ruletest::world::{AlertView, NewSuppression, World};
 use crate::store::{AlertFilter, Store};
 
 const ROOT: &str = "anxin/test";

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 
 use crate::config::reader::Problem;
-use crate::rules::testfile::{self, Action, AlertSpec, Case, Expectation, TestFile, format_offset};
-use crate::rules::world::{AlertView, World};
+use crate::ruletest::testfile::{
+    self, Action, AlertSpec, Case, Expectation, TestFile, format_offset,
+};
+use crate::ruletest::world::{AlertView, World};
 
 /// What a world factory is asked for: one per case.
 #[derive(Debug, Clone, PartialEq)]
@@ -738,7 +740,7 @@ mod tests {
     use super::*;
     use crate::domain::care::Resident;
     use crate::registry::Registration;
-    use crate::rules::world::NewSuppression;
+    use crate::ruletest::world::NewSuppression;
 
     /// A world with one rule: every `sos` opens a critical alert (or counts on the open one)
     /// that climbs to level 1 after 60 s and 2 after 180 s of virtual time unless
