@@ -182,7 +182,7 @@ pub async fn run(
     // 5. Pipeline.
     let live = AlertFeed::new(config.http.stream_replay_changes);
     let hard_stop = CancellationToken::new();
-    let engines = crate::pipeline::engines(&store, &registry, config.pipeline.shards, clock.now())
+    let engines = crate::pipeline::engines(&store, &registry, &config.pipeline, clock.now())
         .await
         .context("loading the rules' deadlines from the store")?;
     let (pipeline, shards) = Pipeline::start(

@@ -60,7 +60,9 @@ impl World {
         std::fs::write(cfg.path().join("rules.toml"), rules).unwrap();
         std::fs::write(
             cfg.path().join("anxin.toml"),
-            "rules_file = \"rules.toml\"\n[profiles]\ndir = \"profiles\"\n",
+            // A short start-up grace: an absence due while the engine was down still waits
+            // for the broker's backlog, but not the shipped minute.
+            "rules_file = \"rules.toml\"\n[profiles]\ndir = \"profiles\"\n[pipeline]\nabsence_startup_grace_secs = 1\n",
         )
         .unwrap();
         let mut opts = EngineOpts {

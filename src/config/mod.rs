@@ -93,6 +93,9 @@ pub struct PipelineConfig {
     pub commit_timeout_secs: u64,
     /// SIGTERM: how long to wait for the in-flight batches and owed acks.
     pub shutdown_grace_secs: u64,
+    /// An absence (inactivity, device offline) that came due while the engine was down waits
+    /// this long after start-up: the broker may still hold the messages that end it.
+    pub absence_startup_grace_secs: u64,
 }
 
 /// `[tcp]`: the 4G device listeners.
@@ -226,6 +229,7 @@ impl Default for Config {
                 commit_retry_max_backoff_ms: 5_000,
                 commit_timeout_secs: 30,
                 shutdown_grace_secs: 10,
+                absence_startup_grace_secs: 60,
             },
             http: HttpConfig {
                 addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -529,6 +533,9 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
         }
         if let Some(v) = s.int("shutdown_grace_secs", 1..=600) {
             p.shutdown_grace_secs = v as u64;
+        }
+        if let Some(v) = s.int("absence_startup_grace_secs", 0..=3600) {
+            p.absence_startup_grace_secs = v as u64;
         }
         s.finish();
     }

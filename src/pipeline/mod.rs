@@ -228,15 +228,17 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 pub async fn engines(
     store: &Store,
     registry: &Registry,
-    shards: usize,
+    cfg: &PipelineConfig,
     started_at: DateTime<Utc>,
 ) -> Result<Vec<Engine>, StoreError> {
+    let shards = cfg.shards;
+    let grace = chrono::Duration::seconds(cfg.absence_startup_grace_secs as i64);
     let started = std::time::Instant::now();
     let state = store.timer_state().await?;
     let shards = shards.max(1);
     let engines: Vec<Engine> = (0..shards)
         .map(|id| {
-            let mut e = Engine::new(id, shards, started_at);
+            let mut e = Engine::new(id, shards, started_at).with_startup_grace(grace);
             e.load(&state, registry);
             e
         })

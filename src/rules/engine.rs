@@ -116,6 +116,8 @@ pub struct Engine {
     shards: usize,
     /// Deadlines before this came due while the engine was down: `late`.
     started_at: i64,
+    /// No absence fires before this (ms): the broker's backlog may end it.
+    absences_from: i64,
     /// The rule set generation the state was built for, and each rule's version.
     generation: u64,
     versions: HashMap<String, String>,
@@ -142,6 +144,7 @@ impl Engine {
             shard,
             shards: shards.max(1),
             started_at: to_millis(started_at),
+            absences_from: to_millis(started_at),
             generation: 0,
             versions: HashMap::new(),
             deadlines: HashMap::new(),
@@ -154,6 +157,13 @@ impl Engine {
             directory_version: None,
             carry: Vec::new(),
         }
+    }
+
+    /// Holds absences that came due while the engine was down until `grace` after start-up
+    /// (`[pipeline] absence_startup_grace_secs`).
+    pub fn with_startup_grace(mut self, grace: Duration) -> Engine {
+        self.absences_from = self.started_at + grace.num_milliseconds();
+        self
     }
 
     fn mine(&self, key: &str) -> bool {
@@ -542,6 +552,12 @@ impl Engine {
     }
 
     fn absence_due(&self, rule: &Rule, a: &Absence, dir: &dyn Directory) -> Option<i64> {
+        self.absence_due_raw(rule, a, dir)
+            .map(|due| due.max(self.absences_from))
+    }
+
+    /// When the absence comes due by its rule alone (before the start-up grace).
+    fn absence_due_raw(&self, rule: &Rule, a: &Absence, dir: &dyn Directory) -> Option<i64> {
         let Trigger::Absent { after, .. } = &rule.trigger else {
             return None;
         };
@@ -821,7 +837,13 @@ impl Engine {
         hit.subject = key.1.clone();
         hit.partition = a.partition.clone();
         hit.since = Some(a.last);
-        hit.late = late;
+        // Held by the start-up grace, it was still due while the engine was down; its
+        // timeline shows when it came due by its rule.
+        let due = match self.absence_due_raw(rule, &a, dir) {
+            Some(raw) if due <= self.absences_from && raw < due => raw,
+            _ => due,
+        };
+        hit.late = late || due < self.started_at;
         items.push(WriteItem::Fired {
             device_id: a.device.clone(),
             resident_id: a.resident.clone(),
