@@ -9,7 +9,7 @@
 # and, with the engine live, the publish → commit latency (device ts → committed_at) at the
 # highest publisher rate and at a fixed rate. It also checks events stored = published and
 # per-device order. Usage: benches/load.sh  (env: BROKER, COUNT, DEVICES, RATE, PROTOS,
-# ANXIN_TEST_POSTGRES_URL; ENGINES="label=binary …" to compare builds on one backlog run;
+# ANXIN_TEST_POSTGRES_URL; ENGINES="label=binary[@rules file] …" to compare builds on one backlog run;
 # PHASES=backlog to stop after the backlog drains). nats-server speaks MQTT 3.1.1 only: with BROKER=nats only protocol 4
 # is measured and the engine's live runs reach it through its 3.1.1 fallback.
 set -euo pipefail
@@ -52,7 +52,7 @@ q() { psql -qtA "$1" -c "$2"; }
 
 start_engine() { # $1 protocol, $2 store url, $3 client id, $4 log; topic root in $ROOT
     cat > "$tmp/anxin.toml" <<TOML
-rules_file = "$PWD/config/rules.toml"
+rules_file = "${RULES:-$PWD/config/rules.toml}"
 [mqtt]
 protocol = $1
 TOML
@@ -100,6 +100,8 @@ for proto in ${PROTOS:-5 4}; do
     # one after the other against the same broker and server (default: this build).
     for engine in ${ENGINES:-anxin=$ANXIN}; do
         label=${engine%%=*}; ANXIN=${engine#*=}
+        # label=binary@rules: a build of another version with the rules file it reads.
+        RULES=; [[ $ANXIN == *@* ]] && { RULES=${ANXIN#*@}; ANXIN=${ANXIN%%@*}; }
         ROOT="engine$proto-$label-$$/v1"
         url=$(new_db)
         start_engine $proto "$url" "engine$proto-$label-$$" "$tmp/engine$proto.log"

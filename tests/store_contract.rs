@@ -46,14 +46,14 @@ use std::path::Path;
 
 use anxin::clock::{Clock, ManualClock, to_millis};
 use anxin::domain::care::{Resident, Suppression};
-use anxin::event::Event;
+use anxin::event::{Event, EventType};
 use anxin::protocol::RejectReason;
 use anxin::protocol::canonical::decode;
 use anxin::registry::Registration;
 use anxin::rules::RuleSet;
 use anxin::store::{
-    Alert, AlertChange, AlertFilter, BatchOutcome, RuleHit, Store, StoreError, Table,
-    TimelineEntry, WriteBatch, WriteItem,
+    Alert, AlertChange, AlertFilter, BatchOutcome, Deadline, DeadlineChange, DeadlineKind, RuleHit,
+    Store, StoreError, Table, TimelineEntry, WriteBatch, WriteItem,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
@@ -205,6 +205,12 @@ macro_rules! contract {
 }
 
 contract! {
+    absences_keep_named_types_and_any_message_from_last_seen
+        => sqlite_absences_keep_named_types_and_any_message_from_last_seen,
+           postgres_absences_keep_named_types_and_any_message_from_last_seen;
+    the_last_change_of_each_deadline_in_a_batch_stands
+        => sqlite_the_last_change_of_each_deadline_in_a_batch_stands,
+           postgres_the_last_change_of_each_deadline_in_a_batch_stands;
     a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window
         => sqlite_a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window,
            postgres_a_broker_flagged_redelivery_of_a_bare_payload_is_recognised_for_the_whole_dedup_window;
@@ -369,6 +375,7 @@ impl Fx {
             retry: false,
             deadlines: Vec::new(),
             suppressed: Vec::new(),
+            activity_types: Vec::new(),
         }
     }
 
@@ -1999,5 +2006,105 @@ async fn a_devices_report_interval_is_stored_and_read_back(store: Store) {
         )
         .await,
         1
+    );
+}
+
+/// What start-up rebuilds absences from: the last message of each type that absence rules
+/// name, per device, and every device's last message of any type; a retained message counts
+/// for neither type nor rule.
+async fn absences_keep_named_types_and_any_message_from_last_seen(store: Store) {
+    let fx = Fx::new(store);
+    let commit = |items: Vec<WriteItem>| {
+        let mut batch = fx.batch(items);
+        batch.activity_types = vec![EventType::Motion];
+        batch
+    };
+    let t1 = to_millis(fx.now());
+    let mut items = fx.message("d1", r#"{"type":"motion","room":"hall"}"#);
+    items.extend(fx.message("d1", r#"{"type":"heartbeat"}"#));
+    items.extend(fx.message("d2", r#"{"type":"heartbeat"}"#));
+    fx.store
+        .commit_batch(&commit(items), fx.commit_time())
+        .await
+        .unwrap();
+    fx.advance(Duration::seconds(30));
+    let t2 = to_millis(fx.now());
+    // A later heartbeat moves only "any"; the motion time stays.
+    let items = fx.message("d1", r#"{"type":"heartbeat"}"#);
+    fx.store
+        .commit_batch(&commit(items), fx.commit_time())
+        .await
+        .unwrap();
+    fx.advance(Duration::seconds(30));
+    let mut retained = fx.message("d2", r#"{"type":"motion","room":"hall"}"#);
+    if let WriteItem::Event { event, .. } = &mut retained[0] {
+        event.retained = true;
+    }
+    fx.store
+        .commit_batch(&commit(retained), fx.commit_time())
+        .await
+        .unwrap();
+
+    let state = fx.store.timer_state().await.unwrap();
+    assert_eq!(state.activity, [("d1".to_owned(), "motion".to_owned(), t1)]);
+    let mut seen = state.seen.clone();
+    seen.sort();
+    assert_eq!(seen, [("d1".to_owned(), t2), ("d2".to_owned(), t1)]);
+}
+
+/// A batch's deadline changes (the store's, then the engine's) leave the last change of each
+/// deadline, however many there were.
+async fn the_last_change_of_each_deadline_in_a_batch_stands(store: Store) {
+    let fx = Fx::new(store);
+    let dl = |rule: &str, subject: &str, due: i64| Deadline {
+        kind: DeadlineKind::Hold,
+        rule: rule.to_owned(),
+        subject: subject.to_owned(),
+        partition: subject.to_owned(),
+        due,
+        alert_id: None,
+        level: 0,
+        since: 1,
+        version: "v".to_owned(),
+        detail: json!({"n": due}),
+    };
+    let mut batch = fx.batch(Vec::new());
+    batch.deadlines = vec![
+        DeadlineChange::Put(dl("a", "d1", 10)),
+        DeadlineChange::Put(dl("b", "d1", 20)),
+        DeadlineChange::Put(dl("c", "d1", 30)),
+        DeadlineChange::Delete(DeadlineKind::Hold, "a".to_owned(), "d1".to_owned()),
+        DeadlineChange::Put(dl("b", "d1", 21)),
+    ];
+    fx.store
+        .commit_batch(&batch, fx.commit_time())
+        .await
+        .unwrap();
+    let mut batch = fx.batch(Vec::new());
+    batch.deadlines = vec![
+        DeadlineChange::Delete(DeadlineKind::Hold, "c".to_owned(), "d1".to_owned()),
+        DeadlineChange::Put(dl("a", "d1", 11)),
+        DeadlineChange::Delete(DeadlineKind::Hold, "zz".to_owned(), "d9".to_owned()),
+    ];
+    fx.store
+        .commit_batch(&batch, fx.commit_time())
+        .await
+        .unwrap();
+    let mut got: Vec<(String, i64, serde_json::Value)> = fx
+        .store
+        .timer_state()
+        .await
+        .unwrap()
+        .deadlines
+        .into_iter()
+        .map(|d| (d.rule, d.due, d.detail))
+        .collect();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        got,
+        [
+            ("a".to_owned(), 11, json!({"n": 11})),
+            ("b".to_owned(), 21, json!({"n": 21})),
+        ]
     );
 }

@@ -695,6 +695,7 @@ fn build(
             retry: false,
             deadlines: Vec::new(),
             suppressed: Vec::new(),
+            activity_types: rules.absence_types(),
         },
         quarantined,
         notes,

@@ -4,7 +4,7 @@
 //! commits with the batch.
 //!
 //! Durability without a write per message: an absence is derived from the last activity the
-//! batch commits anyway (`device_activity`) and the alerts it opened; only deadlines that
+//! batch commits anyway (`devices.activity`) and the alerts it opened; only deadlines that
 //! cannot be derived (a `for`, an escalation step, a correlation) are rows, written in the
 //! transaction of the batch that starts them and deleted in the one that fires or cancels
 //! them. State changes made while building a batch are undone if its commit fails.
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Per, Rule, RuleSet, Trigger};
+use super::{Per, Rule, RuleSet, Trigger, TypeSet};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::care::{DEFAULT_TIME_ZONE, Resident};
 use crate::domain::partition;
@@ -124,6 +124,9 @@ pub struct Engine {
     deadlines: HashMap<DKey, Deadline>,
     absences: HashMap<AKey, Absence>,
     activity: HashMap<String, Vec<(EventType, i64)>>,
+    /// Each device's last message of any type at start-up (the store keeps other types'
+    /// times only for the types absence rules name); later messages are in `activity`.
+    seen: HashMap<String, i64>,
     /// (rule, subject) → condition start of its latest alert, from the store at start-up.
     fired: HashMap<AKey, i64>,
     timers: BTreeSet<(i64, TKey)>,
@@ -150,6 +153,7 @@ impl Engine {
             deadlines: HashMap::new(),
             absences: HashMap::new(),
             activity: HashMap::new(),
+            seen: HashMap::new(),
             fired: HashMap::new(),
             timers: BTreeSet::new(),
             raised: HashMap::new(),
@@ -190,6 +194,12 @@ impl Engine {
                 .entry(device.clone())
                 .or_default()
                 .push((ty, *at));
+        }
+        for (device, at) in &state.seen {
+            let reg = dir.registration(device);
+            if self.mine(&partition_key(reg.as_deref(), device)) {
+                self.seen.insert(device.clone(), *at);
+            }
         }
         for (rule, subject, since) in &state.fired {
             self.fired.insert((rule.clone(), subject.clone()), *since);
@@ -529,6 +539,12 @@ impl Engine {
                         last = Some((*at, d));
                     }
                 }
+                if matches!(types, TypeSet::Any)
+                    && let Some(at) = self.seen.get(d)
+                    && last.is_none_or(|(l, _)| *at > l)
+                {
+                    last = Some((*at, d));
+                }
             }
             let (last, device) = match last {
                 Some((at, d)) => (at, d.clone()),
@@ -595,10 +611,14 @@ impl Engine {
             .unwrap_or_else(|| device.to_owned());
         let ty = event.event_type;
 
-        let acts = self.activity.entry(device.to_owned()).or_default();
-        match acts.iter_mut().find(|(t, _)| *t == ty) {
-            Some((_, last)) => *last = (*last).max(at),
-            None => acts.push((ty, at)),
+        match self.activity.get_mut(device) {
+            Some(acts) => match acts.iter_mut().find(|(t, _)| *t == ty) {
+                Some((_, last)) => *last = (*last).max(at),
+                None => acts.push((ty, at)),
+            },
+            None => {
+                self.activity.insert(device.to_owned(), vec![(ty, at)]);
+            }
         }
 
         for rule in &rules.rules {
@@ -659,15 +679,17 @@ impl Engine {
                         && clear
                             .iter()
                             .all(|c| c.eval(event, thresholds) == Some(true));
-                    let ckey = (rule.name.clone(), device.to_owned());
-                    if cleared && self.raised.get(&ckey) != Some(&false) {
+                    // Keys are made only when something may change: most readings are routine.
+                    let ckey = || (rule.name.clone(), device.to_owned());
+                    if cleared && self.raised.get(&ckey()) != Some(&false) {
                         clears.push(Clear {
                             rule: rule.name.clone(),
                             subject: device.to_owned(),
                         });
-                        self.set_raised(ckey.clone(), false);
+                        self.set_raised(ckey(), false);
                     }
                     match hold {
+                        Some(_) if !matched && (!relevant || self.deadlines.is_empty()) => {}
                         Some(d) => {
                             let key = (DeadlineKind::Hold, rule.name.clone(), device.to_owned());
                             let pending = self.deadlines.contains_key(&key);
@@ -688,7 +710,7 @@ impl Engine {
                                         "fields": event.fields,
                                     }),
                                 };
-                                if self.raised.get(&ckey) == Some(&true) {
+                                if self.raised.get(&ckey()) == Some(&true) {
                                     // Its alert is open (as far as this shard knows): the
                                     // reading counts on it; the store starts the `for` instead
                                     // if an operator has resolved it meanwhile.
@@ -732,7 +754,7 @@ impl Engine {
                                 resident.as_deref(),
                             ));
                             if !clear.is_empty() {
-                                self.set_raised(ckey, true);
+                                self.set_raised(ckey(), true);
                             }
                         }
                         None => {}

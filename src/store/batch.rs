@@ -2,7 +2,7 @@
 //! produced — events, duplicate bookkeeping, alerts, timeline entries, rejections — commits
 //! together or not at all, so acks can follow the commit (DESIGN.md guarantee 1).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,10 @@ pub struct WriteBatch {
     pub deadlines: Vec<DeadlineChange>,
     /// Suppressions that kept a match from alerting: (id, matches).
     pub suppressed: Vec<(i64, i64)>,
+    /// The event types absence rules name: the last message of each per device is kept
+    /// (`devices.activity`). An absence of any message counts from `devices.last_seen`,
+    /// which every batch writes anyway.
+    pub activity_types: Vec<EventType>,
 }
 
 /// Whether an event is new whatever the dedup table says: without `seq` or `ts` nothing but
@@ -250,6 +254,11 @@ impl Store {
         let mut keys: Vec<(String, String, i64, i64, i64, Horizon)> = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut devices: HashMap<&str, i64> = HashMap::new();
+        // The last message of each type absence rules name, per device: kept on the device's
+        // row, which the batch writes anyway, so absences cost no statement of their own.
+        // Every message counts, a redelivered copy included (the engine counted it too); a
+        // retained one does not (the broker replays it at every connection).
+        let mut activity: HashMap<&str, BTreeMap<&'static str, i64>> = HashMap::new();
         for item in &batch.items {
             if let WriteItem::Event { event, .. } = item {
                 let received = to_millis(event.received_at);
@@ -277,13 +286,45 @@ impl Store {
                         horizon,
                     ));
                 }
-                let last = devices.entry(&event.device_id).or_insert(received);
-                *last = (*last).max(received);
+                // A retained message is the broker's copy, replayed at every connection: the
+                // device was not seen then (0 leaves first and last seen as they are).
+                let last = devices.entry(&event.device_id).or_insert(0);
+                if !event.retained {
+                    *last = (*last).max(received);
+                }
+                if !event.retained && batch.activity_types.contains(&event.event_type) {
+                    let at = activity
+                        .entry(&event.device_id)
+                        .or_default()
+                        .entry(event.event_type.name())
+                        .or_insert(received);
+                    *at = (*at).max(received);
+                }
             }
         }
-        let mut devices: Vec<(&str, i64)> = devices.into_iter().collect();
+        let mut devices: Vec<(&str, i64, Option<String>)> = devices
+            .into_iter()
+            .map(|(d, at)| {
+                let seen = activity.get(d).map(|types| {
+                    serde_json::Value::Object(
+                        types
+                            .iter()
+                            .map(|(t, at)| ((*t).to_owned(), (*at).into()))
+                            .collect(),
+                    )
+                    .to_string()
+                });
+                (d, at, seen)
+            })
+            .collect();
         // A stable order keeps concurrent shard transactions from deadlocking on PostgreSQL.
         devices.sort_unstable();
+        // Newer types' times replace older ones, the others stay: batches of one device commit
+        // in its shard's order.
+        let merge_activity = match self.backend() {
+            "postgres" => "(devices.activity::jsonb || excluded.activity::jsonb)::text",
+            _ => "json_patch(devices.activity, excluded.activity)",
+        };
 
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -302,8 +343,6 @@ impl Store {
                     return Ok(outcome);
                 }
             }
-            // The last message of each type per device, for absences (one upsert per batch).
-            let mut activity: HashMap<(String, &'static str), i64> = HashMap::new();
             // Payload keys of this batch's new events, for DUP copies in the same batch.
             let mut in_batch: HashSet<(String, String)> = HashSet::new();
             // (subject, rule) of the unresolved alerts the batch's clears could act on, kept
@@ -360,15 +399,19 @@ impl Store {
 
             // 2. Devices seen.
             for chunk in devices.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO devices (id, first_seen, last_seen) ");
-                q.push_values(chunk, |mut b, (d, at)| {
-                    b.push_bind((*d).to_owned()).push_bind(*at).push_bind(*at);
+                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO devices (id, first_seen, last_seen, activity) ");
+                q.push_values(chunk, |mut b, (d, at, seen)| {
+                    b.push_bind((*d).to_owned()).push_bind(*at).push_bind(*at).push_bind(seen.clone());
                 });
                 q.push(
                     " ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen \
                      THEN excluded.last_seen ELSE devices.last_seen END, \
-                     first_seen = CASE WHEN devices.first_seen = 0 THEN excluded.first_seen ELSE devices.first_seen END",
-                );
+                     first_seen = CASE WHEN devices.first_seen = 0 THEN excluded.first_seen ELSE devices.first_seen END, \
+                     activity = CASE WHEN excluded.activity IS NULL THEN devices.activity \
+                     WHEN devices.activity IS NULL THEN excluded.activity ELSE ",
+                )
+                .push(merge_activity)
+                .push(" END");
                 q.build().execute(&mut *tx).await?;
             }
 
@@ -404,11 +447,6 @@ impl Store {
                             continue;
                         }
                         out.accepted += 1;
-                        // Every message counts as activity, a level still held included.
-                        if !event.retained {
-                            let at = activity.entry((event.device_id.clone(), event.event_type.name())).or_insert(0);
-                            *at = (*at).max(to_millis(event.received_at));
-                        }
                         if event.still_active {
                             // A level the device keeps reporting: on the timeline of what it
                             // raised, never a new press and never a new alert.
@@ -534,7 +572,6 @@ impl Store {
                             (true, Some(next)) => vec![DeadlineChange::Put(next.clone())],
                             _ => vec![DeadlineChange::Delete(key.0, key.1, key.2)],
                         };
-                        apply_deadlines!(tx, &changes);
                         out.deadlines.extend(changes);
                     }
                     WriteItem::Raise { alert_id, rule, subject, by, due, late, title } => {
@@ -570,7 +607,6 @@ impl Store {
                             }
                         }
                         let changes = vec![DeadlineChange::Delete(DeadlineKind::Follow, rule.clone(), subject.clone())];
-                        apply_deadlines!(tx, &changes);
                         out.deadlines.extend(changes);
                     }
                 }
@@ -591,20 +627,9 @@ impl Store {
                 q.build().execute(&mut *tx).await?;
             }
             out.rejected = rejected.len();
-            let mut activity: Vec<_> = activity.into_iter().collect();
-            activity.sort_unstable();
-            for chunk in activity.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO device_activity (device_id, type, last_at) ");
-                q.push_values(chunk, |mut b, ((d, t), at)| {
-                    b.push_bind(d.clone()).push_bind(*t).push_bind(*at);
-                });
-                q.push(
-                    " ON CONFLICT (device_id, type) DO UPDATE SET last_at = CASE WHEN excluded.last_at > device_activity.last_at \
-                     THEN excluded.last_at ELSE device_activity.last_at END",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
-            apply_deadlines!(tx, &batch.deadlines);
+            // The store's own deadline changes (items' order), then the engine's: the last
+            // change of each deadline stands.
+            apply_deadlines!(tx, out.deadlines.iter().chain(&batch.deadlines));
             for (id, n) in &batch.suppressed {
                 sqlx::query("UPDATE suppressions SET suppressed_count = suppressed_count + $2 WHERE id = $1")
                     .bind(id)
@@ -763,7 +788,6 @@ macro_rules! open_or_count {
             Some(id) if id >= 0 => Some((id, "counted")),
             None if hit.hold.is_some() => {
                 let started: Vec<DeadlineChange> = hit.hold.iter().cloned().map(DeadlineChange::Put).collect();
-                apply_deadlines!($tx, &started);
                 $out.deadlines.extend(started);
                 None
             }
@@ -816,7 +840,6 @@ macro_rules! open_or_count {
                         detail: serde_json::json!({ "followed": hit.rule }),
                     }));
                 }
-                apply_deadlines!($tx, &started);
                 $out.deadlines.extend(started);
                 Some((id, "opened"))
             }

@@ -77,8 +77,10 @@ pub enum DeadlineChange {
 pub struct TimerState {
     /// Every stored deadline.
     pub deadlines: Vec<Deadline>,
-    /// (device, event type, last ms).
+    /// (device, event type, last ms), of the types absence rules name.
     pub activity: Vec<(String, String, i64)>,
+    /// (device, last message of any type, ms).
+    pub seen: Vec<(String, i64)>,
     /// (rule, subject, since ms): the condition start of the latest alert of each absence
     /// rule and subject — an absence that began then has already fired.
     pub fired: Vec<(String, String, i64)>,
@@ -114,7 +116,22 @@ impl Store {
                     detail: serde_json::from_str(&detail).unwrap_or_default(),
                 });
             }
-            out.activity = sqlx::query_as("SELECT device_id, type, last_at FROM device_activity")
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, activity FROM devices WHERE activity IS NOT NULL")
+                    .fetch_all(pool)
+                    .await?;
+            for (device, seen) in rows {
+                let Ok(serde_json::Value::Object(types)) = serde_json::from_str::<serde_json::Value>(&seen) else {
+                    tracing::warn!(device, "Skipping a device's unreadable activity");
+                    continue;
+                };
+                for (ty, at) in types {
+                    if let Some(at) = at.as_i64() {
+                        out.activity.push((device.clone(), ty, at));
+                    }
+                }
+            }
+            out.seen = sqlx::query_as("SELECT id, last_seen FROM devices WHERE last_seen > 0")
                 .fetch_all(pool)
                 .await?;
             out.fired = sqlx::query_as(
@@ -127,41 +144,75 @@ impl Store {
     }
 }
 
-/// Applies deadline changes inside a transaction (a macro: both transaction types).
+/// The state a sequence of deadline changes leaves: the last change of each deadline, in
+/// a stable order (puts, then deletes).
+pub(crate) fn coalesce<'a>(
+    changes: impl IntoIterator<Item = &'a DeadlineChange>,
+) -> (Vec<&'a Deadline>, Vec<(DeadlineKind, &'a str, &'a str)>) {
+    let mut last: std::collections::BTreeMap<(DeadlineKind, &str, &str), &DeadlineChange> =
+        std::collections::BTreeMap::new();
+    for c in changes {
+        let key = match c {
+            DeadlineChange::Put(d) => (d.kind, d.rule.as_str(), d.subject.as_str()),
+            DeadlineChange::Delete(k, r, s) => (*k, r.as_str(), s.as_str()),
+        };
+        last.insert(key, c);
+    }
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for (key, c) in last {
+        match c {
+            DeadlineChange::Put(d) => puts.push(d),
+            DeadlineChange::Delete(..) => deletes.push(key),
+        }
+    }
+    (puts, deletes)
+}
+
+/// Applies a batch's deadline changes inside its transaction, in two statements at most
+/// (a macro: both transaction types): a round trip per change would lengthen every batch
+/// that opens critical alerts.
 macro_rules! apply_deadlines {
     ($tx:expr, $changes:expr) => {{
-        for change in $changes {
-            match change {
-                $crate::store::DeadlineChange::Put(d) => {
-                    sqlx::query(
-                        "INSERT INTO deadlines (kind, rule, subject, partition_key, due_at, alert_id, level, since_at, rule_version, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                         ON CONFLICT (kind, rule, subject) DO UPDATE SET partition_key = excluded.partition_key, due_at = excluded.due_at, \
-                         alert_id = excluded.alert_id, level = excluded.level, since_at = excluded.since_at, \
-                         rule_version = excluded.rule_version, detail = excluded.detail",
-                    )
-                    .bind(d.kind.as_str())
-                    .bind(&d.rule)
-                    .bind(&d.subject)
-                    .bind(&d.partition)
-                    .bind(d.due)
-                    .bind(d.alert_id)
-                    .bind(d.level)
-                    .bind(d.since)
-                    .bind(&d.version)
-                    .bind(d.detail.to_string())
-                    .execute(&mut *$tx)
-                    .await?;
+        let (puts, deletes) = $crate::store::deadlines::coalesce($changes);
+        for chunk in puts.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO deadlines (kind, rule, subject, partition_key, due_at, alert_id, level, since_at, rule_version, detail) ",
+            );
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(d.kind.as_str())
+                    .push_bind(d.rule.clone())
+                    .push_bind(d.subject.clone())
+                    .push_bind(d.partition.clone())
+                    .push_bind(d.due)
+                    .push_bind(d.alert_id)
+                    .push_bind(d.level)
+                    .push_bind(d.since)
+                    .push_bind(d.version.clone())
+                    .push_bind(d.detail.to_string());
+            });
+            q.push(
+                " ON CONFLICT (kind, rule, subject) DO UPDATE SET partition_key = excluded.partition_key, due_at = excluded.due_at, \
+                 alert_id = excluded.alert_id, level = excluded.level, since_at = excluded.since_at, \
+                 rule_version = excluded.rule_version, detail = excluded.detail",
+            );
+            q.build().execute(&mut *$tx).await?;
+        }
+        for chunk in deletes.chunks(300) {
+            let mut q = sqlx::QueryBuilder::<Db>::new("DELETE FROM deadlines WHERE ");
+            for (i, (kind, rule, subject)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    q.push(" OR ");
                 }
-                $crate::store::DeadlineChange::Delete(kind, rule, subject) => {
-                    sqlx::query("DELETE FROM deadlines WHERE kind = $1 AND rule = $2 AND subject = $3")
-                        .bind(kind.as_str())
-                        .bind(rule)
-                        .bind(subject)
-                        .execute(&mut *$tx)
-                        .await?;
-                }
+                q.push("(kind = ")
+                    .push_bind(kind.as_str())
+                    .push(" AND rule = ")
+                    .push_bind(rule.to_string())
+                    .push(" AND subject = ")
+                    .push_bind(subject.to_string())
+                    .push(")");
             }
+            q.build().execute(&mut *$tx).await?;
         }
     }};
 }
