@@ -97,7 +97,7 @@ fn batch(rules: &RuleSet, n: usize, round: usize) -> WriteBatch {
         retry: false,
         deadlines: Vec::new(),
         suppressed: Vec::new(),
-        activity_types: rules.absence_types(),
+        activity: Vec::new(),
     }
 }
 

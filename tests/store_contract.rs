@@ -375,7 +375,7 @@ impl Fx {
             retry: false,
             deadlines: Vec::new(),
             suppressed: Vec::new(),
-            activity_types: Vec::new(),
+            activity: Vec::new(),
         }
     }
 
@@ -2009,14 +2009,25 @@ async fn a_devices_report_interval_is_stored_and_read_back(store: Store) {
     );
 }
 
-/// What start-up rebuilds absences from: the last message of each type that absence rules
-/// name, per device, and every device's last message of any type; a retained message counts
-/// for neither type nor rule.
+/// What start-up rebuilds absences from: the last message of each type an absence counts,
+/// per device, and every device's last message of any type; a retained message is not the
+/// device seen.
 async fn absences_keep_named_types_and_any_message_from_last_seen(store: Store) {
     let fx = Fx::new(store);
+    // What the engine reports an absence of motion counts.
     let commit = |items: Vec<WriteItem>| {
         let mut batch = fx.batch(items);
-        batch.activity_types = vec![EventType::Motion];
+        for item in &batch.items {
+            if let WriteItem::Event { event, .. } = item
+                && event.event_type == EventType::Motion
+                && !event.retained
+            {
+                let at = to_millis(event.received_at);
+                batch
+                    .activity
+                    .push((event.device_id.clone(), EventType::Motion, at));
+            }
+        }
         batch
     };
     let t1 = to_millis(fx.now());

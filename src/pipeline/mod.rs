@@ -342,6 +342,7 @@ async fn process(
         } = build(shared, engine, &mut out, batch, now);
         write.deadlines = out.deadlines;
         write.suppressed = out.suppressed.into_iter().collect();
+        write.activity = out.activity;
         if batch.is_empty()
             && write.items.is_empty()
             && write.deadlines.is_empty()
@@ -695,7 +696,7 @@ fn build(
             retry: false,
             deadlines: Vec::new(),
             suppressed: Vec::new(),
-            activity_types: rules.absence_types(),
+            activity: Vec::new(),
         },
         quarantined,
         notes,

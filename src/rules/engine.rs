@@ -107,6 +107,9 @@ pub struct Out {
     pub deadlines: Vec<DeadlineChange>,
     /// Matches each suppression kept from alerting.
     pub suppressed: HashMap<i64, i64>,
+    /// (device, type, ms) of messages an absence of named types counts: kept on the
+    /// device's row for start-up (an absence of any message counts from `last_seen`).
+    pub activity: Vec<(String, EventType, i64)>,
 }
 
 /// The rules state of one shard.
@@ -633,6 +636,9 @@ impl Engine {
                     let Some(mut a) = self.absences.get(&key).cloned() else {
                         continue;
                     };
+                    if !matches!(types, TypeSet::Any) {
+                        out.activity.push((device.to_owned(), ty, at));
+                    }
                     if a.fired {
                         clears.push(Clear {
                             rule: rule.name.clone(),

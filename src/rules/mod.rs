@@ -354,26 +354,6 @@ impl RuleSet {
             .collect()
     }
 
-    /// The event types absence rules name (`any` needs none: it counts from the device's
-    /// last message of whatever type).
-    pub fn absence_types(&self) -> Vec<EventType> {
-        let mut out = Vec::new();
-        for r in &self.rules {
-            if let Trigger::Absent {
-                types: TypeSet::Types(types),
-                ..
-            } = &r.trigger
-            {
-                for t in types {
-                    if !out.contains(t) {
-                        out.push(*t);
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// A rule by name.
     pub fn get(&self, name: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.name == name)

@@ -170,10 +170,10 @@ pub struct WriteBatch {
     pub deadlines: Vec<DeadlineChange>,
     /// Suppressions that kept a match from alerting: (id, matches).
     pub suppressed: Vec<(i64, i64)>,
-    /// The event types absence rules name: the last message of each per device is kept
-    /// (`devices.activity`). An absence of any message counts from `devices.last_seen`,
-    /// which every batch writes anyway.
-    pub activity_types: Vec<EventType>,
+    /// (device, type, ms) of messages an absence of named types counts: the last of each
+    /// per device is kept (`devices.activity`). An absence of any message counts from
+    /// `devices.last_seen`, which every batch writes anyway.
+    pub activity: Vec<(String, EventType, i64)>,
 }
 
 /// Whether an event is new whatever the dedup table says: without `seq` or `ts` nothing but
@@ -254,11 +254,17 @@ impl Store {
         let mut keys: Vec<(String, String, i64, i64, i64, Horizon)> = Vec::new();
         let mut seen_keys = HashSet::new();
         let mut devices: HashMap<&str, i64> = HashMap::new();
-        // The last message of each type absence rules name, per device: kept on the device's
+        // The last message of each type an absence counts, per device: kept on the device's
         // row, which the batch writes anyway, so absences cost no statement of their own.
-        // Every message counts, a redelivered copy included (the engine counted it too); a
-        // retained one does not (the broker replays it at every connection).
         let mut activity: HashMap<&str, BTreeMap<&'static str, i64>> = HashMap::new();
+        for (device, ty, at) in &batch.activity {
+            let last = activity
+                .entry(device.as_str())
+                .or_default()
+                .entry(ty.name())
+                .or_insert(*at);
+            *last = (*last).max(*at);
+        }
         for item in &batch.items {
             if let WriteItem::Event { event, .. } = item {
                 let received = to_millis(event.received_at);
@@ -291,14 +297,6 @@ impl Store {
                 let last = devices.entry(&event.device_id).or_insert(0);
                 if !event.retained {
                     *last = (*last).max(received);
-                }
-                if !event.retained && batch.activity_types.contains(&event.event_type) {
-                    let at = activity
-                        .entry(&event.device_id)
-                        .or_default()
-                        .entry(event.event_type.name())
-                        .or_insert(received);
-                    *at = (*at).max(received);
                 }
             }
         }
