@@ -127,8 +127,8 @@ pub struct Engine {
     deadlines: HashMap<DKey, Deadline>,
     absences: HashMap<AKey, Absence>,
     activity: HashMap<String, Vec<(EventType, i64)>>,
-    /// Each device's last message of any type at start-up (the store keeps other types'
-    /// times only for the types absence rules name); later messages are in `activity`.
+    /// Each device's last message of any type at start-up (the store keeps a type's time
+    /// only where an absence counts it); later messages are in `activity`.
     seen: HashMap<String, i64>,
     /// (rule, subject) → condition start of its latest alert, from the store at start-up.
     fired: HashMap<AKey, i64>,

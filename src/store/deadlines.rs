@@ -77,7 +77,7 @@ pub enum DeadlineChange {
 pub struct TimerState {
     /// Every stored deadline.
     pub deadlines: Vec<Deadline>,
-    /// (device, event type, last ms), of the types absence rules name.
+    /// (device, event type, last ms), where an absence of named types counts the type.
     pub activity: Vec<(String, String, i64)>,
     /// (device, last message of any type, ms).
     pub seen: Vec<(String, i64)>,
