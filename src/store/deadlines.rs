@@ -169,9 +169,9 @@ pub(crate) fn coalesce<'a>(
     (puts, deletes)
 }
 
-/// Applies a batch's deadline changes inside its transaction, in two statements at most
-/// (a macro: both transaction types): a round trip per change would lengthen every batch
-/// that opens critical alerts.
+/// Applies a batch's deadline changes inside its transaction, one statement for the puts
+/// and one for the deletes (per few hundred; a macro: both transaction types): a round trip
+/// per change would lengthen every batch that opens critical alerts.
 macro_rules! apply_deadlines {
     ($tx:expr, $changes:expr) => {{
         let (puts, deletes) = $crate::store::deadlines::coalesce($changes);
