@@ -22,6 +22,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.max = 10000
+pg_stat_statements.track_planning = on
 ssl = off
 CONF
     as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::bulk::{Bulk, KeyRow, SeenRow, flaws_json};
 use super::deadlines::apply_deadlines;
 use super::{Deadline, DeadlineChange, DeadlineKind, Store, StoreError, on_pool};
 use crate::clock::to_millis;
@@ -19,11 +20,6 @@ use crate::protocol::Rejection;
 /// SQLite allows 32 766 bound parameters per statement; PostgreSQL 65 535. Eleven columns
 /// per row keeps a chunk well under both.
 const ROWS_PER_STATEMENT: usize = 1000;
-
-/// An event's flaws as stored: a JSON array, or NULL when there is none.
-fn flaws_json(e: &Event) -> Option<String> {
-    (!e.flaws.is_empty()).then(|| serde_json::to_string(&e.flaws).unwrap_or_default())
-}
 
 /// A rule that fired (evaluated before the transaction: rules are pure).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -317,12 +313,6 @@ impl Store {
             .collect();
         // A stable order keeps concurrent shard transactions from deadlocking on PostgreSQL.
         devices.sort_unstable();
-        // Newer types' times replace older ones, the others stay: batches of one device commit
-        // in its shard's order.
-        let merge_activity = match self.backend() {
-            "postgres" => "(devices.activity::jsonb || excluded.activity::jsonb)::text",
-            _ => "json_patch(devices.activity, excluded.activity)",
-        };
 
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -377,41 +367,17 @@ impl Store {
             //    after a long outage); an unflagged one is new whatever the table holds.
             let mut fresh: HashSet<(String, String)> = HashSet::new();
             for horizon in [Horizon::ValidUntil, Horizon::ExpiresAt] {
-                let rows: Vec<_> = keys.iter().filter(|k| k.5 == horizon).collect();
-                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO dedup (device_id, key, seen_at, valid_until, expires_at) ");
-                    q.push_values(chunk, |mut b, (d, k, seen, valid, exp, _)| {
-                        b.push_bind(d.clone()).push_bind(k.clone()).push_bind(*seen).push_bind(*valid).push_bind(*exp);
-                    });
-                    q.push(
-                        " ON CONFLICT (device_id, key) DO UPDATE SET seen_at = excluded.seen_at, valid_until = excluded.valid_until, \
-                         expires_at = excluded.expires_at WHERE ",
-                    )
-                    .push(horizon.condition())
-                    .push(" RETURNING device_id, key");
-                    for row in q.build().fetch_all(&mut *tx).await? {
-                        fresh.insert((row.try_get("device_id")?, row.try_get("key")?));
-                    }
-                }
+                let rows: Vec<KeyRow<'_>> = keys
+                    .iter()
+                    .filter(|k| k.5 == horizon)
+                    .map(|(d, k, seen, valid, exp, _)| (d.as_str(), k.as_str(), *seen, *valid, *exp))
+                    .collect();
+                fresh.extend(<Db as Bulk>::record_keys(&mut *tx, &rows, horizon.condition()).await?);
             }
 
             // 2. Devices seen.
-            for chunk in devices.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new("INSERT INTO devices (id, first_seen, last_seen, activity) ");
-                q.push_values(chunk, |mut b, (d, at, seen)| {
-                    b.push_bind((*d).to_owned()).push_bind(*at).push_bind(*at).push_bind(seen.clone());
-                });
-                q.push(
-                    " ON CONFLICT (id) DO UPDATE SET last_seen = CASE WHEN excluded.last_seen > devices.last_seen \
-                     THEN excluded.last_seen ELSE devices.last_seen END, \
-                     first_seen = CASE WHEN devices.first_seen = 0 THEN excluded.first_seen ELSE devices.first_seen END, \
-                     activity = CASE WHEN excluded.activity IS NULL THEN devices.activity \
-                     WHEN devices.activity IS NULL THEN excluded.activity ELSE ",
-                )
-                .push(merge_activity)
-                .push(" END");
-                q.build().execute(&mut *tx).await?;
-            }
+            let seen: Vec<SeenRow<'_>> = devices.iter().map(|(d, at, a)| (*d, *at, a.as_deref())).collect();
+            <Db as Bulk>::devices_seen(&mut *tx, &seen).await?;
 
             // 3. Events, in order. Plain events go in multi-row inserts; events that touch an
             //    alert are written one at a time so the timeline can name the event id.
@@ -660,25 +626,7 @@ fn change(id: i64, device_id: &str, hit: &RuleHit, action: &str) -> AlertChange 
 /// Writes the queued plain events in multi-row statements and empties the queue.
 macro_rules! insert_plain {
     ($tx:expr, $plain:expr, $at:expr) => {{
-            for chunk in $plain.chunks(ROWS_PER_STATEMENT) {
-                let mut q = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO events (device_id, type, fields, device_ts, seq, received_at, committed_at, protocol, origin, dedup_key, flaws) ",
-                );
-                q.push_values(chunk, |mut b, e| {
-                    b.push_bind(e.device_id.clone())
-                        .push_bind(e.event_type.name())
-                        .push_bind(serde_json::Value::Object(e.fields.clone()).to_string())
-                        .push_bind(e.device_time.map(to_millis))
-                        .push_bind(e.seq)
-                        .push_bind(to_millis(e.received_at))
-                        .push_bind($at)
-                        .push_bind(e.source.protocol.clone())
-                        .push_bind(e.source.origin.clone())
-                        .push_bind(e.dedup_key.as_str().to_owned())
-                        .push_bind(flaws_json(e));
-                });
-                q.build().execute(&mut *$tx).await?;
-            }
+        <Db as Bulk>::insert_events(&mut *$tx, &$plain, $at).await?;
         $plain.clear();
     }};
 }

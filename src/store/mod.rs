@@ -6,6 +6,7 @@
 //! two migrations folders.
 
 mod batch;
+mod bulk;
 mod deadlines;
 mod devices;
 mod residents;
