@@ -197,6 +197,98 @@ async fn operators_ack_and_resolve_conditionally() {
 }
 
 #[tokio::test]
+async fn operators_record_calls_and_notes_and_a_refused_claim_names_the_holder() {
+    let e = Engine::start(EngineOpts::default()).await;
+    e.publish("d5", r#"{"type":"sos"}"#);
+    let id = alert_of(&e, "d5", "sos").await["id"].as_i64().unwrap();
+
+    let (s, a) = e
+        .post(
+            &format!("/api/alerts/{id}/calls"),
+            json!({"to": "resident", "outcome": "no_answer"}),
+        )
+        .await;
+    assert_eq!((s, a["status"].as_str()), (201, Some("open")), "{a}");
+    for (body, names) in [
+        (json!({"to": "cousin", "outcome": "answered"}), "cousin"),
+        (json!({"to": "120", "outcome": "hung_up"}), "hung_up"),
+        (
+            json!({"to": "120", "outcome": "answered", "when": "now"}),
+            "when",
+        ),
+        (json!({"to": "120"}), "outcome"),
+    ] {
+        let (s, err) = e.post(&format!("/api/alerts/{id}/calls"), body).await;
+        assert_eq!(s, 422, "{err}");
+        assert!(err["error"].as_str().unwrap().contains(names), "{err}");
+    }
+    let (s, _) = e
+        .post(
+            "/api/alerts/999999/calls",
+            json!({"to": "120", "outcome": "answered"}),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, a) = e.post(&format!("/api/alerts/{id}/ack"), json!({})).await;
+    assert_eq!((s, a["status"].as_str()), (200, Some("acknowledged")));
+    let (s, err) = e.post(&format!("/api/alerts/{id}/ack"), json!({})).await;
+    assert_eq!((s, err["holder"].as_str()), (409, Some("admin")), "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("acknowledged by admin"),
+        "{err}"
+    );
+
+    let (s, _) = e
+        .post(
+            &format!("/api/alerts/{id}/calls"),
+            json!({"to": "120", "outcome": "answered", "note": "ambulance on its way"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = e
+        .post(
+            &format!("/api/alerts/{id}/notes"),
+            json!({"text": "Door code 4711 given to crew."}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, err) = e
+        .post(&format!("/api/alerts/{id}/notes"), json!({"text": ""}))
+        .await;
+    assert_eq!(s, 422, "{err}");
+
+    let alert = alert_of(&e, "d5", "sos").await;
+    let (s, full) = e.get(&format!("/api/alerts/{}", alert["id"])).await;
+    assert_eq!(s, 200);
+    let steps: Vec<(String, String)> = full["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
+        .map(|t| {
+            (
+                t["actor"].as_str().unwrap().to_owned(),
+                t["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("admin", "call"),
+        ("admin", "acknowledged"),
+        ("admin", "call"),
+        ("admin", "note"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(steps, want, "{full}");
+}
+
+#[tokio::test]
 async fn the_live_feed_announces_new_alerts() {
     use futures_util::StreamExt;
     let e = Engine::start(EngineOpts::default()).await;

@@ -36,7 +36,10 @@
 //!     deleted only while no registered device points at them, ending their suppressions;
 //! 15. suppressions are stored with their scope, kinds, author and end, listed while active
 //!     with the `suppressed_count` the batch commit adds to, and ended early exactly once;
-//! 16. a device's `report_interval` is stored in seconds and read back in its largest unit.
+//! 16. a device's `report_interval` is stored in seconds and read back in its largest unit;
+//! 17. calls and notes go on the timeline with their actor (calls only until resolved, with
+//!     their `to` and `outcome` checked), and of many operators claiming one alert at once
+//!     exactly one wins, the others told who holds it.
 //!
 //! Run: `ANXIN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test --test
 //! store_contract`.
@@ -52,11 +55,11 @@ use anxin::protocol::canonical::decode;
 use anxin::registry::Registration;
 use anxin::rules::RuleSet;
 use anxin::store::{
-    Alert, AlertChange, AlertFilter, BatchOutcome, Deadline, DeadlineChange, DeadlineKind, RuleHit,
-    Store, StoreError, Table, TimelineEntry, WriteBatch, WriteItem,
+    Alert, AlertChange, AlertFilter, BatchOutcome, Deadline, DeadlineChange, DeadlineKind,
+    MAX_NOTE_CHARS, RuleHit, Store, StoreError, Table, TimelineEntry, WriteBatch, WriteItem,
 };
 use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
+use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
 // Backends
@@ -205,6 +208,9 @@ macro_rules! contract {
 }
 
 contract! {
+    calls_and_notes_go_on_the_timeline_and_one_claim_wins
+        => sqlite_calls_and_notes_go_on_the_timeline_and_one_claim_wins,
+           postgres_calls_and_notes_go_on_the_timeline_and_one_claim_wins;
     absences_keep_named_types_and_any_message_from_last_seen
         => sqlite_absences_keep_named_types_and_any_message_from_last_seen,
            postgres_absences_keep_named_types_and_any_message_from_last_seen;
@@ -1066,10 +1072,11 @@ async fn acknowledge_and_resolve_are_conditional_and_a_later_sos_opens_a_new_ale
             id: c,
             status,
             step,
+            holder,
         }) => {
             assert_eq!(
-                (c, status.as_str(), step),
-                (id, "acknowledged", "acknowledge")
+                (c, status.as_str(), step, holder.as_deref()),
+                (id, "acknowledged", "acknowledge", Some("op-1"))
             );
         }
         other => panic!("second acknowledge: expected Conflict, got {other:?}"),
@@ -1134,8 +1141,12 @@ async fn acknowledge_and_resolve_are_conditional_and_a_later_sos_opens_a_new_ale
             id: c,
             status,
             step,
+            holder,
         }) => {
-            assert_eq!((c, status.as_str(), step), (id, "resolved", "resolve"));
+            assert_eq!(
+                (c, status.as_str(), step, holder.as_deref()),
+                (id, "resolved", "resolve", Some("op-1"))
+            );
         }
         other => panic!("second resolve: expected Conflict, got {other:?}"),
     }
@@ -2116,6 +2127,175 @@ async fn the_last_change_of_each_deadline_in_a_batch_stands(store: Store) {
         [
             ("a".to_owned(), 11, json!({"n": 11})),
             ("b".to_owned(), 21, json!({"n": 21})),
+        ]
+    );
+}
+
+async fn calls_and_notes_go_on_the_timeline_and_one_claim_wins(store: Store) {
+    let fx = Fx::new(store);
+    let out = fx.send("watch-1", &sos(1, "2026-11-23T09:59:59Z")).await;
+    let id = out.changes[0].alert_id;
+
+    // A call while nobody has taken it yet: the first operator may ring before claiming.
+    fx.advance(Duration::seconds(5));
+    let called_at = fx.now();
+    let a = fx
+        .store
+        .record_call(id, "op-1", called_at, "resident", "no_answer", None)
+        .await
+        .unwrap();
+    assert_eq!((a.status.as_str(), a.updated_at), ("open", called_at));
+
+    // Bad values are refused by name and change nothing.
+    for (to, outcome, note, names) in [
+        ("resident", "voicemail", None, "voicemail"),
+        ("cousin", "answered", None, "cousin"),
+    ] {
+        match fx
+            .store
+            .record_call(id, "op-1", fx.now(), to, outcome, note)
+            .await
+        {
+            Err(StoreError::Validation(msg)) => assert!(msg.contains(names), "{msg}"),
+            other => panic!("call to {to} / {outcome}: expected Validation, got {other:?}"),
+        }
+    }
+    let long = "x".repeat(MAX_NOTE_CHARS + 1);
+    for text in ["  ", long.as_str()] {
+        match fx.store.add_note(id, "op-1", fx.now(), text).await {
+            Err(StoreError::Validation(msg)) => assert!(msg.contains("text"), "{msg}"),
+            other => panic!(
+                "note of {} chars: expected Validation, got {other:?}",
+                text.len()
+            ),
+        }
+    }
+    match fx.store.add_note(987_654, "op-1", fx.now(), "hello").await {
+        Err(StoreError::NotFound(n)) => assert_eq!(n, 987_654),
+        other => panic!("note on an unknown alert: expected NotFound, got {other:?}"),
+    }
+
+    // Sixteen operators claim it at once: one wins, each other is told who has it.
+    fx.advance(Duration::seconds(5));
+    let now = fx.now();
+    let claims = (0..16).map(|i| {
+        let store = fx.store.clone();
+        tokio::spawn(async move {
+            let op = format!("op-{i}");
+            (op.clone(), store.acknowledge(id, &op, now).await)
+        })
+    });
+    let mut winners = Vec::new();
+    let mut refused = Vec::new();
+    for claim in claims {
+        match claim.await.unwrap() {
+            (op, Ok(a)) => winners.push((op, a)),
+            (op, Err(StoreError::Conflict { status, holder, .. })) => {
+                refused.push((op, status, holder))
+            }
+            (op, Err(e)) => panic!("{op}: unexpected {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one claim wins: {winners:?}");
+    let (winner, claimed) = &winners[0];
+    assert_eq!(claimed.acknowledged_by.as_deref(), Some(winner.as_str()));
+    assert_eq!(refused.len(), 15);
+    for (op, status, holder) in &refused {
+        assert_eq!(
+            (status.as_str(), holder.as_deref()),
+            ("acknowledged", Some(winner.as_str())),
+            "{op} is told who holds it"
+        );
+    }
+
+    fx.advance(Duration::seconds(30));
+    fx.store
+        .record_call(
+            id,
+            winner,
+            fx.now(),
+            "contact1",
+            "answered",
+            Some("daughter on her way"),
+        )
+        .await
+        .unwrap();
+    fx.store
+        .add_note(
+            id,
+            winner,
+            fx.now(),
+            "Resident fell in the kitchen; conscious.",
+        )
+        .await
+        .unwrap();
+    fx.advance(Duration::minutes(10));
+    fx.store
+        .resolve(id, "op-sup", fx.now(), "carer_visited", None)
+        .await
+        .unwrap();
+
+    // Resolved: no more calls on it (the holder now is who resolved it), notes still.
+    match fx
+        .store
+        .record_call(id, winner, fx.now(), "resident", "answered", None)
+        .await
+    {
+        Err(StoreError::Conflict {
+            status,
+            holder,
+            step,
+            ..
+        }) => assert_eq!(
+            (status.as_str(), holder.as_deref(), step),
+            ("resolved", Some("op-sup"), "call")
+        ),
+        other => panic!("call on a resolved alert: expected Conflict, got {other:?}"),
+    }
+    fx.advance(Duration::seconds(1));
+    let noted_at = fx.now();
+    let a = fx
+        .store
+        .add_note(id, "op-sup", noted_at, "Follow-up visit booked.")
+        .await
+        .unwrap();
+    assert_eq!((a.status.as_str(), a.updated_at), ("resolved", noted_at));
+
+    let (_, timeline) = fx.alert(id).await;
+    let steps: Vec<(&str, &str, Value)> = timeline
+        .iter()
+        .filter(|t| t.actor != "engine")
+        .map(|t| (t.actor.as_str(), t.action.as_str(), t.detail.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (
+                "op-1",
+                "call",
+                json!({"to": "resident", "outcome": "no_answer", "note": null})
+            ),
+            (
+                winner.as_str(),
+                "acknowledged",
+                json!({"outcome": null, "note": null})
+            ),
+            (
+                winner.as_str(),
+                "call",
+                json!({"to": "contact1", "outcome": "answered", "note": "daughter on her way"})
+            ),
+            (
+                winner.as_str(),
+                "note",
+                json!({"text": "Resident fell in the kitchen; conscious."})
+            ),
+            (
+                "op-sup",
+                "resolved",
+                json!({"outcome": "carer_visited", "note": null})
+            ),
+            ("op-sup", "note", json!({"text": "Follow-up visit booked."})),
         ]
     );
 }

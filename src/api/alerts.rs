@@ -1,6 +1,7 @@
 //! Alert routes.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -156,6 +157,57 @@ pub(super) async fn resolve(
         .await?;
     notify(&s, &alert, "resolved");
     Ok(Json(json!(alert)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CallBody {
+    to: String,
+    outcome: String,
+    note: Option<String>,
+}
+
+/// `POST /api/alerts/{id}/calls`: a call made while handling the alert, on its timeline.
+pub(super) async fn call(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(body): extract::Json<CallBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let alert = s
+        .store
+        .record_call(
+            id,
+            &actor.author(),
+            s.clock.now(),
+            &body.to,
+            &body.outcome,
+            body.note.as_deref(),
+        )
+        .await?;
+    notify(&s, &alert, "call");
+    Ok((StatusCode::CREATED, Json(json!(alert))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoteBody {
+    text: String,
+}
+
+/// `POST /api/alerts/{id}/notes`: an operator's note on the alert's timeline.
+pub(super) async fn note(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(body): extract::Json<NoteBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let alert = s
+        .store
+        .add_note(id, &actor.author(), s.clock.now(), &body.text)
+        .await?;
+    notify(&s, &alert, "note");
+    Ok((StatusCode::CREATED, Json(json!(alert))))
 }
 
 fn notify(s: &AppState, a: &crate::store::Alert, action: &str) {

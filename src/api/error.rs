@@ -78,6 +78,10 @@ impl IntoResponse for ApiError {
             ApiError::InvalidRegistrations(problems) => {
                 json!({ "error": self.to_string(), "problems": problems })
             }
+            // Who has the alert, for the console to say so ("taken by …").
+            ApiError::Store(StoreError::Conflict { status, holder, .. }) => {
+                json!({ "error": self.to_string(), "status": status, "holder": holder })
+            }
             _ => json!({ "error": self.to_string() }),
         };
         (status, axum::Json(body)).into_response()

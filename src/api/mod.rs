@@ -79,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}", get(alerts::get_one))
         .route("/api/alerts/{id}/ack", post(alerts::ack))
         .route("/api/alerts/{id}/resolve", post(alerts::resolve))
+        .route("/api/alerts/{id}/calls", post(alerts::call))
+        .route("/api/alerts/{id}/notes", post(alerts::note))
         .route("/api/stream", get(stream))
         .route("/api/devices", get(devices::list).post(devices::register))
         .route(

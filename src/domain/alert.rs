@@ -88,6 +88,34 @@ impl Status {
     }
 }
 
+/// What an operator adds to an alert's timeline without changing its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorRecord {
+    /// A call to the resident, a contact or 120, and how it ended.
+    Call,
+    /// Free text.
+    Note,
+}
+
+impl OperatorRecord {
+    /// The statuses it may be added in: a call belongs to handling the alert (later calls are
+    /// a service record's follow-up); a note documents the case, closed or not.
+    pub fn allowed_on(self) -> &'static [Status] {
+        match self {
+            OperatorRecord::Call => &[Status::Open, Status::Acknowledged, Status::Dispatched],
+            OperatorRecord::Note => &Status::ALL,
+        }
+    }
+
+    /// Its timeline action and its name in errors (`call`, `note`).
+    pub fn action(self) -> &'static str {
+        match self {
+            OperatorRecord::Call => "call",
+            OperatorRecord::Note => "note",
+        }
+    }
+}
+
 /// A step an operator takes on an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OperatorStep {

@@ -209,7 +209,7 @@ pub struct AlertChange {
     /// Its severity.
     pub severity: String,
     /// `opened`, `counted`, `duplicate`, `cancelled_on_device`, `cleared`, `escalated`,
-    /// `acknowledged`, `resolved`.
+    /// `acknowledged`, `resolved`, `call`, `note`.
     pub action: String,
 }
 

@@ -28,7 +28,7 @@ pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 
 use crate::clock::{from_millis, to_millis};
-use crate::domain::alert::OperatorStep;
+use crate::domain::alert::{OperatorRecord, OperatorStep};
 
 /// Store failures. Domain variants carry the id involved.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub enum StoreError {
     #[error("suppression {0} not found, or no longer active")]
     SuppressionNotFound(i64),
     /// The alert is not in a state that allows the step.
-    #[error("alert {id} is {status}; {step} is not allowed")]
+    #[error("alert {id} is {status}{}; {step} is not allowed", holder.as_deref().map(|h| format!(" by {h}")).unwrap_or_default())]
     Conflict {
         /// The alert.
         id: i64,
@@ -65,6 +65,8 @@ pub enum StoreError {
         status: String,
         /// The refused step.
         step: &'static str,
+        /// Who took the alert to that status (who acknowledged or resolved it), if anyone.
+        holder: Option<String>,
     },
     /// The request is not valid.
     #[error("{0}")]
@@ -167,7 +169,8 @@ pub struct TimelineEntry {
     pub at: DateTime<Utc>,
     /// `engine` or the operator.
     pub actor: String,
-    /// `opened`, `event`, `duplicate`, `cancelled_on_device`, `acknowledged`, `resolved`.
+    /// `opened`, `event`, `duplicate`, `cancelled_on_device`, `acknowledged`, `resolved`,
+    /// `call`, `note`, and the rules' `cleared`, `escalated`.
     pub action: String,
     /// JSON text with the details.
     pub detail: serde_json::Value,
@@ -196,6 +199,64 @@ pub const OUTCOMES: [&str; 5] = [
     "ambulance_called",
     "other",
 ];
+
+/// Whom an operator can call about an alert (`POST /api/alerts/{id}/calls`): the resident,
+/// the emergency contacts in order, the relative, neighbour and paired volunteer of the
+/// resident's card, and 120 (China's ambulance number).
+pub const CALL_TARGETS: [&str; 8] = [
+    "resident",
+    "contact1",
+    "contact2",
+    "contact3",
+    "relative",
+    "neighbour",
+    "volunteer",
+    "120",
+];
+
+/// How a call ended.
+pub const CALL_OUTCOMES: [&str; 4] = ["answered", "no_answer", "busy", "wrong_number"];
+
+/// The longest note or call note kept, in characters: a paragraph, not a document.
+pub const MAX_NOTE_CHARS: usize = 2000;
+
+fn check_text(field: &str, text: &str) -> Result<(), StoreError> {
+    let n = text.chars().count();
+    if n > MAX_NOTE_CHARS {
+        return Err(StoreError::Validation(format!(
+            "{field} has {n} characters; at most {MAX_NOTE_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Why a conditional step on an alert changed nothing: no such alert, or its status and who
+/// holds it.
+macro_rules! refusal {
+    ($tx:expr, $id:expr, $step:expr) => {{
+        let row: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT status, acknowledged_by, resolved_by FROM alerts WHERE id = $1")
+                .bind($id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match row {
+            None => StoreError::NotFound($id),
+            Some((status, acked_by, resolved_by)) => {
+                let holder = match status.as_str() {
+                    "resolved" => resolved_by,
+                    "open" => None,
+                    _ => acked_by,
+                };
+                StoreError::Conflict {
+                    id: $id,
+                    status,
+                    step: $step,
+                    holder,
+                }
+            }
+        }
+    }};
+}
 
 const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note, subject, rule_version, since_at";
 
@@ -524,14 +585,7 @@ impl Store {
             }
             let done = q.execute(&mut *tx).await?.rows_affected();
             if done == 0 {
-                let status: Option<String> = sqlx::query_scalar("SELECT status FROM alerts WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                return Err(match status {
-                    None => StoreError::NotFound(id),
-                    Some(status) => StoreError::Conflict { id, status, step: step.name() },
-                });
+                return Err(refusal!(tx, id, step.name()));
             }
             let detail = serde_json::json!({ "outcome": outcome, "note": note }).to_string();
             sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
@@ -539,6 +593,102 @@ impl Store {
                 .bind(at)
                 .bind(actor)
                 .bind(step.action())
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(alert_from_row(&row)?.0)
+        })
+    }
+
+    /// Records a call an operator made about an alert (to whom, how it ended) on its
+    /// timeline; refused once the alert is resolved (later calls belong to a follow-up).
+    pub async fn record_call(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        to: &str,
+        outcome: &str,
+        note: Option<&str>,
+    ) -> Result<Alert, StoreError> {
+        if !CALL_TARGETS.contains(&to) {
+            return Err(StoreError::Validation(format!(
+                "to {to:?} is not one of {}",
+                CALL_TARGETS.join(", ")
+            )));
+        }
+        if !CALL_OUTCOMES.contains(&outcome) {
+            return Err(StoreError::Validation(format!(
+                "outcome {outcome:?} is not one of {}",
+                CALL_OUTCOMES.join(", ")
+            )));
+        }
+        check_text("note", note.unwrap_or_default())?;
+        let detail = serde_json::json!({ "to": to, "outcome": outcome, "note": note });
+        self.add_record(id, actor, now, OperatorRecord::Call, &detail.to_string())
+            .await
+    }
+
+    /// Adds an operator's note to an alert's timeline, in any status (a case is documented
+    /// after it closes too).
+    pub async fn add_note(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        text: &str,
+    ) -> Result<Alert, StoreError> {
+        if text.trim().is_empty() {
+            return Err(StoreError::Validation("text is empty".into()));
+        }
+        check_text("text", text)?;
+        let detail = serde_json::json!({ "text": text });
+        self.add_record(id, actor, now, OperatorRecord::Note, &detail.to_string())
+            .await
+    }
+
+    /// A timeline entry by an operator that changes no status, in the statuses the
+    /// lifecycle allows it.
+    async fn add_record(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        record: OperatorRecord,
+        detail: &str,
+    ) -> Result<Alert, StoreError> {
+        let at = to_millis(now);
+        let action = record.action();
+        let allowed = record
+            .allowed_on()
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Touching the row first orders the entry with a concurrent resolve (the row lock
+            // on PostgreSQL, the one writer on SQLite): a call is never recorded on an alert
+            // resolved before it.
+            let touched = sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE alerts SET updated_at = $2 WHERE id = $1 AND status IN ({allowed})")))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if touched == 0 {
+                return Err(refusal!(tx, id, action));
+            }
+            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(id)
+                .bind(at)
+                .bind(actor)
+                .bind(action)
                 .bind(detail)
                 .execute(&mut *tx)
                 .await?;
