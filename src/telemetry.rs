@@ -44,6 +44,8 @@ pub mod names {
     pub const COMMIT_SECONDS: &str = "anxin_store_commit_seconds";
     /// Failed commits (retried).
     pub const COMMIT_ERRORS: &str = "anxin_store_commit_errors_total";
+    /// Counter: logins refused (wrong login or password, or a disabled user).
+    pub const LOGINS_REFUSED: &str = "anxin_api_logins_refused_total";
     /// Messages waiting in a shard queue.
     pub const QUEUE_DEPTH: &str = "anxin_pipeline_queue_depth";
     /// Deadlines and absences a shard is timing.
@@ -137,6 +139,10 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         names::HANDOFF_WAITS,
         "Times the hand-off to a shard waited because its queue was full.",
+    ),
+    (
+        names::LOGINS_REFUSED,
+        "Logins refused: wrong login or password, or a disabled user.",
     ),
     (
         names::TCP_REFUSED,
@@ -302,6 +308,7 @@ pub fn register_all(known: &KnownLabels) {
         names::DUPLICATES,
         names::COMMIT_ERRORS,
         names::HANDOFF_WAITS,
+        names::LOGINS_REFUSED,
         names::TCP_THROTTLED,
         names::MQTT_RETAINED,
         names::MQTT_SESSION_LOST,
@@ -787,6 +794,14 @@ pub fn commit_failed(e: &StoreError, messages: usize, backoff: Duration) {
 pub fn api_request_failed(status: u16, error: &dyn std::fmt::Display) {
     if let Some(suppressed) = allow_log("api_failed") {
         tracing::error!(status, error = %error, suppressed_since_last = suppressed, "API request failed");
+    }
+}
+
+/// A login was refused; the line names neither the login nor the password tried.
+pub fn login_refused() {
+    counter!(names::LOGINS_REFUSED).increment(1);
+    if let Some(suppressed) = allow_log("login_refused") {
+        tracing::warn!(suppressed_since_last = suppressed, "Login refused");
     }
 }
 

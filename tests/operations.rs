@@ -494,6 +494,8 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
     .await;
     let resolve = format!("/api/alerts/{id}/resolve");
     let ack = format!("/api/alerts/{id}/ack");
+    let calls = format!("/api/alerts/{id}/calls");
+    let notes = format!("/api/alerts/{id}/notes");
     let json = Some("application/json");
 
     // 413: a body over 2 MiB, declared or streamed, on every route, whether it reads the body
@@ -505,6 +507,10 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::PUT, "/api/devices/d1"),
         (Method::POST, resolve.as_str()),
         (Method::POST, ack.as_str()),
+        (Method::POST, calls.as_str()),
+        (Method::POST, notes.as_str()),
+        (Method::POST, "/api/users"),
+        (Method::POST, "/api/login"),
     ] {
         let (s, body) = send(&e, method.clone(), path, json, big.clone()).await;
         assert_eq!(s, 413, "{method} {path}: {body}");
@@ -530,6 +536,11 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::POST, "/api/devices", json, "{\"id\": "),
         (Method::PUT, "/api/devices/d1", json, "{\"id\": "),
         (Method::POST, resolve.as_str(), json, "{\"outcome\": "),
+        (Method::POST, calls.as_str(), json, "{\"to\": "),
+        (Method::POST, notes.as_str(), json, "{\"text\": "),
+        (Method::POST, "/api/users", json, "{\"login\": "),
+        (Method::POST, "/api/login", json, "{\"login\": "),
+        (Method::PUT, "/api/users/not-a-number", json, "{}"),
         (
             Method::POST,
             "/api/devices",
@@ -564,6 +575,8 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
             Some("application/x-www-form-urlencoded"),
         ),
         (Method::POST, resolve.as_str(), None),
+        (Method::POST, calls.as_str(), Some("text/plain")),
+        (Method::POST, "/api/login", None),
     ] {
         let (s, v) = send(&e, method.clone(), path, ct, "{\"id\":\"d1\"}").await;
         assert_eq!(s, 415, "{method} {path} {ct:?}: {v}");
@@ -590,6 +603,20 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
             json,
             r#"{"note":"no outcome"}"#,
         ),
+        (
+            Method::POST,
+            calls.as_str(),
+            json,
+            r#"{"to":"resident","outcome":"answered","colour":"red"}"#,
+        ),
+        (Method::POST, notes.as_str(), json, r#"{"text":5}"#),
+        (
+            Method::POST,
+            "/api/users",
+            json,
+            r#"{"login":"x","name":"X","role":"operator","password":8}"#,
+        ),
+        (Method::POST, "/api/login", json, r#"{"login":"x"}"#),
         (Method::PUT, "/api/devices/d1", json, r#"{"id":"d2"}"#),
         (
             Method::PUT,

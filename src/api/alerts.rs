@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::extract::{self, Path, Query};
 use super::{Actor, ApiError, AppState};
+use crate::domain::user::Role;
 use crate::ingest::tcp::DownlinkOutcome;
 use crate::store::{AlertChange, AlertFilter};
 
@@ -89,7 +90,8 @@ pub(super) async fn ack(
     Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    let alert = s.store.acknowledge(id, &actor.0, s.clock.now()).await?;
+    actor.require(Role::handles_alerts, "claim alerts")?;
+    let alert = s.store.acknowledge(id, &actor.name, s.clock.now()).await?;
     notify(&s, &alert, "acknowledged");
     let mut body = json!(alert);
     if alert.kind == "sos" {
@@ -145,11 +147,12 @@ pub(super) async fn resolve(
     Path(id): Path<i64>,
     extract::Json(body): extract::Json<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
+    actor.require(Role::handles_alerts, "resolve alerts")?;
     let alert = s
         .store
         .resolve(
             id,
-            &actor.0,
+            &actor.name,
             s.clock.now(),
             &body.outcome,
             body.note.as_deref(),
@@ -174,6 +177,7 @@ pub(super) async fn call(
     Path(id): Path<i64>,
     extract::Json(body): extract::Json<CallBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    actor.require(Role::handles_alerts, "record calls on alerts")?;
     let alert = s
         .store
         .record_call(
@@ -202,6 +206,7 @@ pub(super) async fn note(
     Path(id): Path<i64>,
     extract::Json(body): extract::Json<NoteBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    actor.require(Role::handles_alerts, "add notes to alerts")?;
     let alert = s
         .store
         .add_note(id, &actor.author(), s.clock.now(), &body.text)

@@ -1,16 +1,23 @@
 //! Configuration routes: reload rules and profiles, list the profiles in force.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{Actor, AppState};
+use crate::domain::user::Role;
 
 /// `POST /api/config/reload`: validates the whole configuration and swaps rules and profiles
 /// (200 with what is in force), or changes nothing (422 with every problem, located).
-pub(super) async fn reload(State(s): State<AppState>) -> Response {
+pub(super) async fn reload(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Response {
+    if let Err(e) = actor.require(Role::administers, "reload the configuration") {
+        return e.into_response();
+    }
     let live = s.config.clone();
     match tokio::task::spawn_blocking(move || live.reload()).await {
         Ok(Ok(report)) => Json(json!(report)).into_response(),

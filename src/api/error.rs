@@ -1,7 +1,7 @@
 //! Every error the API returns, mapped to its status in one exhaustive match. One status per
 //! kind of failure, whatever the route (README "HTTP errors"): 400 malformed (JSON or CSV
-//! syntax, query string, path), 401 no credentials, 404 no such thing, 409 step not allowed
-//! now, 413 body over the limit, 415 content type not taken, 422 well-formed but invalid,
+//! syntax, query string, path), 401 no credentials, 403 a step the caller's role may not
+//! take, 404 no such thing, 409 step not allowed now, 413 body over the limit, 415 content type not taken, 422 well-formed but invalid,
 //! 503 store unavailable. The body is always `{"error": "…"}`, plus `problems` when there are
 //! several.
 
@@ -19,6 +19,12 @@ pub enum ApiError {
     /// No or wrong credentials.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// Wrong login or password (says nothing about which).
+    #[error("wrong login or password")]
+    BadCredentials,
+    /// The caller's role may not take this step.
+    #[error("{0}")]
+    Forbidden(String),
     /// Malformed request: body syntax, query string or path parameters.
     #[error("{0}")]
     BadRequest(String),
@@ -48,7 +54,8 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -61,10 +68,11 @@ impl IntoResponse for ApiError {
                 StoreError::NotFound(_)
                 | StoreError::DeviceNotFound(_)
                 | StoreError::ResidentNotFound(_)
-                | StoreError::SuppressionNotFound(_) => StatusCode::NOT_FOUND,
-                StoreError::Conflict { .. } | StoreError::ResidentInUse { .. } => {
-                    StatusCode::CONFLICT
-                }
+                | StoreError::SuppressionNotFound(_)
+                | StoreError::UserNotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::Conflict { .. }
+                | StoreError::ResidentInUse { .. }
+                | StoreError::LoginTaken(_) => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

@@ -8,6 +8,7 @@ mod error;
 pub mod extract;
 mod residents;
 mod suppressions;
+mod users;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
 use crate::clock::SharedClock;
+use crate::domain::user::Role;
 use crate::feed::{AlertFeed, Item};
 use crate::ingest::tcp::FrameLog;
 use crate::registry::Registry;
@@ -103,14 +105,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/suppressions/{id}", delete(suppressions::end))
         .route("/api/config/reload", post(config::reload))
+        .route("/api/users", get(users::list).post(users::create))
+        .route("/api/users/{id}", axum::routing::put(users::put))
         .route("/api/profiles", get(config::profiles))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))
         .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // Logging in needs no credential, but the same body limits.
+    let login = Router::new()
+        .route("/api/login", post(users::login))
+        .route_layer(middleware::from_fn(extract::limit_body))
+        .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
     Router::new()
         .merge(api)
+        .merge(login)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -124,31 +134,82 @@ async fn no_route(req: Request) -> ApiError {
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
-pub struct Actor(pub String);
+pub struct Actor {
+    /// The name recorded on what the caller does: a user's login, or `admin` for the
+    /// bootstrap token.
+    pub name: String,
+    /// What the caller may do.
+    pub role: Role,
+}
 
 impl Actor {
-    /// The name recorded as the author of what the caller does (a suppression, ending one).
-    /// Today the one credential is the admin bearer token, so it is `admin`; per-user logins
-    /// and roles change this function, not its callers.
+    /// The name recorded as the author of what the caller does (a timeline step, a
+    /// suppression).
     pub fn author(&self) -> String {
-        self.0.clone()
+        self.name.clone()
+    }
+
+    /// Refuses (403) a step the caller's role may not take; `what` names the step.
+    pub fn require(&self, allowed: fn(Role) -> bool, what: &str) -> Result<(), ApiError> {
+        if allowed(self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "a user with role {} may not {what}",
+                self.role.as_str()
+            )))
+        }
     }
 }
 
-async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
+/// The cookie a console login sets; it carries the same token as the bearer header.
+pub const SESSION_COOKIE: &str = "anxin_session";
+
+/// The credential of a request: the bearer token, else the session cookie.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token {
-        Some(t) if Sha256::digest(t.as_bytes())[..] == s.admin_token_sha256[..] => {
-            req.extensions_mut().insert(Actor("admin".into()));
-            next.run(req).await
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+    })
+}
+
+async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(token) = credential(req.headers()) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let digest = Sha256::digest(token.as_bytes());
+    let actor = if digest[..] == s.admin_token_sha256[..] {
+        // The bootstrap token from the data directory: the first admin, before any user
+        // exists, and scripts that were given it.
+        Actor {
+            name: "admin".into(),
+            role: Role::Admin,
         }
-        _ => ApiError::Unauthorized.into_response(),
-    }
+    } else {
+        match s
+            .store
+            .user_by_token(&hex::encode(digest), s.clock.now())
+            .await
+        {
+            Ok(Some(user)) => Actor {
+                role: user.role(),
+                name: user.login,
+            },
+            Ok(None) => return ApiError::Unauthorized.into_response(),
+            Err(e) => return ApiError::Store(e).into_response(),
+        }
+    };
+    req.extensions_mut().insert(actor);
+    next.run(req).await
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

@@ -3,6 +3,7 @@
 pub mod alert;
 pub mod care;
 pub mod duration;
+pub mod user;
 
 /// The partition of a key: CRC-32 (ISO-HDLC) of its bytes, modulo `n`. Stable across
 /// builds, processes and machines (std's hasher promises none of that), so it can name a

@@ -11,6 +11,7 @@ mod deadlines;
 mod devices;
 mod residents;
 mod sessions;
+mod users;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
 pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
+pub use users::{User, UserInput};
 
 use crate::clock::{from_millis, to_millis};
 use crate::domain::alert::{OperatorRecord, OperatorStep};
@@ -68,6 +70,12 @@ pub enum StoreError {
         /// Who took the alert to that status (who acknowledged or resolved it), if anyone.
         holder: Option<String>,
     },
+    /// No such user.
+    #[error("user {0} not found")]
+    UserNotFound(i64),
+    /// Another user has this login.
+    #[error("login {0:?} is taken")]
+    LoginTaken(String),
     /// The request is not valid.
     #[error("{0}")]
     Validation(String),

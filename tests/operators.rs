@@ -1,0 +1,426 @@
+//! Users, logins and roles over the operator API (CONTRACT.md "Care records"), against the
+//! real binary on each store: the bootstrap admin creates users, users log in (bearer token
+//! and session cookie), what they do on an alert carries their login, of several operators
+//! claiming one alert one wins and the others are told who has it, roles refuse what they may
+//! not do (403), and disabling a user or changing its password ends its logins.
+
+mod common;
+
+use common::{Engine, EngineOpts, TempDb, poll, service_url};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Which store (and broker) a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// SQLite in the data directory, the embedded broker.
+    Sqlite,
+    /// A PostgreSQL database of its own, the machine's Mosquitto.
+    Postgres,
+}
+
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+async fn start(backend: Backend) -> Option<(Engine, Option<TempDb>)> {
+    let mut opts = EngineOpts::default();
+    let db = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            let admin = service_url("ANXIN_TEST_POSTGRES_URL")?;
+            let mqtt = service_url("ANXIN_TEST_MQTT_URL")?;
+            let db = TempDb::create(&admin).await;
+            opts.store_url = Some(db.url.clone());
+            opts.mqtt_url = Some(mqtt);
+            Some(db)
+        }
+    };
+    Some((Engine::start(opts).await, db))
+}
+
+/// Sends `body` as JSON with `token` (none: no credential).
+async fn call(
+    e: &Engine,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("http://{}{path}", e.http));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_user(e: &Engine, login: &str, role: &str) -> i64 {
+    let (s, u) = call(
+        e,
+        Some(&e.token),
+        Method::POST,
+        "/api/users",
+        Some(
+            json!({"login": login, "name": format!("User {login}"), "role": role,
+                    "regions": ["tianhe"], "password": format!("pw-of-{login}")}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{u}");
+    assert_eq!(
+        (u["login"].as_str(), u["role"].as_str()),
+        (Some(login), Some(role))
+    );
+    u["id"].as_i64().unwrap()
+}
+
+async fn login(e: &Engine, login: &str, password: &str) -> (u16, Value, Option<String>) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/login", e.http))
+        .json(&json!({"login": login, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, resp.json().await.unwrap_or(Value::Null), cookie)
+}
+
+async fn token_of(e: &Engine, user: &str) -> String {
+    let (s, body, _) = login(e, user, &format!("pw-of-{user}")).await;
+    assert_eq!(s, 200, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn users_are_created_by_admins_and_refused_clearly(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let li = create_user(&e, "op.li", "operator").await;
+    let (s, err) = call(
+        &e,
+        Some(&e.token),
+        Method::POST,
+        "/api/users",
+        Some(json!({"login": "op.li", "name": "Another Li", "role": "operator", "password": "longenough"})),
+    )
+    .await;
+    assert_eq!(
+        (s, err["error"].as_str()),
+        (409, Some("login \"op.li\" is taken"))
+    );
+    for (body, names) in [
+        (
+            json!({"login": "x", "name": "X", "role": "root", "password": "longenough"}),
+            "role",
+        ),
+        (
+            json!({"login": "x", "name": "X", "role": "operator", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"login": "x", "name": "X", "role": "operator"}),
+            "password",
+        ),
+        (
+            json!({"login": "a b", "name": "X", "role": "operator", "password": "longenough"}),
+            "login",
+        ),
+        (
+            json!({"login": "x", "name": " ", "role": "operator", "password": "longenough"}),
+            "name",
+        ),
+        (
+            json!({"login": "x", "name": "X", "role": "operator", "password": "longenough", "admin": true}),
+            "admin",
+        ),
+    ] {
+        let (s, err) = call(
+            &e,
+            Some(&e.token),
+            Method::POST,
+            "/api/users",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 422, "{body} → {err}");
+        assert!(
+            err["error"].as_str().unwrap().contains(names),
+            "{body} → {err}"
+        );
+    }
+
+    // Only admins manage users; nobody sees a password or its hash.
+    let op = token_of(&e, "op.li").await;
+    let (s, _) = call(&e, Some(&op), Method::GET, "/api/users", None).await;
+    assert_eq!(s, 403);
+    let (s, err) = call(
+        &e,
+        Some(&op),
+        Method::POST,
+        "/api/users",
+        Some(json!({"login": "mine", "name": "Me", "role": "admin", "password": "longenough"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("operator"), "{err}");
+    let (s, err) = call(&e, Some(&op), Method::POST, "/api/config/reload", None).await;
+    assert_eq!(s, 403, "{err}");
+    let (s, list) = call(&e, Some(&e.token), Method::GET, "/api/users", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains("argon2") && !list.to_string().contains("pw-of"),
+        "{list}"
+    );
+    let (s, _) = call(
+        &e,
+        Some(&e.token),
+        Method::PUT,
+        "/api/users/999999",
+        Some(json!({"login": "ghost", "name": "Ghost", "role": "operator"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // Logins: one answer for a wrong password and an unknown login; the metric counts both.
+    let (s1, wrong_pw, _) = login(&e, "op.li", "not-her-password").await;
+    let (s2, unknown, _) = login(&e, "nobody", "pw-of-nobody").await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(wrong_pw, unknown, "nothing tells which part was wrong");
+    assert_eq!(e.metric("anxin_api_logins_refused_total").await, 2.0);
+    let (s, body, cookie) = login(&e, "op.li", "pw-of-op.li").await;
+    assert_eq!((s, body["user"]["id"].as_i64()), (200, Some(li)));
+    let cookie = cookie.expect("a session cookie");
+    assert!(
+        cookie.starts_with("anxin_session=") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // The cookie alone is a credential (the console), as the bearer token is (scripts).
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/api/alerts", e.http))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (s, _) = call(&e, Some("not-a-token"), Method::GET, "/api/alerts", None).await;
+    assert_eq!(s, 401);
+
+    // Changing her password ends her logins; disabling a user ends its logins and its next.
+    let (s, _) = call(
+        &e,
+        Some(&e.token),
+        Method::PUT,
+        &format!("/api/users/{li}"),
+        Some(json!({"login": "op.li", "name": "Li Na", "role": "supervisor", "password": "a-new-secret"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&e, Some(&op), Method::GET, "/api/alerts", None).await;
+    assert_eq!(s, 401, "the token of the old password no longer works");
+    let (s, _, _) = login(&e, "op.li", "pw-of-op.li").await;
+    assert_eq!(s, 401);
+    let (s, body, _) = login(&e, "op.li", "a-new-secret").await;
+    assert_eq!(
+        (s, body["user"]["role"].as_str()),
+        (200, Some("supervisor"))
+    );
+    let fresh = body["token"].as_str().unwrap().to_owned();
+    let (s, u) = call(
+        &e,
+        Some(&e.token),
+        Method::PUT,
+        &format!("/api/users/{li}"),
+        Some(json!({"login": "op.li", "name": "Li Na", "role": "supervisor", "disabled": true})),
+    )
+    .await;
+    assert_eq!((s, u["disabled"].as_bool()), (200, Some(true)));
+    let (s, _) = call(&e, Some(&fresh), Method::GET, "/api/alerts", None).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = login(&e, "op.li", "a-new-secret").await;
+    assert_eq!(s, 401);
+    let log = e.log();
+    assert!(
+        !log.contains("pw-of-") && !log.contains("a-new-secret"),
+        "no password in the log"
+    );
+}
+on_both_stores!(users_are_created_by_admins_and_refused_clearly);
+
+async fn operators_act_on_alerts_under_their_own_names(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let ops = ["op.a", "op.b", "op.c", "op.d", "op.e"];
+    for op in ops {
+        create_user(&e, op, "operator").await;
+    }
+    create_user(&e, "inst.zhao", "installer").await;
+    let mut tokens = Vec::new();
+    for op in ops {
+        tokens.push((op, token_of(&e, op).await));
+    }
+    let installer = token_of(&e, "inst.zhao").await;
+
+    e.publish("pendant-7", r#"{"type":"sos"}"#);
+    let er = &e;
+    let id = poll("the sos alert", || async move {
+        er.alerts("device_id=pendant-7&kind=sos")
+            .await
+            .first()
+            .and_then(|a| a["id"].as_i64())
+    })
+    .await;
+
+    // An installer reads alerts but does not handle them.
+    let (s, _) = call(
+        &e,
+        Some(&installer),
+        Method::GET,
+        &format!("/api/alerts/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (path, body) in [
+        ("ack", json!({})),
+        ("resolve", json!({"outcome": "other"})),
+        ("calls", json!({"to": "resident", "outcome": "answered"})),
+        ("notes", json!({"text": "hi"})),
+    ] {
+        let (s, err) = call(
+            &e,
+            Some(&installer),
+            Method::POST,
+            &format!("/api/alerts/{id}/{path}"),
+            Some(body),
+        )
+        .await;
+        assert_eq!(s, 403, "{path}: {err}");
+    }
+
+    // Five operators claim it at once: one wins; each other is told who has it.
+    let claims: Vec<_> = tokens
+        .iter()
+        .map(|(op, t)| {
+            let (http, t, op) = (e.http, t.clone(), op.to_string());
+            tokio::spawn(async move {
+                let resp = reqwest::Client::new()
+                    .post(format!("http://{http}/api/alerts/{id}/ack"))
+                    .bearer_auth(t)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    op,
+                    resp.status().as_u16(),
+                    resp.json::<Value>().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for c in claims {
+        results.push(c.await.unwrap());
+    }
+    let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = winners[0].0.clone();
+    assert_eq!(
+        winners[0].2["acknowledged_by"].as_str(),
+        Some(winner.as_str())
+    );
+    for (op, status, body) in results.iter().filter(|r| r.1 != 200) {
+        assert_eq!(
+            (*status, body["holder"].as_str()),
+            (409, Some(winner.as_str())),
+            "{op}: {body}"
+        );
+    }
+
+    // The winner rings the resident, a colleague notes something; each under their name.
+    let token = |op: &str| tokens.iter().find(|(o, _)| *o == op).unwrap().1.clone();
+    let other = ops.iter().find(|o| **o != winner).unwrap().to_string();
+    let (s, _) = call(
+        &e,
+        Some(&token(&winner)),
+        Method::POST,
+        &format!("/api/alerts/{id}/calls"),
+        Some(json!({"to": "resident", "outcome": "answered", "note": "she pressed it by mistake"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &e,
+        Some(&token(&other)),
+        Method::POST,
+        &format!("/api/alerts/{id}/notes"),
+        Some(json!({"text": "Pendant strap worn; replace at next visit."})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, a) = call(
+        &e,
+        Some(&token(&winner)),
+        Method::POST,
+        &format!("/api/alerts/{id}/resolve"),
+        Some(json!({"outcome": "false_alarm"})),
+    )
+    .await;
+    assert_eq!((s, a["resolved_by"].as_str()), (200, Some(winner.as_str())));
+
+    let (_, full) = call(
+        &e,
+        Some(&e.token),
+        Method::GET,
+        &format!("/api/alerts/{id}"),
+        None,
+    )
+    .await;
+    let steps: Vec<(String, String)> = full["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
+        .map(|t| {
+            (
+                t["actor"].as_str().unwrap().to_owned(),
+                t["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        (winner.as_str(), "acknowledged"),
+        (winner.as_str(), "call"),
+        (other.as_str(), "note"),
+        (winner.as_str(), "resolved"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(steps, want, "{full}");
+}
+on_both_stores!(operators_act_on_alerts_under_their_own_names);
