@@ -496,6 +496,7 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
     let ack = format!("/api/alerts/{id}/ack");
     let calls = format!("/api/alerts/{id}/calls");
     let notes = format!("/api/alerts/{id}/notes");
+    let dispatch = format!("/api/alerts/{id}/dispatch");
     let json = Some("application/json");
 
     // 413: a body over 2 MiB, declared or streamed, on every route, whether it reads the body
@@ -511,6 +512,8 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::POST, notes.as_str()),
         (Method::POST, "/api/users"),
         (Method::POST, "/api/login"),
+        (Method::POST, dispatch.as_str()),
+        (Method::POST, "/api/records/1/check-out"),
     ] {
         let (s, body) = send(&e, method.clone(), path, json, big.clone()).await;
         assert_eq!(s, 413, "{method} {path}: {body}");
@@ -541,6 +544,11 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::POST, "/api/users", json, "{\"login\": "),
         (Method::POST, "/api/login", json, "{\"login\": "),
         (Method::PUT, "/api/users/not-a-number", json, "{}"),
+        (Method::POST, dispatch.as_str(), json, "{\"provider\": "),
+        (Method::POST, "/api/records/1/check-in", json, "{\"lat\": "),
+        (Method::GET, "/api/records?limit=0", None, ""),
+        (Method::GET, "/api/records?cursor=-1", None, ""),
+        (Method::GET, "/api/records?month=May", None, ""),
         (
             Method::POST,
             "/api/devices",
@@ -617,6 +625,13 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
             r#"{"login":"x","name":"X","role":"operator","password":8}"#,
         ),
         (Method::POST, "/api/login", json, r#"{"login":"x"}"#),
+        (Method::POST, dispatch.as_str(), json, r#"{"provider":"P"}"#),
+        (
+            Method::POST,
+            dispatch.as_str(),
+            json,
+            r#"{"provider":"P","worker":"W","vehicle":"van"}"#,
+        ),
         (Method::PUT, "/api/devices/d1", json, r#"{"id":"d2"}"#),
         (
             Method::PUT,

@@ -424,3 +424,209 @@ async fn operators_act_on_alerts_under_their_own_names(backend: Backend) {
     assert_eq!(steps, want, "{full}");
 }
 on_both_stores!(operators_act_on_alerts_under_their_own_names);
+
+/// The issue's whole workflow through the API: an SOS over MQTT, claimed, two calls, a carer
+/// dispatched, checked in and out with a rating, resolved — each step on the timeline with
+/// its actor, and the service record readable by resident and month.
+async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    create_user(&e, "op.chen", "operator").await;
+    create_user(&e, "inst.zhao", "installer").await;
+    let op = token_of(&e, "op.chen").await;
+    let installer = token_of(&e, "inst.zhao").await;
+    let admin = Some(e.token.as_str());
+    let (s, v) = call(
+        &e,
+        admin,
+        Method::PUT,
+        "/api/residents/r-wang",
+        Some(json!({"name": "Wang Fang", "region": "tianhe", "time_zone": "Asia/Shanghai"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &e,
+        admin,
+        Method::POST,
+        "/api/devices",
+        Some(json!([{"id": "pendant-9", "type": "pendant", "resident_id": "r-wang"}])),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+
+    e.publish("pendant-9", r#"{"type":"sos"}"#);
+    let er = &e;
+    let id = poll("the sos alert", || async move {
+        er.alerts("device_id=pendant-9&kind=sos")
+            .await
+            .first()
+            .and_then(|a| a["id"].as_i64())
+    })
+    .await;
+    let op = Some(op.as_str());
+    let post = |path: String, body: Value| {
+        let e = &e;
+        async move { call(e, op, Method::POST, &path, Some(body)).await }
+    };
+
+    let (s, _) = post(format!("/api/alerts/{id}/ack"), json!({})).await;
+    assert_eq!(s, 200);
+    for (to, outcome) in [("resident", "no_answer"), ("contact1", "answered")] {
+        let (s, v) = post(
+            format!("/api/alerts/{id}/calls"),
+            json!({"to": to, "outcome": outcome}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &e,
+        Some(&installer),
+        Method::POST,
+        &format!("/api/alerts/{id}/dispatch"),
+        Some(json!({"provider": "Tianhe Home Care", "worker": "Liu Yang"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = post(
+        format!("/api/alerts/{id}/dispatch"),
+        json!({"provider": "Tianhe Home Care", "worker": "Liu Yang"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["alert"]["status"].as_str()),
+        (201, Some("dispatched")),
+        "{v}"
+    );
+    let record = v["record_id"].as_i64().unwrap();
+    let (s, v) = post(
+        format!("/api/alerts/{id}/dispatch"),
+        json!({"provider": "P", "worker": "W"}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (409, Some("dispatched")),
+        "one dispatch: {v}"
+    );
+
+    // Out before in, a rating of 6, half a position: refused, nothing changes.
+    let (s, v) = post(
+        format!("/api/records/{record}/check-out"),
+        json!({"rating": 4}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("dispatched"), "{v}");
+    let (s, v) = post(
+        format!("/api/records/{record}/check-in"),
+        json!({"lat": 23.1}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = post(
+        format!("/api/records/{record}/check-in"),
+        json!({"lat": 23.1291, "lon": 113.2644}),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("on_site")), "{v}");
+    let (s, v) = post(
+        format!("/api/records/{record}/check-out"),
+        json!({"rating": 6}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("rating"), "{v}");
+    let (s, v) = post(
+        format!("/api/records/{record}/check-out"),
+        json!({"items": ["safety check", "blood pressure"], "content": "Found her on the floor, unhurt; helped up.",
+               "outcome": "resident well", "rating": 5, "lat": 23.1291, "lon": 113.2644}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["rating"].as_i64()),
+        (200, Some("done"), Some(5)),
+        "{v}"
+    );
+    let (s, v) = post(format!("/api/records/{record}/check-in"), json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, _) = post("/api/records/999999/check-in".into(), json!({})).await;
+    assert_eq!(s, 404);
+
+    let (s, v) = post(
+        format!("/api/alerts/{id}/resolve"),
+        json!({"outcome": "carer_visited"}),
+    )
+    .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("resolved")), "{v}");
+
+    let (_, full) = call(&e, op, Method::GET, &format!("/api/alerts/{id}"), None).await;
+    let steps: Vec<(String, String)> = full["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
+        .map(|t| {
+            (
+                t["actor"].as_str().unwrap().to_owned(),
+                t["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        "acknowledged",
+        "call",
+        "call",
+        "dispatched",
+        "check_in",
+        "check_out",
+        "resolved",
+    ]
+    .iter()
+    .map(|a| ("op.chen".to_owned(), (*a).to_owned()))
+    .collect();
+    assert_eq!(steps, want, "{full}");
+
+    // The record, by id and in the resident's month.
+    let (s, r) = call(&e, op, Method::GET, &format!("/api/records/{record}"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            r["alert_id"].as_i64(),
+            r["resident_id"].as_str(),
+            r["worker"].as_str(),
+            r["opened_by"].as_str()
+        ),
+        (Some(id), Some("r-wang"), Some("Liu Yang"), Some("op.chen"))
+    );
+    assert_eq!(r["items"], json!(["safety check", "blood pressure"]));
+    assert!(
+        r["check_in_at"].is_string() && r["check_out"]["lat"].is_number(),
+        "{r}"
+    );
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let (s, list) = call(
+        &e,
+        op,
+        Method::GET,
+        &format!("/api/records?resident_id=r-wang&month={month}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let (s, list) = call(
+        &e,
+        op,
+        Method::GET,
+        "/api/records?resident_id=r-wang&month=2020-01",
+        None,
+    )
+    .await;
+    assert_eq!((s, list["items"].as_array().map(Vec::len)), (200, Some(0)));
+    let (s, _) = call(&e, op, Method::GET, "/api/records?month=2026-13", None).await;
+    assert_eq!(s, 400);
+}
+on_both_stores!(an_sos_is_handled_from_claim_to_visit_to_resolution);

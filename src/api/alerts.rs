@@ -224,3 +224,30 @@ fn notify(s: &AppState, a: &crate::store::Alert, action: &str) {
         action: action.into(),
     });
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DispatchBody {
+    provider: String,
+    worker: String,
+}
+
+/// `POST /api/alerts/{id}/dispatch`: sends a carer; the alert becomes `dispatched` and a
+/// service record is opened (201 with `record_id` and the alert).
+pub(super) async fn dispatch(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(body): extract::Json<DispatchBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    actor.require(Role::handles_alerts, "dispatch carers")?;
+    let (alert, record_id) = s
+        .store
+        .dispatch(id, &actor.name, s.clock.now(), &body.provider, &body.worker)
+        .await?;
+    notify(&s, &alert, "dispatched");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "record_id": record_id, "alert": alert })),
+    ))
+}

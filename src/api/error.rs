@@ -69,10 +69,12 @@ impl IntoResponse for ApiError {
                 | StoreError::DeviceNotFound(_)
                 | StoreError::ResidentNotFound(_)
                 | StoreError::SuppressionNotFound(_)
-                | StoreError::UserNotFound(_) => StatusCode::NOT_FOUND,
+                | StoreError::UserNotFound(_)
+                | StoreError::RecordNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. }
                 | StoreError::ResidentInUse { .. }
-                | StoreError::LoginTaken(_) => StatusCode::CONFLICT,
+                | StoreError::LoginTaken(_)
+                | StoreError::RecordConflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

@@ -6,6 +6,7 @@ mod config;
 mod devices;
 mod error;
 pub mod extract;
+mod records;
 mod residents;
 mod suppressions;
 mod users;
@@ -83,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}/resolve", post(alerts::resolve))
         .route("/api/alerts/{id}/calls", post(alerts::call))
         .route("/api/alerts/{id}/notes", post(alerts::note))
+        .route("/api/alerts/{id}/dispatch", post(alerts::dispatch))
+        .route("/api/records", get(records::list))
+        .route("/api/records/{id}", get(records::get_one))
+        .route("/api/records/{id}/check-in", post(records::check_in))
+        .route("/api/records/{id}/check-out", post(records::check_out))
         .route("/api/stream", get(stream))
         .route("/api/devices", get(devices::list).post(devices::register))
         .route(

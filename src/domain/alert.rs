@@ -121,6 +121,9 @@ impl OperatorRecord {
 pub enum OperatorStep {
     /// Take it (only while nobody has).
     Acknowledge,
+    /// Send a carer: opens a service record (from open or acknowledged; dispatching an
+    /// unclaimed alert claims it too).
+    Dispatch,
     /// Close it with an outcome (from any unresolved status).
     Resolve,
 }
@@ -130,6 +133,7 @@ impl OperatorStep {
     pub fn allowed_from(self) -> &'static [Status] {
         match self {
             OperatorStep::Acknowledge => &[Status::Open],
+            OperatorStep::Dispatch => &[Status::Open, Status::Acknowledged],
             OperatorStep::Resolve => &[Status::Open, Status::Acknowledged, Status::Dispatched],
         }
     }
@@ -138,19 +142,21 @@ impl OperatorStep {
     pub fn to(self) -> Status {
         match self {
             OperatorStep::Acknowledge => Status::Acknowledged,
+            OperatorStep::Dispatch => Status::Dispatched,
             OperatorStep::Resolve => Status::Resolved,
         }
     }
 
-    /// Its name in errors (`acknowledge`, `resolve`).
+    /// Its name in errors (`acknowledge`, `dispatch`, `resolve`).
     pub fn name(self) -> &'static str {
         match self {
             OperatorStep::Acknowledge => "acknowledge",
+            OperatorStep::Dispatch => "dispatch",
             OperatorStep::Resolve => "resolve",
         }
     }
 
-    /// Its timeline action (`acknowledged`, `resolved`).
+    /// Its timeline action (`acknowledged`, `dispatched`, `resolved`).
     pub fn action(self) -> &'static str {
         self.to().as_str()
     }

@@ -9,6 +9,7 @@ mod batch;
 mod bulk;
 mod deadlines;
 mod devices;
+mod records;
 mod residents;
 mod sessions;
 mod users;
@@ -25,6 +26,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatch, WriteItem};
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
+pub use records::{CheckOut, Position, ServiceRecord};
 pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 pub use users::{User, UserInput};
@@ -76,6 +78,19 @@ pub enum StoreError {
     /// Another user has this login.
     #[error("login {0:?} is taken")]
     LoginTaken(String),
+    /// No such service record.
+    #[error("service record {0} not found")]
+    RecordNotFound(i64),
+    /// The service record is not in a state that allows the step.
+    #[error("service record {id} is {status}; {step} is not allowed")]
+    RecordConflict {
+        /// The record.
+        id: i64,
+        /// Its status.
+        status: String,
+        /// The refused step.
+        step: &'static str,
+    },
     /// The request is not valid.
     #[error("{0}")]
     Validation(String),
@@ -238,6 +253,30 @@ fn check_text(field: &str, text: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The conditional update of an operator's step: `$1` id, `$2` time, `$3` actor (and `$4`
+/// outcome, `$5` note for a resolve). The lifecycle decides which statuses the step may start
+/// from; the update is conditional on them, so two operators cannot both take one alert.
+fn step_sql(step: OperatorStep) -> String {
+    let from = step
+        .allowed_from()
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = match step {
+        OperatorStep::Acknowledge => "acknowledged_at = $2, acknowledged_by = $3",
+        // Sending help is taking the alert, if nobody had.
+        OperatorStep::Dispatch => {
+            "acknowledged_at = COALESCE(acknowledged_at, $2), acknowledged_by = COALESCE(acknowledged_by, $3)"
+        }
+        OperatorStep::Resolve => "resolved_at = $2, resolved_by = $3, outcome = $4, note = $5",
+    };
+    format!(
+        "UPDATE alerts SET status = '{}', {set}, updated_at = $2 WHERE id = $1 AND status IN ({from})",
+        step.to().as_str()
+    )
+}
+
 /// Why a conditional step on an alert changed nothing: no such alert, or its status and who
 /// holds it.
 macro_rules! refusal {
@@ -265,6 +304,7 @@ macro_rules! refusal {
         }
     }};
 }
+pub(crate) use refusal;
 
 const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note, subject, rule_version, since_at";
 
@@ -571,22 +611,7 @@ impl Store {
         let at = to_millis(now);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // The lifecycle decides which statuses the step may start from; the update is
-            // conditional on them, so two operators cannot both take one alert.
-            let from = step
-                .allowed_from()
-                .iter()
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let set = match step {
-                OperatorStep::Acknowledge => "acknowledged_at = $2, acknowledged_by = $3",
-                OperatorStep::Resolve => "resolved_at = $2, resolved_by = $3, outcome = $4, note = $5",
-            };
-            let sql = format!(
-                "UPDATE alerts SET status = '{}', {set}, updated_at = $2 WHERE id = $1 AND status IN ({from})",
-                step.to().as_str()
-            );
+            let sql = step_sql(step);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(at).bind(actor);
             if step == OperatorStep::Resolve {
                 q = q.bind(outcome).bind(note);

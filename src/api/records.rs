@@ -1,0 +1,163 @@
+//! Service records (CONTRACT.md "Care records"): check-in and check-out of a dispatched
+//! carer's visit, and reading the records back by resident and month.
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{self, Path, Query};
+use super::{Actor, ApiError, AppState};
+use crate::domain::user::Role;
+use crate::store::{CheckOut, Position};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckInBody {
+    at: Option<DateTime<Utc>>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CheckOutBody {
+    at: Option<DateTime<Utc>>,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    #[serde(default)]
+    items: Vec<String>,
+    content: Option<String>,
+    outcome: Option<String>,
+    rating: Option<i64>,
+}
+
+fn position(lat: Option<f64>, lon: Option<f64>) -> Result<Option<Position>, ApiError> {
+    match (lat, lon) {
+        (Some(lat), Some(lon)) => Ok(Some(Position { lat, lon })),
+        (None, None) => Ok(None),
+        _ => Err(ApiError::Invalid("lat and lon come together".into())),
+    }
+}
+
+/// `POST /api/records/{id}/check-in`.
+pub(super) async fn check_in(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(b): extract::Json<CheckInBody>,
+) -> Result<Json<Value>, ApiError> {
+    actor.require(Role::handles_alerts, "record visits")?;
+    let pos = position(b.lat, b.lon)?;
+    let r = s
+        .store
+        .check_in(id, &actor.name, s.clock.now(), b.at, pos)
+        .await?;
+    Ok(Json(json!(r)))
+}
+
+/// `POST /api/records/{id}/check-out`.
+pub(super) async fn check_out(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(b): extract::Json<CheckOutBody>,
+) -> Result<Json<Value>, ApiError> {
+    actor.require(Role::handles_alerts, "record visits")?;
+    let c = CheckOut {
+        at: b.at,
+        position: position(b.lat, b.lon)?,
+        items: b.items,
+        content: b.content,
+        outcome: b.outcome,
+        rating: b.rating,
+    };
+    let r = s
+        .store
+        .check_out(id, &actor.name, s.clock.now(), &c)
+        .await?;
+    Ok(Json(json!(r)))
+}
+
+/// `GET /api/records/{id}`.
+pub(super) async fn get_one(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!(s.store.get_record(id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    resident_id: Option<String>,
+    month: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<i64>,
+}
+
+/// The most records one page holds.
+const MAX_LIMIT: i64 = 500;
+
+/// `[start, end)` of a `YYYY-MM` month in UTC, ms.
+fn month_bounds(month: &str) -> Option<(i64, i64)> {
+    let (y, m) = month.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let start = NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, 1)?;
+    let next = if start.month() == 12 {
+        NaiveDate::from_ymd_opt(start.year() + 1, 1, 1)?
+    } else {
+        NaiveDate::from_ymd_opt(start.year(), start.month() + 1, 1)?
+    };
+    let ms = |d: NaiveDate| {
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
+            .timestamp_millis()
+    };
+    Some((ms(start), ms(next)))
+}
+
+/// `GET /api/records?resident_id=…&month=YYYY-MM&limit=…&cursor=…`: by id; `next` is the
+/// cursor of the following page.
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit: 1–{MAX_LIMIT}")));
+    }
+    let (from, to) = match q.month.as_deref() {
+        Some(m) => month_bounds(m)
+            .ok_or_else(|| ApiError::BadRequest(format!("month {m:?} is not YYYY-MM")))?,
+        None => (i64::MIN, i64::MAX),
+    };
+    let cursor = q.cursor.unwrap_or(0);
+    if cursor < 0 {
+        return Err(ApiError::BadRequest("cursor: a record id".into()));
+    }
+    let items = s
+        .store
+        .list_records(q.resident_id.as_deref(), from, to, cursor, limit)
+        .await?;
+    let next = (items.len() as i64 == limit).then(|| items.last().map(|r| r.id));
+    Ok(Json(json!({ "items": items, "next": next.flatten() })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::month_bounds;
+
+    #[test]
+    fn months_are_utc_and_december_rolls_over() {
+        assert_eq!(
+            month_bounds("2026-12"),
+            Some((1_796_083_200_000, 1_798_761_600_000))
+        );
+        assert_eq!(month_bounds("2026-13"), None);
+        assert_eq!(month_bounds("26-1"), None);
+        assert_eq!(month_bounds("2026-1x"), None);
+    }
+}

@@ -1,0 +1,403 @@
+//! Service records (migration 0009): a carer dispatched from an alert, checked in on site and
+//! checked out with what was done and the resident's rating. Every step also goes on the
+//! alert's timeline, in the same transaction.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{ALERT_COLUMNS, Alert, Store, StoreError, alert_from_row, on_pool, refusal, step_sql};
+use crate::clock::{from_millis, to_millis};
+use crate::domain::alert::OperatorStep;
+
+/// The best rating a resident gives a visit (1 is the worst).
+pub const MAX_RATING: i64 = 5;
+
+/// A position reported at check-in or check-out.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Position {
+    /// Latitude, degrees.
+    pub lat: f64,
+    /// Longitude, degrees.
+    pub lon: f64,
+}
+
+/// What a check-out records.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOut {
+    /// When (default: now).
+    pub at: Option<DateTime<Utc>>,
+    /// Where.
+    pub position: Option<Position>,
+    /// Service items done (the platform's service catalogue names).
+    pub items: Vec<String>,
+    /// What was done, in words.
+    pub content: Option<String>,
+    /// How it ended.
+    pub outcome: Option<String>,
+    /// The resident's rating, 1–5.
+    pub rating: Option<i64>,
+}
+
+/// A service record as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServiceRecord {
+    /// Id.
+    pub id: i64,
+    /// The alert it was dispatched from.
+    pub alert_id: Option<i64>,
+    /// The resident served.
+    pub resident_id: Option<String>,
+    /// The device that raised the alert.
+    pub device_id: Option<String>,
+    /// Service provider.
+    pub provider: String,
+    /// Worker sent.
+    pub worker: String,
+    /// `dispatched`, `on_site` or `done`.
+    pub status: String,
+    /// Who dispatched.
+    pub opened_by: String,
+    /// When.
+    pub opened_at: DateTime<Utc>,
+    /// Check-in time.
+    pub check_in_at: Option<DateTime<Utc>>,
+    /// Check-in position.
+    pub check_in: Option<Position>,
+    /// Check-out time.
+    pub check_out_at: Option<DateTime<Utc>>,
+    /// Check-out position.
+    pub check_out: Option<Position>,
+    /// Service items done.
+    pub items: Vec<String>,
+    /// What was done.
+    pub content: Option<String>,
+    /// How it ended.
+    pub outcome: Option<String>,
+    /// The resident's rating, 1–5.
+    pub rating: Option<i64>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
+     check_in_at, check_in_lat, check_in_lon, check_out_at, check_out_lat, check_out_lon, items, content, outcome, rating, updated_at";
+
+fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<f64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let pos = |lat: &str, lon: &str| -> Result<Option<Position>, StoreError> {
+        let (lat, lon): (Option<f64>, Option<f64>) = (r.try_get(lat)?, r.try_get(lon)?);
+        Ok(lat.zip(lon).map(|(lat, lon)| Position { lat, lon }))
+    };
+    let time = |c: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(r.try_get::<Option<i64>, _>(c)?.map(from_millis))
+    };
+    let items: String = r.try_get("items")?;
+    Ok(ServiceRecord {
+        id: r.try_get("id")?,
+        alert_id: r.try_get("alert_id")?,
+        resident_id: r.try_get("resident_id")?,
+        device_id: r.try_get("device_id")?,
+        provider: r.try_get("provider")?,
+        worker: r.try_get("worker")?,
+        status: r.try_get("status")?,
+        opened_by: r.try_get("opened_by")?,
+        opened_at: from_millis(r.try_get("opened_at")?),
+        check_in_at: time("check_in_at")?,
+        check_in: pos("check_in_lat", "check_in_lon")?,
+        check_out_at: time("check_out_at")?,
+        check_out: pos("check_out_lat", "check_out_lon")?,
+        items: serde_json::from_str(&items).unwrap_or_default(),
+        content: r.try_get("content")?,
+        outcome: r.try_get("outcome")?,
+        rating: r.try_get("rating")?,
+        updated_at: from_millis(r.try_get("updated_at")?),
+    })
+}
+
+fn check_len(field: &str, v: &str, max: usize) -> Result<(), StoreError> {
+    if v.trim().is_empty() || v.chars().count() > max {
+        return Err(StoreError::Validation(format!(
+            "{field}: 1–{max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_position(p: Option<Position>) -> Result<(), StoreError> {
+    if let Some(p) = p
+        && !((-90.0..=90.0).contains(&p.lat) && (-180.0..=180.0).contains(&p.lon))
+    {
+        return Err(StoreError::Validation(format!(
+            "position {}, {} is not a latitude and longitude",
+            p.lat, p.lon
+        )));
+    }
+    Ok(())
+}
+
+/// A time a worker's phone reports may run a little ahead of ours, not more.
+const CLOCK_SLACK_MINUTES: i64 = 5;
+
+fn check_time(at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Result<i64, StoreError> {
+    let at = at.unwrap_or(now);
+    if at > now + chrono::Duration::minutes(CLOCK_SLACK_MINUTES) {
+        return Err(StoreError::Validation(format!(
+            "at {} is in the future",
+            at.to_rfc3339()
+        )));
+    }
+    Ok(to_millis(at))
+}
+
+/// A value a record step sets.
+enum Val {
+    Int(Option<i64>),
+    Float(Option<f64>),
+    Text(Option<String>),
+}
+
+/// Why a conditional step on a record changed nothing.
+macro_rules! record_refusal {
+    ($tx:expr, $id:expr, $step:expr) => {{
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM service_records WHERE id = $1")
+                .bind($id)
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match status {
+            None => StoreError::RecordNotFound($id),
+            Some(status) => StoreError::RecordConflict {
+                id: $id,
+                status,
+                step: $step,
+            },
+        }
+    }};
+}
+
+impl Store {
+    /// Sends a carer for an alert: the alert becomes `dispatched` (claimed by the caller if
+    /// nobody had it) and a service record is opened, in one transaction.
+    pub async fn dispatch(
+        &self,
+        alert_id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        provider: &str,
+        worker: &str,
+    ) -> Result<(Alert, i64), StoreError> {
+        check_len("provider", provider, 200)?;
+        check_len("worker", worker, 200)?;
+        let at = to_millis(now);
+        let step = OperatorStep::Dispatch;
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query(sqlx::AssertSqlSafe(step_sql(step)))
+                .bind(alert_id)
+                .bind(at)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done == 0 {
+                return Err(refusal!(tx, alert_id, step.name()));
+            }
+            let record_id: i64 = sqlx::query_scalar(
+                "INSERT INTO service_records (alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, updated_at) \
+                 SELECT id, resident_id, device_id, $2, $3, 'dispatched', $4, $5, $5 FROM alerts WHERE id = $1 RETURNING id",
+            )
+            .bind(alert_id)
+            .bind(provider)
+            .bind(worker)
+            .bind(actor)
+            .bind(at)
+            .fetch_one(&mut *tx)
+            .await?;
+            let detail = serde_json::json!({ "provider": provider, "worker": worker, "record_id": record_id });
+            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+                .bind(alert_id)
+                .bind(at)
+                .bind(actor)
+                .bind(step.action())
+                .bind(detail.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
+                .bind(alert_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok((alert_from_row(&row)?.0, record_id))
+        })
+    }
+
+    /// The worker is on site: `dispatched` → `on_site`.
+    pub async fn check_in(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        at: Option<DateTime<Utc>>,
+        position: Option<Position>,
+    ) -> Result<ServiceRecord, StoreError> {
+        check_position(position)?;
+        let when = check_time(at, now)?;
+        let detail =
+            serde_json::json!({ "record_id": id, "at": from_millis(when), "position": position });
+        let sets = vec![
+            ("status", Val::Text(Some("on_site".into()))),
+            ("check_in_at", Val::Int(Some(when))),
+            ("check_in_lat", Val::Float(position.map(|p| p.lat))),
+            ("check_in_lon", Val::Float(position.map(|p| p.lon))),
+        ];
+        self.record_step(id, actor, now, "check_in", detail, sets, "dispatched")
+            .await
+    }
+
+    /// The visit is over: `on_site` → `done`, with what was done and the rating.
+    pub async fn check_out(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        c: &CheckOut,
+    ) -> Result<ServiceRecord, StoreError> {
+        check_position(c.position)?;
+        let when = check_time(c.at, now)?;
+        if let Some(r) = c.rating
+            && !(1..=MAX_RATING).contains(&r)
+        {
+            return Err(StoreError::Validation(format!(
+                "rating {r} is not 1–{MAX_RATING}"
+            )));
+        }
+        if c.items.len() > 50 {
+            return Err(StoreError::Validation("items: at most 50".into()));
+        }
+        for item in &c.items {
+            check_len("items", item, 100)?;
+        }
+        if let Some(v) = &c.content {
+            check_len("content", v, 2000)?;
+        }
+        if let Some(v) = &c.outcome {
+            check_len("outcome", v, 200)?;
+        }
+        let items = serde_json::to_string(&c.items).unwrap_or_else(|_| "[]".into());
+        let detail = serde_json::json!({
+            "record_id": id, "at": from_millis(when), "position": c.position,
+            "items": c.items, "outcome": c.outcome, "rating": c.rating,
+        });
+        let sets = vec![
+            ("status", Val::Text(Some("done".into()))),
+            ("check_out_at", Val::Int(Some(when))),
+            ("check_out_lat", Val::Float(c.position.map(|p| p.lat))),
+            ("check_out_lon", Val::Float(c.position.map(|p| p.lon))),
+            ("items", Val::Text(Some(items))),
+            ("content", Val::Text(c.content.clone())),
+            ("outcome", Val::Text(c.outcome.clone())),
+            ("rating", Val::Int(c.rating)),
+        ];
+        self.record_step(id, actor, now, "check_out", detail, sets, "on_site")
+            .await
+    }
+
+    /// A conditional step on a record (`from` is the status it may start from) setting
+    /// `sets`, with its entry on the alert's timeline.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_step(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        action: &'static str,
+        detail: serde_json::Value,
+        sets: Vec<(&'static str, Val)>,
+        from: &str,
+    ) -> Result<ServiceRecord, StoreError> {
+        let at = to_millis(now);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut q = sqlx::QueryBuilder::<Db>::new("UPDATE service_records SET updated_at = ");
+            q.push_bind(at);
+            for (column, value) in &sets {
+                q.push(", ").push(*column).push(" = ");
+                match value {
+                    Val::Int(v) => q.push_bind(*v),
+                    Val::Float(v) => q.push_bind(*v),
+                    Val::Text(v) => q.push_bind(v.clone()),
+                };
+            }
+            q.push(" WHERE id = ").push_bind(id).push(" AND status = ").push_bind(from.to_owned());
+            q.push(" RETURNING alert_id");
+            let alert: Option<Option<i64>> = q.build_query_scalar().fetch_optional(&mut *tx).await?;
+            let Some(alert) = alert else {
+                return Err(record_refusal!(tx, id, action));
+            };
+            if let Some(alert_id) = alert {
+                sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(alert_id)
+                    .bind(at)
+                    .bind(actor)
+                    .bind(action)
+                    .bind(detail.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM service_records WHERE id = $1")))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let record = record_from_row(&row)?;
+            tx.commit().await?;
+            Ok(record)
+        })
+    }
+
+    /// One service record.
+    pub async fn get_record(&self, id: i64) -> Result<ServiceRecord, StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM service_records WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or(StoreError::RecordNotFound(id))?;
+            record_from_row(&row)
+        })
+    }
+
+    /// Service records opened in `[from, to)` (ms), of one resident if given, by id after
+    /// `after`, at most `limit`.
+    pub async fn list_records(
+        &self,
+        resident_id: Option<&str>,
+        from: i64,
+        to: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<ServiceRecord>, StoreError> {
+        on_pool!(self, pool => {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {RECORD_COLUMNS} FROM service_records WHERE opened_at >= $1 AND opened_at < $2 AND id > $3 \
+                 AND ($4 IS NULL OR resident_id = $4) ORDER BY id LIMIT $5"
+            )))
+            .bind(from)
+            .bind(to)
+            .bind(after)
+            .bind(resident_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(record_from_row).collect()
+        })
+    }
+}
