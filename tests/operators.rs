@@ -555,6 +555,33 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     let (s, _) = post("/api/records/999999/check-in".into(), json!({})).await;
     assert_eq!(s, 404);
 
+    // The follow-up call (回访): once, after the visit, with a result from the list.
+    let (s, v) = post(
+        format!("/api/records/{record}/follow-up"),
+        json!({"result": "happy"}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let next = (chrono::Utc::now() + chrono::Duration::days(7)).to_rfc3339();
+    let (s, v) = post(
+        format!("/api/records/{record}/follow-up"),
+        json!({"result": "satisfied", "note": "daughter thanked the carer", "next_visit_at": next}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["follow_up"]["by"].as_str()),
+        (200, Some("op.chen")),
+        "{v}"
+    );
+    assert!(v["next_visit_at"].is_string(), "{v}");
+    let (s, v) = post(
+        format!("/api/records/{record}/follow-up"),
+        json!({"result": "neutral"}),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("followed up"), "{v}");
+
     let (s, v) = post(
         format!("/api/alerts/{id}/resolve"),
         json!({"outcome": "carer_visited"}),
@@ -582,6 +609,7 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
         "dispatched",
         "check_in",
         "check_out",
+        "follow_up",
         "resolved",
     ]
     .iter()
@@ -606,6 +634,29 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
         r["check_in_at"].is_string() && r["check_out"]["lat"].is_number(),
         "{r}"
     );
+    // A planned visit, not tied to an alert, is a record of the same resident.
+    let (s, v) = post(
+        "/api/records".into(),
+        json!({"resident_id": "nobody", "provider": "P", "worker": "W"}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, planned) = post(
+        "/api/records".into(),
+        json!({"resident_id": "r-wang", "provider": "Tianhe Home Care", "worker": "Liu Yang", "planned_at": next}),
+    )
+    .await;
+    assert_eq!(
+        (s, planned["status"].as_str(), planned["alert_id"].as_i64()),
+        (201, Some("dispatched"), None),
+        "{planned}"
+    );
+    let (s, _) = post(
+        format!("/api/records/{}/check-in", planned["id"]),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200);
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     let (s, list) = call(
         &e,
@@ -616,7 +667,7 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     )
     .await;
     assert_eq!(s, 200);
-    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
     let (s, list) = call(
         &e,
         op,

@@ -1,6 +1,7 @@
 -- Service records (CONTRACT.md "Care records"): a carer sent to a resident — from an alert's
--- dispatch — checked in on site and out with what was done, the content, the outcome and
--- the resident's rating. Provider and worker are names here; as records of their own, scoped
+-- dispatch, or a planned home-care visit (alert_id NULL, planned_at) — checked in on site and
+-- out with what was done, the content, the outcome and the resident's rating, then the
+-- follow-up call (回访) with its result and the next visit. Provider and worker are names here; as records of their own, scoped
 -- by region, they come with the providers step.
 
 -- status: dispatched → on_site (check-in) → done (check-out).
@@ -24,6 +25,12 @@ CREATE TABLE service_records (
     content       TEXT,
     outcome       TEXT,
     rating        INTEGER,
+    planned_at    INTEGER,
+    follow_up_at     INTEGER,
+    follow_up_by     TEXT,
+    follow_up_result TEXT,
+    follow_up_note   TEXT,
+    next_visit_at    INTEGER,
     updated_at    INTEGER NOT NULL
 );
 CREATE INDEX service_records_resident ON service_records (resident_id, opened_at);

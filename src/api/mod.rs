@@ -85,10 +85,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts/{id}/calls", post(alerts::call))
         .route("/api/alerts/{id}/notes", post(alerts::note))
         .route("/api/alerts/{id}/dispatch", post(alerts::dispatch))
-        .route("/api/records", get(records::list))
+        .route("/api/records", get(records::list).post(records::plan))
         .route("/api/records/{id}", get(records::get_one))
         .route("/api/records/{id}/check-in", post(records::check_in))
         .route("/api/records/{id}/check-out", post(records::check_out))
+        .route("/api/records/{id}/follow-up", post(records::follow_up))
         .route("/api/stream", get(stream))
         .route("/api/devices", get(devices::list).post(devices::register))
         .route(

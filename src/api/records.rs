@@ -2,6 +2,7 @@
 //! carer's visit, and reading the records back by resident and month.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::Deserialize;
@@ -78,6 +79,71 @@ pub(super) async fn check_out(
         .check_out(id, &actor.name, s.clock.now(), &c)
         .await?;
     Ok(Json(json!(r)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FollowUpBody {
+    result: String,
+    note: Option<String>,
+    next_visit_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/records/{id}/follow-up`: the follow-up call (回访) after the visit, once.
+pub(super) async fn follow_up(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<i64>,
+    extract::Json(b): extract::Json<FollowUpBody>,
+) -> Result<Json<Value>, ApiError> {
+    actor.require(Role::handles_alerts, "record follow-up calls")?;
+    let r = s
+        .store
+        .follow_up(
+            id,
+            &actor.name,
+            s.clock.now(),
+            &b.result,
+            b.note.as_deref(),
+            b.next_visit_at,
+        )
+        .await?;
+    Ok(Json(json!(r)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlanBody {
+    resident_id: String,
+    provider: String,
+    worker: String,
+    planned_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/records`: a planned home-care visit, not tied to an alert (201).
+pub(super) async fn plan(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    extract::Json(b): extract::Json<PlanBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    actor.require(Role::handles_alerts, "plan visits")?;
+    let r = s
+        .store
+        .plan_visit(
+            &b.resident_id,
+            &actor.name,
+            s.clock.now(),
+            &b.provider,
+            &b.worker,
+            b.planned_at,
+        )
+        .await
+        .map_err(|e| match e {
+            // The body names a resident that does not exist: invalid, not a missing route.
+            crate::store::StoreError::ResidentNotFound(_) => ApiError::Invalid(e.to_string()),
+            e => e.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(json!(r))))
 }
 
 /// `GET /api/records/{id}`.

@@ -26,7 +26,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatch, WriteItem};
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
-pub use records::{CheckOut, Position, ServiceRecord};
+pub use records::{CheckOut, FOLLOW_UP_RESULTS, FollowUp, Position, ServiceRecord};
 pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 pub use users::{User, UserInput};

@@ -39,6 +39,23 @@ pub struct CheckOut {
     pub rating: Option<i64>,
 }
 
+/// How a follow-up call (回访) went: the resident satisfied, neither, not satisfied, or not
+/// reached.
+pub const FOLLOW_UP_RESULTS: [&str; 4] = ["satisfied", "neutral", "unsatisfied", "unreachable"];
+
+/// The follow-up call after a visit.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FollowUp {
+    /// When it was recorded.
+    pub at: DateTime<Utc>,
+    /// Who called.
+    pub by: String,
+    /// One of [`FOLLOW_UP_RESULTS`].
+    pub result: String,
+    /// What was said.
+    pub note: Option<String>,
+}
+
 /// A service record as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServiceRecord {
@@ -76,12 +93,19 @@ pub struct ServiceRecord {
     pub outcome: Option<String>,
     /// The resident's rating, 1–5.
     pub rating: Option<i64>,
+    /// For a planned visit (no alert): when it is planned.
+    pub planned_at: Option<DateTime<Utc>>,
+    /// The follow-up call, once made.
+    pub follow_up: Option<FollowUp>,
+    /// When the next visit is due, if one was agreed.
+    pub next_visit_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
 }
 
 const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
-     check_in_at, check_in_lat, check_in_lon, check_out_at, check_out_lat, check_out_lon, items, content, outcome, rating, updated_at";
+     check_in_at, check_in_lat, check_in_lon, check_out_at, check_out_lat, check_out_lon, items, content, outcome, rating, \
+     planned_at, follow_up_at, follow_up_by, follow_up_result, follow_up_note, next_visit_at, updated_at";
 
 fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
 where
@@ -119,6 +143,21 @@ where
         content: r.try_get("content")?,
         outcome: r.try_get("outcome")?,
         rating: r.try_get("rating")?,
+        planned_at: time("planned_at")?,
+        follow_up: match time("follow_up_at")? {
+            Some(at) => Some(FollowUp {
+                at,
+                by: r
+                    .try_get::<Option<String>, _>("follow_up_by")?
+                    .unwrap_or_default(),
+                result: r
+                    .try_get::<Option<String>, _>("follow_up_result")?
+                    .unwrap_or_default(),
+                note: r.try_get("follow_up_note")?,
+            }),
+            None => None,
+        },
+        next_visit_at: time("next_visit_at")?,
         updated_at: from_millis(r.try_get("updated_at")?),
     })
 }
@@ -168,16 +207,20 @@ enum Val {
 /// Why a conditional step on a record changed nothing.
 macro_rules! record_refusal {
     ($tx:expr, $id:expr, $step:expr) => {{
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM service_records WHERE id = $1")
+        let row: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT status, follow_up_at FROM service_records WHERE id = $1")
                 .bind($id)
                 .fetch_optional(&mut *$tx)
                 .await?;
-        match status {
+        match row {
             None => StoreError::RecordNotFound($id),
-            Some(status) => StoreError::RecordConflict {
+            Some((status, followed)) => StoreError::RecordConflict {
                 id: $id,
-                status,
+                status: if followed.is_some() {
+                    format!("{status} and followed up")
+                } else {
+                    status
+                },
                 step: $step,
             },
         }
@@ -259,8 +302,17 @@ impl Store {
             ("check_in_lat", Val::Float(position.map(|p| p.lat))),
             ("check_in_lon", Val::Float(position.map(|p| p.lon))),
         ];
-        self.record_step(id, actor, now, "check_in", detail, sets, "dispatched")
-            .await
+        self.record_step(
+            id,
+            actor,
+            now,
+            "check_in",
+            detail,
+            sets,
+            "dispatched",
+            false,
+        )
+        .await
     }
 
     /// The visit is over: `on_site` → `done`, with what was done and the rating.
@@ -307,12 +359,87 @@ impl Store {
             ("outcome", Val::Text(c.outcome.clone())),
             ("rating", Val::Int(c.rating)),
         ];
-        self.record_step(id, actor, now, "check_out", detail, sets, "on_site")
+        self.record_step(id, actor, now, "check_out", detail, sets, "on_site", false)
             .await
     }
 
-    /// A conditional step on a record (`from` is the status it may start from) setting
-    /// `sets`, with its entry on the alert's timeline.
+    /// The follow-up call after a visit (once, after check-out), and the next visit if one
+    /// was agreed.
+    pub async fn follow_up(
+        &self,
+        id: i64,
+        actor: &str,
+        now: DateTime<Utc>,
+        result: &str,
+        note: Option<&str>,
+        next_visit_at: Option<DateTime<Utc>>,
+    ) -> Result<ServiceRecord, StoreError> {
+        if !FOLLOW_UP_RESULTS.contains(&result) {
+            return Err(StoreError::Validation(format!(
+                "result {result:?} is not one of {}",
+                FOLLOW_UP_RESULTS.join(", ")
+            )));
+        }
+        if let Some(n) = note {
+            check_len("note", n, 2000)?;
+        }
+        if next_visit_at.is_some_and(|t| t < now) {
+            return Err(StoreError::Validation(
+                "next_visit_at is in the past".into(),
+            ));
+        }
+        let detail = serde_json::json!({
+            "record_id": id, "result": result, "note": note, "next_visit_at": next_visit_at,
+        });
+        let sets = vec![
+            ("follow_up_at", Val::Int(Some(to_millis(now)))),
+            ("follow_up_by", Val::Text(Some(actor.to_owned()))),
+            ("follow_up_result", Val::Text(Some(result.to_owned()))),
+            ("follow_up_note", Val::Text(note.map(str::to_owned))),
+            ("next_visit_at", Val::Int(next_visit_at.map(to_millis))),
+        ];
+        self.record_step(id, actor, now, "follow_up", detail, sets, "done", true)
+            .await
+    }
+
+    /// A planned home-care visit to a resident, not tied to an alert (the platforms count
+    /// them per elder and period); it is checked in and out like a dispatch.
+    pub async fn plan_visit(
+        &self,
+        resident_id: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+        provider: &str,
+        worker: &str,
+        planned_at: Option<DateTime<Utc>>,
+    ) -> Result<ServiceRecord, StoreError> {
+        check_len("provider", provider, 200)?;
+        check_len("worker", worker, 200)?;
+        let at = to_millis(now);
+        on_pool!(self, pool => {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO service_records (resident_id, provider, worker, status, opened_by, opened_at, planned_at, updated_at) \
+                 SELECT id, $2, $3, 'dispatched', $4, $5, $6, $5 FROM residents WHERE id = $1 RETURNING id",
+            )
+            .bind(resident_id)
+            .bind(provider)
+            .bind(worker)
+            .bind(actor)
+            .bind(at)
+            .bind(planned_at.map(to_millis))
+            .fetch_optional(pool)
+            .await?;
+            let id = id.ok_or_else(|| StoreError::ResidentNotFound(resident_id.to_owned()))?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM service_records WHERE id = $1")))
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+            record_from_row(&row)
+        })
+    }
+
+    /// A conditional step on a record (`from` is the status it may start from; a follow-up
+    /// only once) setting `sets`, with its entry on the alert's timeline.
     #[allow(clippy::too_many_arguments)]
     async fn record_step(
         &self,
@@ -323,6 +450,7 @@ impl Store {
         detail: serde_json::Value,
         sets: Vec<(&'static str, Val)>,
         from: &str,
+        unless_followed_up: bool,
     ) -> Result<ServiceRecord, StoreError> {
         let at = to_millis(now);
         on_pool!(self, pool => {
@@ -338,6 +466,9 @@ impl Store {
                 };
             }
             q.push(" WHERE id = ").push_bind(id).push(" AND status = ").push_bind(from.to_owned());
+            if unless_followed_up {
+                q.push(" AND follow_up_at IS NULL");
+            }
             q.push(" RETURNING alert_id");
             let alert: Option<Option<i64>> = q.build_query_scalar().fetch_optional(&mut *tx).await?;
             let Some(alert) = alert else {
