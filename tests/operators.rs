@@ -465,7 +465,33 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
             .and_then(|a| a["id"].as_i64())
     })
     .await;
+    // Where she is and how her vitals were: on the alert's detail for the operator.
+    e.publish(
+        "pendant-9",
+        r#"{"type":"position","lat":23.1291,"lon":113.2644,"source":"gps"}"#,
+    );
+    e.publish(
+        "pendant-9",
+        r#"{"type":"vitals","heart_rate":88,"spo2":97}"#,
+    );
     let op = Some(op.as_str());
+    let detail = poll(
+        "the alert's detail with position and vitals",
+        || async move {
+            let (_, d) = call(er, op, Method::GET, &format!("/api/alerts/{id}"), None).await;
+            (d["last_position"]["fields"]["lat"].is_number()
+                && d["vitals_24h"].as_array().is_some_and(|v| !v.is_empty()))
+            .then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(
+        detail["vitals_24h"][0]["fields"]["heart_rate"],
+        json!(88),
+        "{detail}"
+    );
+    assert_eq!(detail["devices"][0]["id"], json!("pendant-9"), "{detail}");
+    assert_eq!(detail["resident"]["name"], json!("Wang Fang"), "{detail}");
     let post = |path: String, body: Value| {
         let e = &e;
         async move { call(e, op, Method::POST, &path, Some(body)).await }

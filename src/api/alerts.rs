@@ -79,8 +79,39 @@ pub(super) async fn get_one(
             .as_deref()
             .and_then(|r| s.registry.resident(r))
     );
+    // What the operator needs in the next minute: the household's devices, where the
+    // wearer last was, and the last day's vitals.
+    let devices = match alert.resident_id.as_deref() {
+        Some(r) => s.registry.devices_of(r),
+        None => Vec::new(),
+    };
+    let mut ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    if !ids.contains(&alert.device_id) {
+        ids.push(alert.device_id.clone());
+    }
+    let now = s.clock.now();
+    let last_position = s
+        .store
+        .recent_events(&ids, "position", crate::clock::from_millis(0), 1)
+        .await?;
+    let vitals = s
+        .store
+        .recent_events(
+            &ids,
+            "vitals",
+            now - chrono::Duration::hours(24),
+            VITALS_SHOWN,
+        )
+        .await?;
+    v["devices"] = json!(devices);
+    v["last_position"] = json!(last_position.first());
+    v["vitals_24h"] = json!(vitals);
     Ok(Json(v))
 }
+
+/// The most vitals readings an alert's detail shows (the last 24 h of a watch reporting every
+/// 5 minutes).
+const VITALS_SHOWN: i64 = 288;
 
 /// How long an acknowledgement waits for the device's confirmation to be written.
 const DOWNLINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -734,6 +734,47 @@ impl Store {
         })
     }
 
+    /// The newest events of `event_type` from `devices` received since `since`, newest
+    /// first, at most `limit`.
+    pub async fn recent_events(
+        &self,
+        devices: &[String],
+        event_type: &str,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::<Db>::new(
+                "SELECT id, device_id, type, fields, device_ts, received_at FROM events WHERE type = ",
+            );
+            q.push_bind(event_type.to_owned());
+            q.push(" AND received_at >= ").push_bind(to_millis(since));
+            q.push(" AND device_id IN (");
+            let mut sep = q.separated(", ");
+            for d in devices {
+                sep.push_bind(d.clone());
+            }
+            q.push(") ORDER BY id DESC LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    let fields: String = r.try_get("fields")?;
+                    Ok(StoredEvent {
+                        id: r.try_get("id")?,
+                        device_id: r.try_get("device_id")?,
+                        event_type: r.try_get("type")?,
+                        fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::Null),
+                        device_ts: r.try_get::<Option<i64>, _>("device_ts")?.map(from_millis),
+                        received_at: from_millis(r.try_get("received_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Counts rows of a table, for tests, benches and the load report.
     pub async fn count(&self, table: Table) -> Result<i64, StoreError> {
         let sql = match table {
@@ -794,6 +835,24 @@ pub enum Table {
     Alerts,
     /// Devices seen.
     Devices,
+}
+
+/// A stored event as an operator sees it next to an alert (last position, recent vitals).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredEvent {
+    /// Id (receive order).
+    pub id: i64,
+    /// Device.
+    pub device_id: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Its fields (CONTRACT.md canonical names).
+    pub fields: serde_json::Value,
+    /// The device's time, if it sent one.
+    pub device_ts: Option<DateTime<Utc>>,
+    /// When the engine received it.
+    pub received_at: DateTime<Utc>,
 }
 
 /// Timing columns of one stored event (milliseconds since the epoch).
