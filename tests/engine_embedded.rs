@@ -264,18 +264,7 @@ async fn operators_record_calls_and_notes_and_a_refused_claim_names_the_holder()
     let alert = alert_of(&e, "d5", "sos").await;
     let (s, full) = e.get(&format!("/api/alerts/{}", alert["id"])).await;
     assert_eq!(s, 200);
-    let steps: Vec<(String, String)> = full["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
-        .map(|t| {
-            (
-                t["actor"].as_str().unwrap().to_owned(),
-                t["action"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let steps = common::operator_steps(&full);
     let want: Vec<(String, String)> = [
         ("admin", "call"),
         ("admin", "acknowledged"),

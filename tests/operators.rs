@@ -400,18 +400,7 @@ async fn operators_act_on_alerts_under_their_own_names(backend: Backend) {
         None,
     )
     .await;
-    let steps: Vec<(String, String)> = full["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
-        .map(|t| {
-            (
-                t["actor"].as_str().unwrap().to_owned(),
-                t["action"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let steps = common::operator_steps(&full);
     let want: Vec<(String, String)> = [
         (winner.as_str(), "acknowledged"),
         (winner.as_str(), "call"),
@@ -616,18 +605,7 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     assert_eq!((s, v["status"].as_str()), (200, Some("resolved")), "{v}");
 
     let (_, full) = call(&e, op, Method::GET, &format!("/api/alerts/{id}"), None).await;
-    let steps: Vec<(String, String)> = full["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
-        .map(|t| {
-            (
-                t["actor"].as_str().unwrap().to_owned(),
-                t["action"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let steps = common::operator_steps(&full);
     let want: Vec<(String, String)> = [
         "acknowledged",
         "call",

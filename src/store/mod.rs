@@ -306,6 +306,37 @@ macro_rules! refusal {
 }
 pub(crate) use refusal;
 
+/// Writes an operator's entry on an alert's timeline in the transaction `$tx`.
+macro_rules! operator_entry {
+    ($tx:expr, $id:expr, $at:expr, $actor:expr, $action:expr, $detail:expr) => {
+        sqlx::query(
+            "INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($id)
+        .bind($at)
+        .bind($actor)
+        .bind($action)
+        .bind($detail)
+        .execute(&mut *$tx)
+        .await?
+    };
+}
+pub(crate) use operator_entry;
+
+/// The alert as the transaction `$tx` sees it.
+macro_rules! alert_in {
+    ($tx:expr, $id:expr) => {{
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"
+        )))
+        .bind($id)
+        .fetch_one(&mut *$tx)
+        .await?;
+        alert_from_row(&row)?.0
+    }};
+}
+pub(crate) use alert_in;
+
 const ALERT_COLUMNS: &str = "id, device_id, resident_id, rule, kind, severity, severity_rank, title, status, count, escalation_level, opened_at, updated_at, last_event_at, acknowledged_at, acknowledged_by, resolved_at, resolved_by, outcome, note, subject, rule_version, since_at";
 
 fn alert_from_row<R: Row>(r: &R) -> Result<(Alert, i64), sqlx::Error>
@@ -621,20 +652,10 @@ impl Store {
                 return Err(refusal!(tx, id, step.name()));
             }
             let detail = serde_json::json!({ "outcome": outcome, "note": note }).to_string();
-            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(at)
-                .bind(actor)
-                .bind(step.action())
-                .bind(detail)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            operator_entry!(tx, id, at, actor, step.action(), detail);
+            let alert = alert_in!(tx, id);
             tx.commit().await?;
-            Ok(alert_from_row(&row)?.0)
+            Ok(alert)
         })
     }
 
@@ -717,20 +738,10 @@ impl Store {
             if touched == 0 {
                 return Err(refusal!(tx, id, action));
             }
-            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
-                .bind(id)
-                .bind(at)
-                .bind(actor)
-                .bind(action)
-                .bind(detail)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
+            operator_entry!(tx, id, at, actor, action, detail);
+            let alert = alert_in!(tx, id);
             tx.commit().await?;
-            Ok(alert_from_row(&row)?.0)
+            Ok(alert)
         })
     }
 

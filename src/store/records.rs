@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{ALERT_COLUMNS, Alert, Store, StoreError, alert_from_row, on_pool, refusal, step_sql};
+use super::{
+    ALERT_COLUMNS, Alert, Store, StoreError, alert_from_row, alert_in, on_pool, operator_entry,
+    refusal, step_sql,
+};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::alert::OperatorStep;
 
@@ -266,20 +269,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
             let detail = serde_json::json!({ "provider": provider, "worker": worker, "record_id": record_id });
-            sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
-                .bind(alert_id)
-                .bind(at)
-                .bind(actor)
-                .bind(step.action())
-                .bind(detail.to_string())
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1")))
-                .bind(alert_id)
-                .fetch_one(&mut *tx)
-                .await?;
+            operator_entry!(tx, alert_id, at, actor, step.action(), detail.to_string());
+            let alert = alert_in!(tx, alert_id);
             tx.commit().await?;
-            Ok((alert_from_row(&row)?.0, record_id))
+            Ok((alert, record_id))
         })
     }
 
@@ -475,14 +468,7 @@ impl Store {
                 return Err(record_refusal!(tx, id, action));
             };
             if let Some(alert_id) = alert {
-                sqlx::query("INSERT INTO alert_timeline (alert_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(alert_id)
-                    .bind(at)
-                    .bind(actor)
-                    .bind(action)
-                    .bind(detail.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                operator_entry!(tx, alert_id, at, actor, action, detail.to_string());
             }
             let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM service_records WHERE id = $1")))
                 .bind(id)

@@ -875,3 +875,21 @@ pub fn raise_open_files() -> u64 {
     }
     lim.rlim_cur
 }
+
+/// (actor, action) of the people's entries on an alert's timeline (`GET /api/alerts/{id}`),
+/// in order: the engine's own (`engine`, `anxin`) left out.
+pub fn operator_steps(alert: &Value) -> Vec<(String, String)> {
+    alert["timeline"]
+        .as_array()
+        .map(|t| t.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["actor"] != "engine" && t["actor"] != "anxin")
+        .map(|t| {
+            (
+                t["actor"].as_str().unwrap_or_default().to_owned(),
+                t["action"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
