@@ -30,10 +30,10 @@ tmp=$(mktemp -d)
 cleanup() {
     [ -n "${ENGINE_PID:-}" ] && kill "$ENGINE_PID" 2>/dev/null || true
     broker_stop
-    for db in $DBS; do psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
+    # new_db runs in a command substitution (a subshell), so it lists its databases in a file.
+    for db in $(cat "$tmp/dbs" 2>/dev/null); do psql -q "$PG_ADMIN" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true; done
     rm -rf "$tmp"
 }
-DBS=""
 trap cleanup EXIT
 
 # MOSQ_OVERRIDE / NATS_OVERRIDE: extra lines for experiments (e.g. "autosave_interval 1800").
@@ -46,7 +46,7 @@ echo "$(broker_version "$BROKER") on $MQ_PORT (shipped config); $COUNT messages,
 new_db() {
     local db="anxin_bench_$RANDOM$RANDOM"
     psql -q "$PG_ADMIN" -c "CREATE DATABASE $db" >/dev/null
-    DBS="$DBS $db"
+    echo "$db" >> "$tmp/dbs"
     echo "$PG_BASE/$db"
 }
 q() { psql -qtA "$1" -c "$2"; }
