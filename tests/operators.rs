@@ -6,48 +6,13 @@
 
 mod common;
 
-use common::{Engine, EngineOpts, TempDb, poll, service_url};
+use common::{Backend, Engine, EngineOpts, TempDb, on_both_stores, poll};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Which store (and broker) a scenario runs on.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    /// SQLite in the data directory, the embedded broker.
-    Sqlite,
-    /// A PostgreSQL database of its own, the machine's Mosquitto.
-    Postgres,
-}
-
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    };
-}
-
 async fn start(backend: Backend) -> Option<(Engine, Option<TempDb>)> {
     let mut opts = EngineOpts::default();
-    let db = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            let admin = service_url("ANXIN_TEST_POSTGRES_URL")?;
-            let mqtt = service_url("ANXIN_TEST_MQTT_URL")?;
-            let db = TempDb::create(&admin).await;
-            opts.store_url = Some(db.url.clone());
-            opts.mqtt_url = Some(mqtt);
-            Some(db)
-        }
-    };
+    let db = backend.configure(&mut opts).await?;
     Some((Engine::start(opts).await, db))
 }
 

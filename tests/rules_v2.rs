@@ -13,35 +13,9 @@ mod common;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use common::{DEADLINE, Engine, EngineOpts, TempDb, poll, service_url};
+use common::{Backend, DEADLINE, Engine, EngineOpts, TempDb, on_both_stores, poll};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// Which store (and broker) a scenario runs on.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    /// SQLite in the data directory, the embedded broker.
-    Sqlite,
-    /// A PostgreSQL database of its own, the machine's Mosquitto.
-    Postgres,
-}
-
-/// Runs the `async fn NAME(b: Backend)` above it as `NAME::sqlite` and `NAME::postgres`.
-macro_rules! on_both_stores {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    };
-}
 
 /// An engine running a rules file of the test's own, in a config directory the test can
 /// rewrite and reload.
@@ -69,17 +43,7 @@ impl World {
             config: Some(cfg.path().join("anxin.toml")),
             ..Default::default()
         };
-        let db = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let admin = service_url("ANXIN_TEST_POSTGRES_URL")?;
-                let mqtt = service_url("ANXIN_TEST_MQTT_URL")?;
-                let db = TempDb::create(&admin).await;
-                opts.store_url = Some(db.url.clone());
-                opts.mqtt_url = Some(mqtt);
-                Some(db)
-            }
-        };
+        let db = backend.configure(&mut opts).await?;
         let e = Engine::start(opts).await;
         Some(World { e, cfg, _db: db })
     }

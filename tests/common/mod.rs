@@ -893,3 +893,51 @@ pub fn operator_steps(alert: &Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Which store (and broker) a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// SQLite in the data directory, the embedded broker.
+    Sqlite,
+    /// A PostgreSQL database of its own, the machine's Mosquitto.
+    Postgres,
+}
+
+impl Backend {
+    /// Points `opts` at this backend's store and broker; the database it made, if any, lives
+    /// as long as the returned value. `None` when the backend's services are not configured
+    /// (skipped; with `CI=true`, a failure).
+    pub async fn configure(self, opts: &mut EngineOpts) -> Option<Option<TempDb>> {
+        match self {
+            Backend::Sqlite => Some(None),
+            Backend::Postgres => {
+                let admin = service_url("ANXIN_TEST_POSTGRES_URL")?;
+                let mqtt = service_url("ANXIN_TEST_MQTT_URL")?;
+                let db = TempDb::create(&admin).await;
+                opts.store_url = Some(db.url.clone());
+                opts.mqtt_url = Some(mqtt);
+                Some(Some(db))
+            }
+        }
+    }
+}
+
+/// Runs the `async fn NAME(b: Backend)` above it as `NAME::sqlite` and `NAME::postgres`.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_stores;
