@@ -412,6 +412,9 @@ impl Engine {
     /// Starts the engine and waits for `/readyz`.
     pub async fn start(opts: EngineOpts) -> Engine {
         let dir = Arc::new(tempfile::tempdir().unwrap());
+        // A port the harness chose (not the test) may be taken by a parallel test between
+        // free_port() and the engine's bind: then the start is tried again on new ports.
+        let chosen_port = opts.mqtt_url.is_none();
         let mqtt_url = opts
             .mqtt_url
             .unwrap_or_else(|| format!("embedded://127.0.0.1:{}", free_port()));
@@ -455,9 +458,42 @@ impl Engine {
             starts: 0,
             open_files_limit: opts.open_files_limit,
         };
-        e.spawn(&[]);
-        e.wait_ready().await;
+        for attempt in 1.. {
+            e.spawn(&[]);
+            match e.ready_or_exited().await {
+                Ok(()) => break,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {
+                    if chosen_port
+                        && let Some(url) = e.env.iter_mut().find(|(k, _)| k == "ANXIN_MQTT_URL")
+                    {
+                        url.1 = format!("embedded://127.0.0.1:{}", free_port());
+                    }
+                }
+                Err(log) => panic!("engine not ready; log:\n{log}"),
+            }
+        }
         e
+    }
+
+    /// Waits for `/readyz` 200, or gives the log if the process exited (or never got ready).
+    async fn ready_or_exited(&mut self) -> Result<(), String> {
+        let url = format!("http://{}/readyz", self.http);
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status() == 200
+            {
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited || start.elapsed() >= DEADLINE {
+                return Err(self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// The embedded or external broker port from `ANXIN_MQTT_URL`.
