@@ -333,6 +333,7 @@ pub async fn run(
     // 7. HTTP.
     let ready_conn = conn.clone();
     let filter_conn = conn.clone();
+    let region_tree = crate::domain::region::RegionTree::new(api_store.all_regions().await?);
     let state = AppState {
         store: api_store.clone(),
         clock: clock.clone(),
@@ -346,13 +347,17 @@ pub async fn run(
         downlinks,
         subscribed: Arc::new(move |f: &str| filter_conn.is_filter_subscribed(f)),
         mqtt_detail: Arc::new(move || session_watch.readyz()),
+        regions: Arc::new(std::sync::RwLock::new(region_tree)),
     };
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, api::router(state))
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
+        axum::serve(
+            http,
+            api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await
     });
     tracing::info!(%http_addr, "Operator API listening");
 

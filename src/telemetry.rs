@@ -46,6 +46,8 @@ pub mod names {
     pub const COMMIT_ERRORS: &str = "anxin_store_commit_errors_total";
     /// Counter: logins refused (wrong login or password, or a disabled user).
     pub const LOGINS_REFUSED: &str = "anxin_api_logins_refused_total";
+    /// Counter: API writes the audit log could not record.
+    pub const AUDIT_FAILED: &str = "anxin_api_audit_failures_total";
     /// Messages waiting in a shard queue.
     pub const QUEUE_DEPTH: &str = "anxin_pipeline_queue_depth";
     /// Deadlines and absences a shard is timing.
@@ -143,6 +145,10 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         names::LOGINS_REFUSED,
         "Logins refused: wrong login or password, or a disabled user.",
+    ),
+    (
+        names::AUDIT_FAILED,
+        "API writes the audit log could not record (the write itself was committed).",
     ),
     (
         names::TCP_REFUSED,
@@ -309,6 +315,7 @@ pub fn register_all(known: &KnownLabels) {
         names::COMMIT_ERRORS,
         names::HANDOFF_WAITS,
         names::LOGINS_REFUSED,
+        names::AUDIT_FAILED,
         names::TCP_THROTTLED,
         names::MQTT_RETAINED,
         names::MQTT_SESSION_LOST,
@@ -795,6 +802,11 @@ pub fn api_request_failed(status: u16, error: &dyn std::fmt::Display) {
     if let Some(suppressed) = allow_log("api_failed") {
         tracing::error!(status, error = %error, suppressed_since_last = suppressed, "API request failed");
     }
+}
+
+/// An API write could not be appended to the audit log.
+pub fn audit_failed() {
+    counter!(names::AUDIT_FAILED).increment(1);
 }
 
 /// A login was refused; the line names neither the login nor the password tried.

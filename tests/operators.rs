@@ -71,6 +71,28 @@ async fn login(e: &Engine, login: &str, password: &str) -> (u16, Value, Option<S
     (status, resp.json().await.unwrap_or(Value::Null), cookie)
 }
 
+/// Puts resident `resident` in `region` with device `device` (as the bootstrap admin).
+async fn place(e: &Engine, device: &str, resident: &str, region: &str, card: Value) {
+    let (s, v) = call(
+        e,
+        Some(&e.token),
+        Method::PUT,
+        &format!("/api/residents/{resident}"),
+        Some(json!({"name": format!("Resident {resident}"), "region": region, "card": card})),
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{v}");
+    let (s, v) = call(
+        e,
+        Some(&e.token),
+        Method::POST,
+        "/api/devices",
+        Some(json!([{"id": device, "type": "pendant", "resident_id": resident}])),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+}
+
 async fn token_of(e: &Engine, user: &str) -> String {
     let (s, body, _) = login(e, user, &format!("pw-of-{user}")).await;
     assert_eq!(s, 200, "{body}");
@@ -248,6 +270,7 @@ async fn operators_act_on_alerts_under_their_own_names(backend: Backend) {
         tokens.push((op, token_of(&e, op).await));
     }
     let installer = token_of(&e, "inst.zhao").await;
+    place(&e, "pendant-7", "r-7", "tianhe", json!({})).await;
 
     e.publish("pendant-7", r#"{"type":"sos"}"#);
     let er = &e;

@@ -208,6 +208,9 @@ macro_rules! contract {
 }
 
 contract! {
+    the_monthly_report_counts_a_known_month
+        => sqlite_the_monthly_report_counts_a_known_month,
+           postgres_the_monthly_report_counts_a_known_month;
     calls_and_notes_go_on_the_timeline_and_one_claim_wins
         => sqlite_calls_and_notes_go_on_the_timeline_and_one_claim_wins,
            postgres_calls_and_notes_go_on_the_timeline_and_one_claim_wins;
@@ -1741,7 +1744,7 @@ async fn residents_are_written_read_paged_and_deleted_only_without_devices(store
     let created_at = fx.now();
     assert!(
         fx.store
-            .put_resident(&resident("r1", "Li Hua"), fx.now())
+            .put_resident(&resident("r1", "Li Hua"), &Default::default(), fx.now())
             .await
             .unwrap()
     );
@@ -1750,7 +1753,10 @@ async fn residents_are_written_read_paged_and_deleted_only_without_devices(store
     changed.time_zone = "Asia/Urumqi".to_owned();
     changed.thresholds.insert("spo2_low".to_owned(), 88.0);
     assert!(
-        !fx.store.put_resident(&changed, fx.now()).await.unwrap(),
+        !fx.store
+            .put_resident(&changed, &Default::default(), fx.now())
+            .await
+            .unwrap(),
         "a second write replaces"
     );
     let got = fx.store.get_resident("r1").await.unwrap().unwrap();
@@ -1760,14 +1766,22 @@ async fn residents_are_written_read_paged_and_deleted_only_without_devices(store
 
     for i in 2..=7 {
         fx.store
-            .put_resident(&resident(&format!("r{i}"), "x"), fx.now())
+            .put_resident(
+                &resident(&format!("r{i}"), "x"),
+                &Default::default(),
+                fx.now(),
+            )
             .await
             .unwrap();
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let (page, next) = fx.store.list_residents(cursor.as_deref(), 3).await.unwrap();
+        let (page, next) = fx
+            .store
+            .list_residents(cursor.as_deref(), 3, None)
+            .await
+            .unwrap();
         assert!(page.len() <= 3);
         seen.extend(page.into_iter().map(|r| r.resident.id));
         match next {
@@ -1776,7 +1790,7 @@ async fn residents_are_written_read_paged_and_deleted_only_without_devices(store
         }
     }
     assert_eq!(seen, ["r1", "r2", "r3", "r4", "r5", "r6", "r7"]);
-    let (page, next) = fx.store.list_residents(Some("r5"), 2).await.unwrap();
+    let (page, next) = fx.store.list_residents(Some("r5"), 2, None).await.unwrap();
     assert_eq!(page.len(), 2);
     assert_eq!(next, None, "a last page that is exactly full has no next");
     let all = fx.store.all_residents().await.unwrap();
@@ -2298,4 +2312,203 @@ async fn calls_and_notes_go_on_the_timeline_and_one_claim_wins(store: Store) {
             ("op-sup", "note", json!({"text": "Follow-up visit booked."})),
         ]
     );
+}
+
+/// 20. The monthly report against a month whose answers are known: alerts opened in the month
+///     (Asia/Shanghai) of residents of the region, their times to acknowledge, and the
+///     services done, rated, followed up and arrived at, by provider; another region's
+///     alerts and records, and an alert of the next month, are not counted.
+async fn the_monthly_report_counts_a_known_month(store: Store) {
+    use anxin::domain::report::{MonthlyReport, month_bounds};
+    use anxin::store::CheckOut;
+    let fx = Fx::new(store);
+    let other = Resident {
+        region: "elsewhere".into(),
+        ..resident("r2", "Zhao Lei")
+    };
+    for r in [resident("r1", "Li Hua"), other] {
+        fx.store
+            .put_resident(&r, &Default::default(), fx.now())
+            .await
+            .unwrap();
+    }
+    // An SOS of `resident` on `device`, acknowledged `ack` seconds after it opened.
+    let sos_of = |device: &'static str, resident: &'static str| {
+        let mut items = fx.message(device, &sos(1, "2026-11-23T09:59:59Z"));
+        for item in &mut items {
+            if let WriteItem::Event { event, .. } = item {
+                event.resident_id = Some(resident.to_owned());
+            }
+        }
+        items
+    };
+    let mut opened = Vec::new();
+    for (device, resident, ack) in [
+        ("d1", "r1", Some(30)),
+        ("d2", "r1", Some(60)),
+        ("d3", "r1", Some(120)),
+        ("d4", "r1", None),
+        ("d5", "r2", Some(10)),
+    ] {
+        let out = fx.commit(sos_of(device, resident)).await;
+        let id = out.changes[0].alert_id;
+        let (a, _) = fx.alert(id).await;
+        if let Some(s) = ack {
+            fx.store
+                .acknowledge(id, "op", a.opened_at + Duration::seconds(s))
+                .await
+                .unwrap();
+        }
+        opened.push((id, a.opened_at));
+    }
+    // Carers: two sent to alerts by P1 (on site after 600 s and 1 200 s), a planned visit by
+    // P2, and one to the other region's alert.
+    let visit = |id: i64,
+                 provider: &'static str,
+                 arrive: i64,
+                 items: &'static [&'static str],
+                 rating: Option<i64>| {
+        let fx = &fx;
+        let opened = opened.iter().find(|(a, _)| *a == id).unwrap().1;
+        async move {
+            let (_, record) = fx
+                .store
+                .dispatch(
+                    id,
+                    "op",
+                    opened + Duration::seconds(arrive - 60),
+                    provider,
+                    "w",
+                )
+                .await
+                .unwrap();
+            visited(
+                fx,
+                record,
+                opened + Duration::seconds(arrive),
+                items,
+                rating,
+            )
+            .await
+        }
+    };
+    async fn visited(
+        fx: &Fx,
+        record: i64,
+        arrived: DateTime<Utc>,
+        items: &[&str],
+        rating: Option<i64>,
+    ) -> i64 {
+        fx.store
+            .check_in(record, "w", arrived, None, None)
+            .await
+            .unwrap();
+        let out = CheckOut {
+            at: None,
+            position: None,
+            items: items.iter().map(|s| s.to_string()).collect(),
+            content: None,
+            outcome: Some("done".into()),
+            rating,
+        };
+        fx.store
+            .check_out(record, "w", arrived + Duration::minutes(20), &out)
+            .await
+            .unwrap();
+        record
+    }
+    let first = visit(opened[0].0, "P1", 600, &["meals", "daily_care"], Some(4)).await;
+    visit(opened[1].0, "P1", 1200, &["meals"], Some(5)).await;
+    visit(opened[4].0, "P1", 100, &["meals"], Some(1)).await;
+    let planned = fx
+        .store
+        .plan_visit("r1", "op", fx.now(), "P2", "w", None)
+        .await
+        .unwrap();
+    visited(
+        &fx,
+        planned.id,
+        fx.now() + Duration::hours(3),
+        &["housekeeping"],
+        None,
+    )
+    .await;
+    fx.store
+        .follow_up(
+            first,
+            "op",
+            fx.now() + Duration::hours(5),
+            "satisfied",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    // The first minute of December in Shanghai is still November in UTC: not this month.
+    fx.advance(at("2026-11-30T16:00:00Z") - fx.now());
+    fx.commit(sos_of("d6", "r1")).await;
+
+    let bounds = month_bounds("2026-11", chrono_tz::Asia::Shanghai).unwrap();
+    let (alerts, records) = fx
+        .store
+        .report_facts(bounds.0, bounds.1, Some(&["xh".to_owned()]))
+        .await
+        .unwrap();
+    let r = MonthlyReport::compute(
+        "2026-11",
+        Some("xh".into()),
+        "Asia/Shanghai",
+        bounds,
+        &alerts,
+        &records,
+    );
+    assert_eq!(r.alerts_by_kind, [("sos".to_owned(), 4)].into());
+    assert_eq!(r.alerts_by_severity, [("critical".to_owned(), 4)].into());
+    let a = &r.acknowledge;
+    assert_eq!((a.alerts, a.acknowledged), (4, 3));
+    assert_eq!((a.p50_s, a.p90_s), (Some(60.0), Some(120.0)));
+    assert_eq!((a.within_60s, a.within_180s), (Some(0.5), Some(0.75)));
+    let s = &r.services;
+    assert_eq!(
+        (s.services_done, s.rated, s.average_rating),
+        (3, 2, Some(4.5))
+    );
+    assert_eq!(
+        s.by_item,
+        [
+            ("daily_care".to_owned(), 1),
+            ("housekeeping".to_owned(), 1),
+            ("meals".to_owned(), 2)
+        ]
+        .into()
+    );
+    assert_eq!(s.follow_ups, 1);
+    assert_eq!(
+        (s.arrivals, s.arrival_p50_s, s.arrival_p90_s),
+        (2, Some(600.0), Some(1200.0))
+    );
+    assert_eq!(r.providers.len(), 2);
+    assert_eq!(
+        (
+            r.providers["P1"].services_done,
+            r.providers["P1"].average_rating
+        ),
+        (2, Some(4.5))
+    );
+    assert_eq!(
+        (r.providers["P2"].services_done, r.providers["P2"].rated),
+        (1, 0)
+    );
+    let csv = r.to_csv().unwrap();
+    assert!(csv.contains("acknowledge,,within_60s,0.500"), "{csv}");
+    assert!(csv.contains("services_by_item,P1,meals,2"), "{csv}");
+
+    // Every region (an admin's report): the other region's alert and visit count too.
+    let (alerts, records) = fx
+        .store
+        .report_facts(bounds.0, bounds.1, None)
+        .await
+        .unwrap();
+    let all = MonthlyReport::compute("2026-11", None, "Asia/Shanghai", bounds, &alerts, &records);
+    assert_eq!((all.acknowledge.alerts, all.services.services_done), (5, 4));
 }

@@ -8,9 +8,28 @@ use serde_json::{Value, json};
 
 use super::extract::{self, Path, Query};
 use super::{Actor, ApiError, AppState};
+use crate::domain::region::Scope;
 use crate::domain::user::Role;
 use crate::ingest::tcp::DownlinkOutcome;
-use crate::store::{AlertChange, AlertFilter};
+use crate::store::{AlertChange, AlertFilter, StoreError};
+
+/// Refuses (404, as for an alert that does not exist) an alert outside the caller's regions:
+/// one of a resident of another region, or of a device assigned to nobody.
+async fn visible(s: &AppState, actor: &Actor, id: i64) -> Result<(), ApiError> {
+    if matches!(actor.scope, Scope::All) {
+        return Ok(());
+    }
+    let (resident, device) = s.store.alert_owner(id).await?;
+    let seen = match resident {
+        Some(r) => actor.sees_resident(&s.registry, Some(&r)),
+        None => actor.sees_device(&s.registry, &device),
+    };
+    if seen {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound(id).into())
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +53,7 @@ fn parse_cursor(c: &str) -> Option<(i64, i64, i64)> {
 
 pub(super) async fn list(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(st) = &q.status
@@ -54,8 +74,9 @@ pub(super) async fn list(
         status: q.status,
         device_id: q.device_id,
         kind: q.kind,
-        limit: q.limit.unwrap_or(500),
+        limit: extract::limit(q.limit, 500, 5000)?,
         after,
+        regions: actor.scope.regions(),
     };
     let (items, next) = s.store.list_alerts(&filter).await?;
     Ok(Json(json!({
@@ -66,19 +87,23 @@ pub(super) async fn list(
 
 pub(super) async fn get_one(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
+    visible(&s, &actor, id).await?;
     let (alert, timeline) = s.store.get_alert(id).await?;
     let device = s.store.get_device(&alert.device_id).await?;
     let mut v = serde_json::to_value(&alert).map_err(|e| ApiError::Internal(e.to_string()))?;
     v["timeline"] = json!(timeline);
     v["device"] = device.unwrap_or(Value::Null);
-    v["resident"] = json!(
-        alert
-            .resident_id
-            .as_deref()
-            .and_then(|r| s.registry.resident(r))
-    );
+    // The resident card, masked for roles that do not need the numbers.
+    v["resident"] = match alert.resident_id.as_deref() {
+        Some(r) => match s.store.get_resident(r).await? {
+            Some(record) => super::residents::for_actor(&actor, &record)?,
+            None => Value::Null,
+        },
+        None => Value::Null,
+    };
     // What the operator needs in the next minute: the household's devices, where the
     // wearer last was, and the last day's vitals.
     let devices = match alert.resident_id.as_deref() {
@@ -122,6 +147,7 @@ pub(super) async fn ack(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "claim alerts")?;
+    visible(&s, &actor, id).await?;
     let alert = s.store.acknowledge(id, &actor.name, s.clock.now()).await?;
     notify(&s, &alert, "acknowledged");
     let mut body = json!(alert);
@@ -179,6 +205,7 @@ pub(super) async fn resolve(
     extract::Json(body): extract::Json<ResolveBody>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "resolve alerts")?;
+    visible(&s, &actor, id).await?;
     let alert = s
         .store
         .resolve(
@@ -209,6 +236,7 @@ pub(super) async fn call(
     extract::Json(body): extract::Json<CallBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     actor.require(Role::handles_alerts, "record calls on alerts")?;
+    visible(&s, &actor, id).await?;
     let alert = s
         .store
         .record_call(
@@ -238,6 +266,7 @@ pub(super) async fn note(
     extract::Json(body): extract::Json<NoteBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     actor.require(Role::handles_alerts, "add notes to alerts")?;
+    visible(&s, &actor, id).await?;
     let alert = s
         .store
         .add_note(id, &actor.author(), s.clock.now(), &body.text)
@@ -272,6 +301,7 @@ pub(super) async fn dispatch(
     extract::Json(body): extract::Json<DispatchBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     actor.require(Role::handles_alerts, "dispatch carers")?;
+    visible(&s, &actor, id).await?;
     let (alert, record_id) = s
         .store
         .dispatch(id, &actor.name, s.clock.now(), &body.provider, &body.worker)

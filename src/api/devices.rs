@@ -1,16 +1,17 @@
 //! Device registry routes: register (one, many, or a CSV file), list, read, replace, remove,
 //! and the recent raw frames of a device for installers.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::extract::{self, Body, Path, Query};
-use super::{ApiError, AppState};
+use super::{Actor, ApiError, AppState};
 use crate::registry::{Registration, RegistrationError, parse_csv};
+use crate::store::StoreError;
 
 /// Checks CSV syntax only — UTF-8 and rows of the header's width — so a malformed file is a
 /// 400 and only a well-formed one with bad values a 422.
@@ -34,7 +35,11 @@ fn csv_syntax(data: &[u8]) -> Result<(), ApiError> {
 
 /// `POST /api/devices`: a JSON object, a JSON array, or `text/csv`. All or nothing: any
 /// problem refuses the whole request and lists every problem with its row.
-pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Response, ApiError> {
+pub(super) async fn register(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let mut regs = if body.media_type == "text/csv" {
         csv_syntax(&body.bytes)?;
         parse_csv(&body.bytes).map_err(ApiError::InvalidRegistrations)?
@@ -73,6 +78,7 @@ pub(super) async fn register(State(s): State<AppState>, body: Body) -> Result<Re
     if regs.is_empty() {
         return Err(ApiError::Invalid("no devices in the request".into()));
     }
+    in_scope(&s, &actor, &regs)?;
     // Stored in seconds and read back in the largest unit: keep the registry's copy the same.
     regs.iter_mut().for_each(Registration::normalize);
     s.store.register_devices(&regs, s.clock.now()).await?;
@@ -92,12 +98,18 @@ pub(super) struct ListQuery {
 /// `GET /api/devices`: by id; `registered=false` lists devices heard from but not registered.
 pub(super) async fn list(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    let limit = extract::limit(q.limit, 500, 5000)?;
     let items = s
         .store
-        .list_devices(q.registered, q.cursor.as_deref(), limit)
+        .list_devices(
+            q.registered,
+            q.cursor.as_deref(),
+            limit,
+            actor.scope.regions().as_deref(),
+        )
         .await?;
     let next = if items.len() as i64 == limit {
         items
@@ -113,8 +125,10 @@ pub(super) async fn list(
 /// `GET /api/devices/{id}`.
 pub(super) async fn get_one(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    visible(&s, &actor, &id)?;
     s.store
         .get_device(&id)
         .await?
@@ -125,6 +139,7 @@ pub(super) async fn get_one(
 /// `PUT /api/devices/{id}`: registers or replaces the registration.
 pub(super) async fn put(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     extract::Json(mut reg): extract::Json<Registration>,
 ) -> Result<Response, ApiError> {
@@ -141,6 +156,7 @@ pub(super) async fn put(
     if !problems.is_empty() {
         return Err(ApiError::InvalidRegistrations(problems));
     }
+    in_scope(&s, &actor, std::slice::from_ref(&reg))?;
     reg.normalize();
     s.store
         .register_devices(std::slice::from_ref(&reg), s.clock.now())
@@ -182,14 +198,61 @@ async fn registered(s: &AppState, regs: Vec<Registration>) {
 /// `DELETE /api/devices/{id}`: unregisters; the device's history stays.
 pub(super) async fn delete(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    visible(&s, &actor, &id)?;
     s.store.unregister_device(&id, s.clock.now()).await?;
     s.registry.remove(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/devices/{id}/frames`: the device's recent raw frames with their decode result.
-pub(super) async fn frames(State(s): State<AppState>, Path(id): Path<String>) -> Json<Value> {
-    Json(json!({ "items": s.frames.recent(&id) }))
+pub(super) async fn frames(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    visible(&s, &actor, &id)?;
+    Ok(Json(json!({ "items": s.frames.recent(&id) })))
+}
+
+/// Refuses (404, as for a device nobody registered) a device outside the caller's regions.
+fn visible(s: &AppState, actor: &Actor, id: &str) -> Result<(), ApiError> {
+    if actor.sees_device(&s.registry, id) {
+        Ok(())
+    } else {
+        Err(StoreError::DeviceNotFound(id.to_owned()).into())
+    }
+}
+
+/// Refuses registrations a caller of some regions only may not write: one replacing a device
+/// outside them, one pointing at a resident outside them, one pointing at no resident (the
+/// device would be outside them at once).
+fn in_scope(s: &AppState, actor: &Actor, regs: &[Registration]) -> Result<(), ApiError> {
+    if matches!(actor.scope, crate::domain::region::Scope::All) {
+        return Ok(());
+    }
+    for r in regs {
+        if s.registry.is_registered(&r.id) && !actor.sees_device(&s.registry, &r.id) {
+            return Err(StoreError::DeviceNotFound(r.id.clone()).into());
+        }
+        match &r.resident_id {
+            Some(res) if !actor.sees_resident(&s.registry, Some(res)) => {
+                return Err(ApiError::Invalid(format!(
+                    "device {}: {}",
+                    r.id,
+                    StoreError::ResidentNotFound(res.clone())
+                )));
+            }
+            Some(_) => {}
+            None => {
+                return Err(ApiError::Invalid(format!(
+                    "device {}: resident_id is required of a user who works in regions",
+                    r.id
+                )));
+            }
+        }
+    }
+    Ok(())
 }

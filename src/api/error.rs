@@ -70,10 +70,12 @@ impl IntoResponse for ApiError {
                 | StoreError::ResidentNotFound(_)
                 | StoreError::SuppressionNotFound(_)
                 | StoreError::UserNotFound(_)
+                | StoreError::RegionNotFound(_)
                 | StoreError::RecordNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. }
                 | StoreError::ResidentInUse { .. }
                 | StoreError::LoginTaken(_)
+                | StoreError::IdNumberTaken { .. }
                 | StoreError::RecordConflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {

@@ -178,3 +178,15 @@ where
             .map_err(|r| rejected(r.status(), r.body_text()))
     }
 }
+
+/// A list route's page size: `default` when absent, else 1..=`max`; anything else is refused
+/// (400) rather than quietly clamped, so a script learns its page is not what it asked for.
+pub fn limit(given: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!(
+            "limit {n} is out of range: 1..={max}"
+        ))),
+    }
+}

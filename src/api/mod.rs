@@ -7,6 +7,8 @@ mod devices;
 mod error;
 pub mod extract;
 mod records;
+mod regions;
+mod reports;
 mod residents;
 mod suppressions;
 mod users;
@@ -27,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
 use crate::clock::SharedClock;
+use crate::domain::region::{RegionTree, Scope};
 use crate::domain::user::Role;
 use crate::feed::{AlertFeed, Item};
 use crate::ingest::tcp::FrameLog;
@@ -70,6 +73,8 @@ pub struct AppState {
     pub subscribed: SubscribedCheck,
     /// The `mqtt` detail of `/readyz` (broker session: resumed, new, lost).
     pub mqtt_detail: ReadyDetail,
+    /// The region tree, loaded at start and changed by `PUT /api/regions/{id}`.
+    pub regions: Arc<std::sync::RwLock<RegionTree>>,
 }
 
 /// Extra detail for `/readyz` that never decides readiness.
@@ -115,16 +120,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users", get(users::list).post(users::create))
         .route("/api/users/{id}", axum::routing::put(users::put))
         .route("/api/profiles", get(config::profiles))
+        .route("/api/regions", get(regions::list))
+        .route("/api/regions/{id}", axum::routing::put(regions::put))
+        .route("/api/audit", get(regions::audit))
+        .route("/api/reports/monthly", get(reports::monthly))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))
         .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     // Logging in needs no credential, but the same body limits.
     let login = Router::new()
         .route("/api/login", post(users::login))
         .route_layer(middleware::from_fn(extract::limit_body))
-        .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES));
+        .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit));
     Router::new()
         .merge(api)
         .merge(login)
@@ -147,9 +158,33 @@ pub struct Actor {
     pub name: String,
     /// What the caller may do.
     pub role: Role,
+    /// What the caller may see and touch.
+    pub scope: Scope,
 }
 
 impl Actor {
+    /// Whether the caller sees the resident `id` (`None`: something of no resident, which
+    /// only callers of every region see). A resident that does not exist is not seen.
+    pub fn sees_resident(&self, registry: &Registry, id: Option<&str>) -> bool {
+        match (&self.scope, id) {
+            (Scope::All, _) => true,
+            (_, None) => false,
+            (scope, Some(id)) => registry.resident(id).is_some_and(|r| scope.sees(&r.region)),
+        }
+    }
+
+    /// Whether the caller sees device `id`: through the resident it is assigned to.
+    pub fn sees_device(&self, registry: &Registry, id: &str) -> bool {
+        matches!(self.scope, Scope::All)
+            || self.sees_resident(registry, registry.resident_of(id).as_deref())
+    }
+
+    /// Whether personal numbers (ID card, phones) reach this caller unmasked: supervisors
+    /// and admins only (CONTRACT.md "Care records").
+    pub fn sees_personal_numbers(&self) -> bool {
+        matches!(self.role, Role::Supervisor | Role::Admin)
+    }
+
     /// The name recorded as the author of what the caller does (a timeline step, a
     /// suppression).
     pub fn author(&self) -> String {
@@ -200,6 +235,7 @@ async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
         Actor {
             name: "admin".into(),
             role: Role::Admin,
+            scope: Scope::All,
         }
     } else {
         match s
@@ -207,16 +243,69 @@ async fn auth(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
             .user_by_token(&hex::encode(digest), s.clock.now())
             .await
         {
-            Ok(Some(user)) => Actor {
-                role: user.role(),
-                name: user.login,
-            },
+            Ok(Some(user)) => {
+                let role = user.role();
+                // Admins run the whole centre; everybody else works the regions assigned.
+                let scope = if role == Role::Admin {
+                    Scope::All
+                } else {
+                    let tree = s.regions.read().unwrap_or_else(|e| e.into_inner());
+                    Scope::Regions(Arc::new(tree.below(&user.regions)))
+                };
+                Actor {
+                    role,
+                    name: user.login,
+                    scope,
+                }
+            }
             Ok(None) => return ApiError::Unauthorized.into_response(),
             Err(e) => return ApiError::Store(e).into_response(),
         }
     };
     req.extensions_mut().insert(actor);
     next.run(req).await
+}
+
+/// Appends every write (any method but GET, HEAD and OPTIONS) by a known caller to the audit
+/// log once its answer is decided: who, their role, method, path, status, peer address. The
+/// caller is the request's [`Actor`], or for a login the one the handler puts on the
+/// response; an unauthenticated request wrote nothing and is not logged (a flood of them would
+/// otherwise fill the log). A failed append is logged and counted, never turned into a
+/// failed answer: the write it describes has already been committed.
+async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    let remote = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let actor = req.extensions().get::<Actor>().cloned();
+    let response = next.run(req).await;
+    let Some(actor) = actor.or_else(|| response.extensions().get::<Actor>().cloned()) else {
+        return response;
+    };
+    let entry = crate::store::AuditEntry {
+        id: 0,
+        at: s.clock.now(),
+        actor: actor.name.clone(),
+        role: Some(actor.role.as_str().to_owned()),
+        method: method.clone(),
+        path: path.clone(),
+        status: i64::from(response.status().as_u16()),
+        remote,
+    };
+    if let Err(e) = s.store.audit(&entry).await {
+        telemetry::audit_failed();
+        tracing::error!(error = %e, actor = %actor.name, %method, %path, "Could not append to the audit log");
+    }
+    response
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -250,6 +339,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// it, the first event is `ready`, carrying the id to resume from.
 async fn stream(
     State(s): State<AppState>,
+    axum::Extension(actor): axum::Extension<Actor>,
     headers: HeaderMap,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let last = headers
@@ -258,33 +348,51 @@ async fn stream(
         .map(str::to_owned);
     let reader = s.live.reader(last.as_deref());
     let feed = s.live.clone();
+    let registry = s.registry.clone();
     let guard = ClientGauge::new();
     let events =
         futures_util::stream::unfold((reader, guard, last), move |(mut reader, guard, last)| {
             let feed = feed.clone();
+            let registry = registry.clone();
+            let actor = actor.clone();
             async move {
-                let event = match reader.next().await? {
-                    Item::Ready(seq) => SseEvent::default()
-                        .event("ready")
-                        .id(feed.event_id(seq))
-                        .data(format!("{{\"replay\":{}}}", feed.capacity())),
-                    Item::Resync(reason, seq) => {
-                        telemetry::stream_resync(reason, last.as_deref());
-                        SseEvent::default()
-                            .event("resync")
+                let event = loop {
+                    break match reader.next().await? {
+                        Item::Ready(seq) => SseEvent::default()
+                            .event("ready")
                             .id(feed.event_id(seq))
-                            .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
-                    }
-                    Item::Change(n) => SseEvent::default()
-                        .event("alert")
-                        .id(feed.event_id(n.seq))
-                        .json_data(&*n.change)
-                        .unwrap_or_else(|_| SseEvent::default().event("error")),
+                            .data(format!("{{\"replay\":{}}}", feed.capacity())),
+                        Item::Resync(reason, seq) => {
+                            telemetry::stream_resync(reason, last.as_deref());
+                            SseEvent::default()
+                                .event("resync")
+                                .id(feed.event_id(seq))
+                                .data(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+                        }
+                        // Another region's alert is not there for this caller at all.
+                        Item::Change(n) if !sees_change(&actor, &registry, &n.change) => continue,
+                        Item::Change(n) => SseEvent::default()
+                            .event("alert")
+                            .id(feed.event_id(n.seq))
+                            .json_data(&*n.change)
+                            .unwrap_or_else(|_| SseEvent::default().event("error")),
+                    };
                 };
                 Some((Ok(event), (reader, guard, last)))
             }
         });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Whether the caller may see an alert change: through the alert's device, or the resident
+/// of a household alert (`r/<resident>`).
+fn sees_change(actor: &Actor, registry: &Registry, c: &crate::store::AlertChange) -> bool {
+    match c.device_id.strip_prefix("r/") {
+        Some(resident) if registry.resident(resident).is_some() => {
+            actor.sees_resident(registry, Some(resident))
+        }
+        _ => actor.sees_device(registry, &c.device_id),
+    }
 }
 
 /// Counts a live-feed client for as long as its stream exists.

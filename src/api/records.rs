@@ -42,6 +42,21 @@ fn position(lat: Option<f64>, lon: Option<f64>) -> Result<Option<Position>, ApiE
     }
 }
 
+/// The record, or 404 (as for one that does not exist) when it is of a resident outside the
+/// caller's regions, or of nobody and the caller does not see every region.
+async fn visible(
+    s: &AppState,
+    actor: &Actor,
+    id: i64,
+) -> Result<crate::store::ServiceRecord, ApiError> {
+    let r = s.store.get_record(id).await?;
+    if actor.sees_resident(&s.registry, r.resident_id.as_deref()) {
+        Ok(r)
+    } else {
+        Err(crate::store::StoreError::RecordNotFound(id).into())
+    }
+}
+
 /// `POST /api/records/{id}/check-in`.
 pub(super) async fn check_in(
     State(s): State<AppState>,
@@ -50,6 +65,7 @@ pub(super) async fn check_in(
     extract::Json(b): extract::Json<CheckInBody>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "record visits")?;
+    visible(&s, &actor, id).await?;
     let pos = position(b.lat, b.lon)?;
     let r = s
         .store
@@ -66,6 +82,7 @@ pub(super) async fn check_out(
     extract::Json(b): extract::Json<CheckOutBody>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "record visits")?;
+    visible(&s, &actor, id).await?;
     let c = CheckOut {
         at: b.at,
         position: position(b.lat, b.lon)?,
@@ -97,6 +114,7 @@ pub(super) async fn follow_up(
     extract::Json(b): extract::Json<FollowUpBody>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "record follow-up calls")?;
+    visible(&s, &actor, id).await?;
     let r = s
         .store
         .follow_up(
@@ -127,6 +145,11 @@ pub(super) async fn plan(
     extract::Json(b): extract::Json<PlanBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     actor.require(Role::handles_alerts, "plan visits")?;
+    if !actor.sees_resident(&s.registry, Some(&b.resident_id)) {
+        return Err(ApiError::Invalid(
+            crate::store::StoreError::ResidentNotFound(b.resident_id).to_string(),
+        ));
+    }
     let r = s
         .store
         .plan_visit(
@@ -149,9 +172,10 @@ pub(super) async fn plan(
 /// `GET /api/records/{id}`.
 pub(super) async fn get_one(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.store.get_record(id).await?)))
+    Ok(Json(json!(visible(&s, &actor, id).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,12 +213,10 @@ fn month_bounds(month: &str) -> Option<(i64, i64)> {
 /// cursor of the following page.
 pub(super) async fn list(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit: 1–{MAX_LIMIT}")));
-    }
+    let limit = extract::limit(q.limit, 100, MAX_LIMIT)?;
     let (from, to) = match q.month.as_deref() {
         Some(m) => month_bounds(m)
             .ok_or_else(|| ApiError::BadRequest(format!("month {m:?} is not YYYY-MM")))?,
@@ -206,7 +228,14 @@ pub(super) async fn list(
     }
     let items = s
         .store
-        .list_records(q.resident_id.as_deref(), from, to, cursor, limit)
+        .list_records(
+            q.resident_id.as_deref(),
+            from,
+            to,
+            cursor,
+            limit,
+            actor.scope.regions().as_deref(),
+        )
         .await?;
     let next = (items.len() as i64 == limit).then(|| items.last().map(|r| r.id));
     Ok(Json(json!({ "items": items, "next": next.flatten() })))

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::extract::{self, Path, Query};
 use super::{Actor, ApiError, AppState};
+use crate::domain::card::Card;
 use crate::domain::care::{DEFAULT_TIME_ZONE, Resident};
 use crate::store::{ResidentRecord, StoreError};
 
@@ -28,18 +29,46 @@ pub(super) struct ResidentBody {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     thresholds: BTreeMap<String, f64>,
+    #[serde(default)]
+    card: Card,
+}
+
+/// A resident as `actor` may see it: ID-card and phone numbers masked unless its role needs
+/// them.
+pub(super) fn for_actor(actor: &Actor, record: &ResidentRecord) -> Result<Value, ApiError> {
+    let mut v = if actor.sees_personal_numbers() {
+        serde_json::to_value(record)
+    } else {
+        serde_json::to_value(ResidentRecord {
+            card: record.card.masked(),
+            ..record.clone()
+        })
+    }
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["masked"] = json!(!actor.sees_personal_numbers());
+    Ok(v)
 }
 
 /// A resident as the API shows it: the stored record and the devices pointing at it.
-fn shown(s: &AppState, record: &ResidentRecord) -> Result<Value, ApiError> {
-    let mut v = serde_json::to_value(record).map_err(|e| ApiError::Internal(e.to_string()))?;
+fn shown(s: &AppState, actor: &Actor, record: &ResidentRecord) -> Result<Value, ApiError> {
+    let mut v = for_actor(actor, record)?;
     v["devices"] = json!(s.registry.devices_of(&record.resident.id));
     Ok(v)
+}
+
+/// Refuses (404, as for a resident that does not exist) one outside the caller's regions.
+fn visible(s: &AppState, actor: &Actor, id: &str) -> Result<(), ApiError> {
+    if actor.sees_resident(&s.registry, Some(id)) {
+        Ok(())
+    } else {
+        Err(StoreError::ResidentNotFound(id.to_owned()).into())
+    }
 }
 
 /// `PUT /api/residents/{id}`: 201 when created, 200 when replaced, with the resident.
 pub(super) async fn put(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
     extract::Json(body): extract::Json<ResidentBody>,
 ) -> Result<Response, ApiError> {
@@ -64,7 +93,7 @@ pub(super) async fn put(
             }
         )));
     }
-    let resident = Resident {
+    let mut resident = Resident {
         id,
         name: body.name.unwrap_or_default(),
         region: body.region.unwrap_or_default(),
@@ -72,11 +101,34 @@ pub(super) async fn put(
         labels: body.labels,
         thresholds: body.thresholds,
     };
-    let problems = resident.problems();
+    let mut card = body.card;
+    if let Some(n) = &mut card.id_number {
+        *n = n.trim().to_ascii_uppercase();
+    }
+    let mut problems = resident.problems();
+    problems.extend(card.problems(s.clock.now().date_naive()));
     if !problems.is_empty() {
         return Err(ApiError::Invalid(problems.join("; ")));
     }
-    let created = s.store.put_resident(&resident, s.clock.now()).await?;
+    // An existing resident of another region is not there for this caller; a new one may be
+    // placed only in the caller's regions.
+    if s.registry.resident(&resident.id).is_some() {
+        visible(&s, &actor, &resident.id)?;
+    }
+    if !actor.scope.sees(&resident.region) {
+        return Err(StoreError::RegionNotFound(resident.region.clone()).into());
+    }
+    // What the card says is a label rules select on, without anybody writing it by hand.
+    for (k, v) in card.derived_labels() {
+        resident
+            .labels
+            .entry(k.to_owned())
+            .or_insert_with(|| v.to_owned());
+    }
+    let created = s
+        .store
+        .put_resident(&resident, &card, s.clock.now())
+        .await?;
     s.registry.put_resident(resident.clone());
     let record = s
         .store
@@ -88,20 +140,22 @@ pub(super) async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(shown(&s, &record)?)).into_response())
+    Ok((status, Json(shown(&s, &actor, &record)?)).into_response())
 }
 
 /// `GET /api/residents/{id}`: the resident with `devices`, its registered devices.
 pub(super) async fn get_one(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    visible(&s, &actor, &id)?;
     let record = s
         .store
         .get_resident(&id)
         .await?
         .ok_or(StoreError::ResidentNotFound(id))?;
-    Ok(Json(shown(&s, &record)?))
+    Ok(Json(shown(&s, &actor, &record)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,15 +165,22 @@ pub(super) struct ListQuery {
     limit: Option<i64>,
 }
 
-/// `GET /api/residents?limit=&cursor=`: by id, `{"items": [...], "next": cursor-or-null}`.
+/// `GET /api/residents?limit=&cursor=`: by id, `{"items": [...], "next": cursor-or-null}`,
+/// the caller's regions only.
 pub(super) async fn list(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    let limit = extract::limit(q.limit, 500, 5000)?;
     let (items, next) = s
         .store
-        .list_residents(q.cursor.as_deref(), q.limit.unwrap_or(500))
+        .list_residents(q.cursor.as_deref(), limit, actor.scope.regions().as_deref())
         .await?;
+    let items = items
+        .iter()
+        .map(|r| for_actor(&actor, r))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
@@ -130,6 +191,7 @@ pub(super) async fn delete(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    visible(&s, &actor, &id)?;
     let ended = s
         .store
         .delete_resident(&id, &actor.author(), s.clock.now())

@@ -61,13 +61,14 @@ pub(super) async fn create(
         suppressed_count: 0,
     };
     let mut problems = sup.problems(now);
+    // Another region's resident or device is no such thing for this caller.
     if let Some(r) = &sup.resident_id
-        && s.registry.resident(r).is_none()
+        && (s.registry.resident(r).is_none() || !actor.sees_resident(&s.registry, Some(r)))
     {
         problems.push(format!("resident_id {r:?}: no such resident"));
     }
     if let Some(d) = &sup.device_id
-        && !s.registry.is_registered(d)
+        && (!s.registry.is_registered(d) || !actor.sees_device(&s.registry, d))
     {
         problems.push(format!("device_id {d:?}: no such registered device"));
     }
@@ -86,10 +87,12 @@ pub(super) struct ListQuery {}
 /// `GET /api/suppressions`: the active ones, by id, each with its `suppressed_count`.
 pub(super) async fn list(
     State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Query(_): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     // From the store, not the registry: the batch commits count suppressed matches there.
-    let items = s.store.active_suppressions(s.clock.now()).await?;
+    let mut items = s.store.active_suppressions(s.clock.now()).await?;
+    items.retain(|sup| sees(&s, &actor, sup));
     Ok(Json(json!({ "items": items })))
 }
 
@@ -99,9 +102,26 @@ pub(super) async fn end(
     Extension(actor): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
+    let theirs = s
+        .registry
+        .suppressions()
+        .into_iter()
+        .find(|sup| sup.id == id);
+    if theirs.is_some_and(|sup| !sees(&s, &actor, &sup)) {
+        return Err(crate::store::StoreError::SuppressionNotFound(id).into());
+    }
     s.store
         .end_suppression(id, &actor.author(), s.clock.now())
         .await?;
     s.registry.end_suppression(id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether the caller sees a suppression: through its resident or its device.
+fn sees(s: &AppState, actor: &Actor, sup: &Suppression) -> bool {
+    match (&sup.resident_id, &sup.device_id) {
+        (Some(r), _) => actor.sees_resident(&s.registry, Some(r)),
+        (None, Some(d)) => actor.sees_device(&s.registry, d),
+        (None, None) => matches!(actor.scope, crate::domain::region::Scope::All),
+    }
 }

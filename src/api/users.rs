@@ -197,9 +197,17 @@ pub(super) async fn login(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
         SESSION_HOURS * 3600
     );
-    Ok((
+    // For the audit log: the login is a write by this user.
+    let actor = super::Actor {
+        name: user.login.clone(),
+        role: user.role(),
+        scope: crate::domain::region::Scope::All,
+    };
+    let mut response = (
         [(header::SET_COOKIE, cookie)],
         Json(json!({ "token": token, "expires_at": expires, "user": user })),
     )
-        .into_response())
+        .into_response();
+    response.extensions_mut().insert(actor);
+    Ok(response)
 }

@@ -1,8 +1,11 @@
 //! Pure types and decisions of the care domain; depends on nothing else in the crate.
 
 pub mod alert;
+pub mod card;
 pub mod care;
 pub mod duration;
+pub mod region;
+pub mod report;
 pub mod user;
 
 /// The partition of a key: CRC-32 (ISO-HDLC) of its bytes, modulo `n`. Stable across

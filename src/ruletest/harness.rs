@@ -88,7 +88,9 @@ impl World for Harness {
         if !problems.is_empty() {
             bail!("resident {}: {}", r.id, problems.join("; "));
         }
-        self.store.put_resident(&r, self.now()).await?;
+        self.store
+            .put_resident(&r, &crate::domain::card::Card::default(), self.now())
+            .await?;
         self.registry.put_resident(r);
         self.shard.step(Vec::new()).await;
         Ok(())

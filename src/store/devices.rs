@@ -196,12 +196,14 @@ impl Store {
         Ok(rows)
     }
 
-    /// Devices by id, after `after`, optionally only (un)registered ones.
+    /// Devices by id, after `after`, optionally only (un)registered ones, only those of
+    /// residents of `regions` when given.
     pub async fn list_devices(
         &self,
         registered: Option<bool>,
         after: Option<&str>,
         limit: i64,
+        regions: Option<&[String]>,
     ) -> Result<Vec<Value>, StoreError> {
         let rows = on_pool!(self, pool => {
             // The quarantine view (registered=false) shows each device's open
@@ -218,6 +220,7 @@ impl Store {
             if let Some(a) = after {
                 q.push(" AND id > ").push_bind(a.to_owned());
             }
+            super::push_scope!(q, resident "resident_id", regions);
             q.push(" ORDER BY id LIMIT ").push_bind(limit.clamp(1, 5000));
             q.build()
                 .fetch_all(pool)

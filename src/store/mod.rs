@@ -10,6 +10,7 @@ mod bulk;
 mod deadlines;
 mod devices;
 mod records;
+mod regions;
 mod residents;
 mod sessions;
 mod users;
@@ -27,6 +28,8 @@ pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatc
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
 pub use records::{CheckOut, FOLLOW_UP_RESULTS, FollowUp, Position, ServiceRecord};
+pub use regions::AuditEntry;
+pub(crate) use regions::push_scope;
 pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
 pub use users::{User, UserInput};
@@ -72,6 +75,20 @@ pub enum StoreError {
         /// Who took the alert to that status (who acknowledged or resolved it), if anyone.
         holder: Option<String>,
     },
+    /// Another resident holds the ID-card number (the number itself is never in the
+    /// message: messages reach logs).
+    #[error(
+        "resident {resident}: another resident already has this ID-card number (one person, one record)"
+    )]
+    IdNumberTaken {
+        /// The resident being written.
+        resident: String,
+        /// The resident holding the number (empty when a concurrent write took it).
+        holder: String,
+    },
+    /// No such region.
+    #[error("region {0} not found")]
+    RegionNotFound(String),
     /// No such user.
     #[error("user {0} not found")]
     UserNotFound(i64),
@@ -212,6 +229,8 @@ pub struct AlertFilter {
     pub limit: i64,
     /// Continue after this (severity_rank, opened_at, id).
     pub after: Option<(i64, i64, i64)>,
+    /// Only alerts of residents of these regions; `None`: every alert.
+    pub regions: Option<Vec<String>>,
 }
 
 /// Resolution outcomes (CONTRACT.md).
@@ -523,6 +542,7 @@ impl Store {
             if let Some(k) = &f.kind {
                 q.push(" AND kind = ").push_bind(k.clone());
             }
+            push_scope!(q, resident "resident_id", f.regions.as_ref());
             if let Some((rank, opened, id)) = f.after {
                 q.push(" AND (severity_rank > ").push_bind(rank)
                     .push(" OR (severity_rank = ").push_bind(rank)
@@ -544,6 +564,19 @@ impl Store {
             None
         };
         Ok((alerts.into_iter().map(|(a, _)| a).collect(), next))
+    }
+
+    /// Whose an alert is: its resident (if any) and device; `NotFound` when there is no such
+    /// alert. What the API checks a caller's regions against before anything else.
+    pub async fn alert_owner(&self, id: i64) -> Result<(Option<String>, String), StoreError> {
+        on_pool!(self, pool => {
+            let row = sqlx::query("SELECT resident_id, device_id FROM alerts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            Ok((row.try_get("resident_id")?, row.try_get("device_id")?))
+        })
     }
 
     /// One alert and its timeline.

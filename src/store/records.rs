@@ -492,8 +492,8 @@ impl Store {
         })
     }
 
-    /// Service records opened in `[from, to)` (ms), of one resident if given, by id after
-    /// `after`, at most `limit`.
+    /// Service records opened in `[from, to)` (ms), of one resident if given, of residents of
+    /// `regions` only when given, by id after `after`, at most `limit`.
     pub async fn list_records(
         &self,
         resident_id: Option<&str>,
@@ -501,19 +501,17 @@ impl Store {
         to: i64,
         after: i64,
         limit: i64,
+        regions: Option<&[String]>,
     ) -> Result<Vec<ServiceRecord>, StoreError> {
         on_pool!(self, pool => {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {RECORD_COLUMNS} FROM service_records WHERE opened_at >= $1 AND opened_at < $2 AND id > $3 \
-                 AND ($4 IS NULL OR resident_id = $4) ORDER BY id LIMIT $5"
-            )))
-            .bind(from)
-            .bind(to)
-            .bind(after)
-            .bind(resident_id)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+            let mut q = sqlx::QueryBuilder::<Db>::new(format!("SELECT {RECORD_COLUMNS} FROM service_records WHERE opened_at >= "));
+            q.push_bind(from).push(" AND opened_at < ").push_bind(to).push(" AND id > ").push_bind(after);
+            if let Some(r) = resident_id {
+                q.push(" AND resident_id = ").push_bind(r.to_owned());
+            }
+            super::push_scope!(q, resident "resident_id", regions);
+            q.push(" ORDER BY id LIMIT ").push_bind(limit);
+            let rows = q.build().fetch_all(pool).await?;
             rows.iter().map(record_from_row).collect()
         })
     }

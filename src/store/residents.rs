@@ -8,10 +8,11 @@ use sqlx::Row;
 
 use super::{Store, StoreError, on_pool};
 use crate::clock::{from_millis, to_millis};
+use crate::domain::card::Card;
 use crate::domain::care::{Resident, Suppression};
 
 const RESIDENT_COLUMNS: &str =
-    "id, name, region, time_zone, labels, thresholds, created_at, updated_at";
+    "id, name, region, time_zone, labels, thresholds, id_number, card, created_at, updated_at";
 
 const SUPPRESSION_COLUMNS: &str =
     "id, resident_id, device_id, kinds, reason, author, created_at, until_at, suppressed_count";
@@ -22,6 +23,8 @@ pub struct ResidentRecord {
     /// The resident (its fields appear at the top level of the JSON).
     #[serde(flatten)]
     pub resident: Resident,
+    /// The card: the ID-card number, phones, addresses, contacts, health.
+    pub card: Card,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it was last replaced.
@@ -39,7 +42,11 @@ where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
+    // A card this engine did not write reads as empty rather than failing every listing.
+    let mut card: Card = serde_json::from_str(&r.try_get::<String, _>("card")?).unwrap_or_default();
+    card.id_number = r.try_get("id_number")?;
     Ok(ResidentRecord {
         resident: Resident {
             id: r.try_get("id")?,
@@ -49,6 +56,7 @@ where
             labels: json_map(&r.try_get::<String, _>("labels")?),
             thresholds: json_map(&r.try_get::<String, _>("thresholds")?),
         },
+        card,
         created_at: from_millis(r.try_get("created_at")?),
         updated_at: from_millis(r.try_get("updated_at")?),
     })
@@ -76,19 +84,53 @@ where
     })
 }
 
-impl Store {
-    /// Creates or replaces a resident (validated by the caller); `true` when it was created.
-    pub async fn put_resident(&self, r: &Resident, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let at = to_millis(now);
+/// Inserts or updates one resident and its card inside transaction `$tx`; evaluates to
+/// `true` when the row was created. Shared by the single write and the template import.
+macro_rules! put_resident_in {
+    ($tx:expr, $r:expr, $card:expr, $at:expr) => {{
+        let r: &Resident = $r;
+        let card: &Card = $card;
+        let at: i64 = $at;
         let labels = serde_json::to_string(&r.labels).unwrap_or_else(|_| "{}".into());
         let thresholds = serde_json::to_string(&r.thresholds).unwrap_or_else(|_| "{}".into());
-        let created = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            // Insert-or-nothing then update, rather than one upsert: it tells created from
-            // updated on both backends, and two concurrent PUTs still end as one row.
-            let inserted = sqlx::query(
-                "INSERT INTO residents (id, name, region, time_zone, labels, thresholds, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
+        let id_number = card.id_number.clone();
+        // The number has a column of its own (unique, indexed); the JSON keeps the rest.
+        let rest = serde_json::to_string(&Card { id_number: None, ..card.clone() })
+            .unwrap_or_else(|_| "{}".into());
+        if let Some(n) = &id_number {
+            let holder: Option<String> =
+                sqlx::query_scalar("SELECT id FROM residents WHERE id_number = $1 AND id <> $2")
+                    .bind(n)
+                    .bind(&r.id)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+            if let Some(holder) = holder {
+                return Err(StoreError::IdNumberTaken { resident: r.id.clone(), holder });
+            }
+        }
+        // Insert-or-nothing then update, rather than one upsert: it tells created from
+        // updated on both backends, and two concurrent PUTs still end as one row.
+        let inserted = sqlx::query(
+            "INSERT INTO residents (id, name, region, time_zone, labels, thresholds, id_number, card, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&r.id)
+        .bind(&r.name)
+        .bind(&r.region)
+        .bind(&r.time_zone)
+        .bind(&labels)
+        .bind(&thresholds)
+        .bind(id_number.as_deref())
+        .bind(&rest)
+        .bind(at)
+        .execute(&mut *$tx)
+        .await
+        .map_err(|e| id_taken(e, &r.id))?
+        .rows_affected();
+        if inserted == 0 {
+            sqlx::query(
+                "UPDATE residents SET name = $2, region = $3, time_zone = $4, labels = $5, thresholds = $6, \
+                 id_number = $7, card = $8, updated_at = $9 WHERE id = $1",
             )
             .bind(&r.id)
             .bind(&r.name)
@@ -96,29 +138,64 @@ impl Store {
             .bind(&r.time_zone)
             .bind(&labels)
             .bind(&thresholds)
+            .bind(id_number.as_deref())
+            .bind(&rest)
             .bind(at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                sqlx::query(
-                    "UPDATE residents SET name = $2, region = $3, time_zone = $4, labels = $5, thresholds = $6, \
-                     updated_at = $7 WHERE id = $1",
-                )
-                .bind(&r.id)
-                .bind(&r.name)
-                .bind(&r.region)
-                .bind(&r.time_zone)
-                .bind(&labels)
-                .bind(&thresholds)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
+            .execute(&mut *$tx)
+            .await
+            .map_err(|e| id_taken(e, &r.id))?;
+        }
+        inserted == 1
+    }};
+}
+#[allow(unused_imports)] // the template import uses it next
+pub(crate) use put_resident_in;
+
+/// A unique violation on the ID-card number: a concurrent write gave it to another resident.
+fn id_taken(e: sqlx::Error, resident: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::IdNumberTaken {
+            resident: resident.to_owned(),
+            holder: String::new(),
+        },
+        _ => StoreError::Db(e),
+    }
+}
+
+impl Store {
+    /// Creates or replaces a resident and its card (validated by the caller); `true` when it
+    /// was created. An ID-card number another resident holds is refused (`IdNumberTaken`):
+    /// one person, one record, whatever the region.
+    pub async fn put_resident(
+        &self,
+        r: &Resident,
+        card: &Card,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let created = put_resident_in!(tx, r, card, to_millis(now));
             tx.commit().await?;
-            inserted == 1
+            Ok(created)
+        })
+    }
+
+    /// Which resident holds ID-card number `id_number`, if any.
+    pub async fn resident_by_id_number(
+        &self,
+        id_number: &str,
+    ) -> Result<Option<ResidentRecord>, StoreError> {
+        let row = on_pool!(self, pool => {
+            match sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RESIDENT_COLUMNS} FROM residents WHERE id_number = $1")))
+                .bind(id_number)
+                .fetch_optional(pool)
+                .await?
+            {
+                Some(r) => Some(resident_from_row(&r)?),
+                None => None,
+            }
         });
-        Ok(created)
+        Ok(row)
     }
 
     /// A resident.
@@ -183,12 +260,14 @@ impl Store {
         })
     }
 
-    /// Residents by id, after `after`, at most `limit` (1..=5000); with the cursor of the next
+    /// Residents by id, after `after`, at most `limit` (1..=5000), of `regions` only when
+    /// given; with the cursor of the next
     /// page, `None` on the last.
     pub async fn list_residents(
         &self,
         after: Option<&str>,
         limit: i64,
+        regions: Option<&[String]>,
     ) -> Result<(Vec<ResidentRecord>, Option<String>), StoreError> {
         let limit = limit.clamp(1, 5000);
         let mut rows = on_pool!(self, pool => {
@@ -196,6 +275,7 @@ impl Store {
             if let Some(a) = after {
                 q.push(" AND id > ").push_bind(a.to_owned());
             }
+            super::push_scope!(q, "region", regions);
             // One more than asked: whether there is a next page, without a second query.
             q.push(" ORDER BY id LIMIT ").push_bind(limit + 1);
             q.build()

@@ -1,0 +1,474 @@
+//! Regions, scoping, masking, the audit log and the monthly report over the operator API
+//! (CONTRACT.md "Care records"), against the real binary on each store: an operator of one
+//! district gets 404 for every read and write of another district's resident, device, alert,
+//! record and report and never sees its alerts on the live feed; a supervisor of the city
+//! above sees both; ID-card and phone numbers reach operators masked; every write is in the
+//! append-only audit log with who, what, when and from where.
+
+mod common;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use anxin::domain::card::id_check_char;
+use common::{Backend, Engine, EngineOpts, TempDb, on_both_stores, poll};
+use futures_util::{Stream, StreamExt};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn start(backend: Backend) -> Option<(Engine, Option<TempDb>)> {
+    let mut opts = EngineOpts::default();
+    let db = backend.configure(&mut opts).await?;
+    Some((Engine::start(opts).await, db))
+}
+
+async fn call(
+    e: &Engine,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", e.http))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A valid GB 11643 number for someone born on `birth` (`YYYYMMDD`), male when `seq` is odd.
+fn id_number(area: &str, birth: &str, seq: &str) -> String {
+    let first17 = format!("{area}{birth}{seq}");
+    format!("{first17}{}", id_check_char(&first17).unwrap())
+}
+
+async fn user(e: &Engine, login: &str, role: &str, regions: &[&str]) -> String {
+    let password = format!("pw-of-{login}");
+    let (s, v) = call(
+        e,
+        &e.token,
+        Method::POST,
+        "/api/users",
+        Some(
+            json!({"login": login, "name": login, "role": role, "regions": regions,
+                    "password": password}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/login", e.http))
+        .json(&json!({"login": login, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+/// The `alert` events of a live-feed connection, as (alert id, device id).
+struct Feed {
+    body: Body,
+    buf: String,
+}
+
+impl Feed {
+    async fn open(e: &Engine, token: &str) -> Feed {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/api/stream", e.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        Feed {
+            body: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    async fn next_alert(&mut self) -> (i64, String) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                if block.lines().any(|l| l.trim() == "event: alert") {
+                    let data = block
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data:"))
+                        .unwrap()
+                        .trim();
+                    let v: Value = serde_json::from_str(data).unwrap();
+                    return (
+                        v["alert_id"].as_i64().unwrap(),
+                        v["device_id"].as_str().unwrap().to_owned(),
+                    );
+                }
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_secs(30), self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                other => panic!("the stream ended or stalled: {other:?}"),
+            }
+        }
+    }
+}
+
+async fn an_operator_sees_only_the_regions_below_theirs(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let admin = e.token.clone();
+    // Guangdong → Guangzhou → Tianhe and Yuexiu.
+    for (id, name, parent) in [
+        ("gd", "广东省", None),
+        ("gz", "广州市", Some("gd")),
+        ("tianhe", "天河区", Some("gz")),
+        ("yuexiu", "越秀区", Some("gz")),
+    ] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/regions/{id}"),
+            Some(json!({"name": name, "parent": parent})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/regions/gd",
+        Some(json!({"name": "广东省", "parent": "tianhe"})),
+    )
+    .await;
+    assert_eq!(s, 422, "a region below itself: {v}");
+
+    let id_a = id_number("440106", "19450315", "123");
+    let id_b = id_number("440104", "19500101", "224");
+    for (resident, region, id_no, phone, device) in [
+        ("r-a", "tianhe", &id_a, "13812345678", "pend-a"),
+        ("r-b", "yuexiu", &id_b, "13987654321", "pend-b"),
+    ] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/residents/{resident}"),
+            Some(json!({"name": resident, "region": region, "card": {
+                "id_number": id_no, "phones": [phone], "living_situation": "alone",
+                "contacts": [{"name": "女儿", "relation": "daughter", "phone": "13700001111"}]}})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["labels"]["lives_alone"], json!("true"), "{v}");
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::POST,
+            "/api/devices",
+            Some(json!([{"id": device, "type": "pendant", "resident_id": resident}])),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    // One person, one record: the same ID number for a resident of another region.
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/residents/r-c",
+        Some(json!({"name": "r-c", "region": "yuexiu", "card": {"id_number": id_a}})),
+    )
+    .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(!v.to_string().contains(&id_a), "{v}");
+
+    let op = user(&e, "op.tianhe", "operator", &["tianhe"]).await;
+    let sup = user(&e, "sup.gz", "supervisor", &["gz"]).await;
+    let installer = user(&e, "inst.tianhe", "installer", &["tianhe"]).await;
+
+    // The live feed of Tianhe's operator: Yuexiu's SOS, then Tianhe's; only Tianhe's arrives.
+    let mut feed = Feed::open(&e, &op).await;
+    e.publish("pend-b", r#"{"type":"sos"}"#);
+    let er = &e;
+    let alert_b = poll("yuexiu's alert", || async move {
+        er.alerts("device_id=pend-b").await.first()?["id"].as_i64()
+    })
+    .await;
+    e.publish("pend-a", r#"{"type":"sos"}"#);
+    let (first, device) = feed.next_alert().await;
+    assert_eq!(
+        device, "pend-a",
+        "alert {first} of {device} reached the wrong region"
+    );
+    let alert_a = first;
+
+    // Another region's service record.
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::POST,
+        &format!("/api/alerts/{alert_b}/dispatch"),
+        Some(json!({"provider": "越秀居家", "worker": "Liu"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let record_b = v["record_id"].as_i64().unwrap();
+
+    // Every read and write of Yuexiu's things: 404, as if they did not exist.
+    let missing: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, "/api/residents/r-b".into(), None),
+        (
+            Method::PUT,
+            "/api/residents/r-b".into(),
+            Some(json!({"name": "x", "region": "yuexiu"})),
+        ),
+        (Method::DELETE, "/api/residents/r-b".into(), None),
+        (
+            Method::PUT,
+            "/api/residents/r-new".into(),
+            Some(json!({"name": "x", "region": "yuexiu"})),
+        ),
+        (Method::GET, "/api/devices/pend-b".into(), None),
+        (
+            Method::PUT,
+            "/api/devices/pend-b".into(),
+            Some(json!({"id": "pend-b", "type": "pendant", "resident_id": "r-a"})),
+        ),
+        (Method::DELETE, "/api/devices/pend-b".into(), None),
+        (Method::GET, "/api/devices/pend-b/frames".into(), None),
+        (Method::GET, format!("/api/alerts/{alert_b}"), None),
+        (
+            Method::POST,
+            format!("/api/alerts/{alert_b}/ack"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/api/alerts/{alert_b}/resolve"),
+            Some(json!({"outcome": "other"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/alerts/{alert_b}/calls"),
+            Some(json!({"to": "resident", "outcome": "answered"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/alerts/{alert_b}/notes"),
+            Some(json!({"text": "x"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/alerts/{alert_b}/dispatch"),
+            Some(json!({"provider": "p", "worker": "w"})),
+        ),
+        (Method::GET, format!("/api/records/{record_b}"), None),
+        (
+            Method::POST,
+            format!("/api/records/{record_b}/check-in"),
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            format!("/api/records/{record_b}/check-out"),
+            Some(json!({"items": ["meals"], "rating": 5})),
+        ),
+        (
+            Method::POST,
+            format!("/api/records/{record_b}/follow-up"),
+            Some(json!({"result": "satisfied"})),
+        ),
+        (
+            Method::GET,
+            "/api/reports/monthly?month=2026-12&region=yuexiu".into(),
+            None,
+        ),
+        (
+            Method::GET,
+            "/api/reports/monthly?month=2026-12&region=gz".into(),
+            None,
+        ),
+    ];
+    for (method, path, body) in missing {
+        let (s, v) = call(&e, &op, method.clone(), &path, body).await;
+        assert_eq!(s, 404, "{method} {path}: {v}");
+    }
+    // Writes naming another region's resident in the body: as for a resident that is not.
+    for (path, body) in [
+        (
+            "/api/records",
+            json!({"resident_id": "r-b", "provider": "p", "worker": "w"}),
+        ),
+        (
+            "/api/suppressions",
+            json!({"resident_id": "r-b", "reason": "x", "until": "2099-01-01T00:00:00Z"}),
+        ),
+        (
+            "/api/devices",
+            json!([{"id": "pend-new", "type": "pendant", "resident_id": "r-b"}]),
+        ),
+    ] {
+        let (s, v) = call(&e, &op, Method::POST, path, Some(body)).await;
+        assert_eq!(s, 422, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("r-b"), "{v}");
+    }
+    // Lists hold Tianhe's only.
+    let ids = |v: &Value, key: &str| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[key].to_string().trim_matches('"').to_owned())
+            .collect()
+    };
+    let (_, v) = call(&e, &op, Method::GET, "/api/alerts", None).await;
+    assert_eq!(ids(&v, "id"), vec![alert_a.to_string()]);
+    let (_, v) = call(&e, &op, Method::GET, "/api/residents", None).await;
+    assert_eq!(ids(&v, "id"), vec!["r-a"]);
+    let (_, v) = call(&e, &op, Method::GET, "/api/devices", None).await;
+    assert_eq!(ids(&v, "id"), vec!["pend-a"]);
+    let (_, v) = call(&e, &op, Method::GET, "/api/records", None).await;
+    assert!(ids(&v, "id").is_empty(), "{v}");
+    let (_, v) = call(&e, &op, Method::GET, "/api/regions", None).await;
+    assert_eq!(ids(&v, "id"), vec!["tianhe"]);
+    // The supervisor of the city sees both districts.
+    let (_, v) = call(&e, &sup, Method::GET, "/api/alerts", None).await;
+    assert_eq!(ids(&v, "id").len(), 2, "{v}");
+    let (s, _) = call(&e, &sup, Method::GET, "/api/residents/r-b", None).await;
+    assert_eq!(s, 200);
+
+    // Masking: the operator reads numbers masked, the supervisor in full.
+    let (s, card_op) = call(&e, &op, Method::GET, "/api/residents/r-a", None).await;
+    assert_eq!(s, 200);
+    let masked_id = format!("{}********{}", &id_a[..6], &id_a[14..]);
+    assert_eq!(card_op["card"]["id_number"], json!(masked_id), "{card_op}");
+    assert_eq!(card_op["card"]["phones"], json!(["138****5678"]));
+    assert_eq!(
+        card_op["card"]["contacts"][0]["phone"],
+        json!("137****1111")
+    );
+    assert!(!card_op.to_string().contains(&id_a));
+    let (_, detail) = call(
+        &e,
+        &op,
+        Method::GET,
+        &format!("/api/alerts/{alert_a}"),
+        None,
+    )
+    .await;
+    assert_eq!(detail["resident"]["card"]["id_number"], json!(masked_id));
+    assert!(!detail.to_string().contains("13812345678"), "{detail}");
+    let (_, card_sup) = call(&e, &sup, Method::GET, "/api/residents/r-a", None).await;
+    assert_eq!(card_sup["card"]["id_number"], json!(id_a));
+    assert_eq!(card_sup["card"]["phones"], json!(["13812345678"]));
+
+    // Roles: the installer of Tianhe may not resolve Tianhe's alert.
+    let (s, v) = call(
+        &e,
+        &installer,
+        Method::POST,
+        &format!("/api/alerts/{alert_a}/resolve"),
+        Some(json!({"outcome": "other"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+
+    // Nothing of Yuexiu changed.
+    let (_, b) = call(
+        &e,
+        &admin,
+        Method::GET,
+        &format!("/api/alerts/{alert_b}"),
+        None,
+    )
+    .await;
+    assert_eq!(b["status"], json!("dispatched"), "{b}");
+    let (s, _) = call(&e, &admin, Method::GET, "/api/residents/r-b", None).await;
+    assert_eq!(s, 200);
+
+    // The report of the operator's own district answers; the operator's report without a
+    // region covers only it.
+    let (s, v) = call(
+        &e,
+        &op,
+        Method::GET,
+        "/api/reports/monthly?month=2026-12&region=tianhe",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, csv) = call(
+        &e,
+        &sup,
+        Method::GET,
+        "/api/reports/monthly?month=2026-12&region=gz&format=csv",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(
+        csv.as_str()
+            .unwrap()
+            .starts_with("section,provider,key,value"),
+        "{csv}"
+    );
+
+    // The audit log: the refused writes and the successful ones, with who and from where.
+    let (s, log) = call(&e, &admin, Method::GET, "/api/audit?actor=op.tianhe", None).await;
+    assert_eq!(s, 200, "{log}");
+    let entries = log["items"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|x| x["path"] == json!(format!("/api/alerts/{alert_b}/ack"))
+                && x["status"] == json!(404)
+                && x["remote"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("127.0.0.1:"))),
+        "{log}"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|x| x["actor"] == json!("op.tianhe") && x["role"] == json!("operator")),
+        "{log}"
+    );
+    let (_, all) = call(&e, &admin, Method::GET, "/api/audit?limit=1000", None).await;
+    assert!(
+        all["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["path"] == json!("/api/login") && x["actor"] == json!("sup.gz")),
+        "{all}"
+    );
+    let (s, _) = call(&e, &op, Method::GET, "/api/audit", None).await;
+    assert_eq!(s, 403);
+
+    // No ID-card or phone number in the engine's log.
+    let log = e.log();
+    for secret in [
+        id_a.as_str(),
+        id_b.as_str(),
+        "13812345678",
+        "13987654321",
+        "13700001111",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+}
+on_both_stores!(an_operator_sees_only_the_regions_below_theirs);
