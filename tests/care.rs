@@ -472,3 +472,348 @@ async fn an_operator_sees_only_the_regions_below_theirs(backend: Backend) {
     }
 }
 on_both_stores!(an_operator_sees_only_the_regions_below_theirs);
+
+/// One template row: header → value, every required column filled with a sound value.
+fn template_row(name: &str, id_no: &str, gender: &str, birth: &str) -> Vec<(&'static str, String)> {
+    [
+        ("姓名*", name),
+        ("性别*", gender),
+        ("身份证号*", id_no),
+        ("出生日期", birth),
+        ("民族*", "汉"),
+        ("联系手机*", "13812345678"),
+        ("户籍省份*", "广东省"),
+        ("户籍地市*", "广州市"),
+        ("户籍区(县)*", "天河区"),
+        ("户籍街道*", "石牌街道"),
+        ("户籍详细地址*", "天河路1号"),
+        ("常住省份*", "广东省"),
+        ("常住地市*", "广州市"),
+        ("常住街道*", "石牌街道"),
+        ("常住详细地址*", "天河路1号302"),
+        ("居住情况*", "2"),
+        ("婚姻状况*", "2"),
+        ("身体状况*", "1"),
+        ("文化程度*", "4"),
+        ("经济来源*", "1"),
+        ("参加工作时间(年)", "1968"),
+        ("第一紧急联系人姓名", "陈二"),
+        ("第一紧急联系人电话", "13900001111"),
+        ("希望提供服务*", "1、4"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
+
+fn set(row: &mut Vec<(&'static str, String)>, column: &'static str, value: &str) {
+    row.retain(|(c, _)| *c != column);
+    row.push((column, value.to_owned()));
+}
+
+fn template_csv(rows: &[Vec<(&'static str, String)>]) -> String {
+    let columns = anxin::domain::import::COLUMNS;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(columns).unwrap();
+    for r in rows {
+        w.write_record(columns.iter().map(|c| {
+            r.iter()
+                .find(|(k, _)| k == c)
+                .map_or("", |(_, v)| v.as_str())
+        }))
+        .unwrap();
+    }
+    String::from_utf8(w.into_inner().unwrap()).unwrap()
+}
+
+async fn import(
+    e: &Engine,
+    token: &str,
+    query: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/residents/import?{query}", e.http))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn the_template_imports_its_sound_rows_and_names_every_rejected_one(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let admin = e.token.clone();
+    let wang = id_number("440106", "19450315", "123");
+    let li = id_number("440106", "19480720", "246");
+    let zhang = id_number("440106", "19400101", "111");
+    let mut rows = vec![
+        // 1, 2: sound.
+        template_row("王一", &wang, "男", "1945/03/15"),
+        template_row("李二", &li, "女", "1948/07/20"),
+    ];
+    // 3: a wrong check character.
+    let mut bad_check = id_number("440106", "19500505", "135");
+    let last = if bad_check.ends_with('1') { "2" } else { "1" };
+    bad_check.replace_range(17.., last);
+    rows.push(template_row("赵三", &bad_check, "男", "1950/05/05"));
+    // 4: a birth date the ID number does not carry.
+    rows.push(template_row(
+        "钱四",
+        &id_number("440106", "19520202", "357"),
+        "男",
+        "1952/02/03",
+    ));
+    // 5: a working life that began in 1905.
+    let mut r = template_row(
+        "孙五",
+        &id_number("440106", "19530303", "579"),
+        "男",
+        "1953/03/03",
+    );
+    set(&mut r, "参加工作时间(年)", "1905");
+    rows.push(r);
+    // 6: row 1's ID number again.
+    rows.push(template_row("王一", &wang, "男", "1945/03/15"));
+    // 7: a code out of range.
+    let mut r = template_row(
+        "周七",
+        &id_number("440106", "19440404", "791"),
+        "男",
+        "1944/04/04",
+    );
+    set(&mut r, "婚姻状况*", "7");
+    rows.push(r);
+    // 8: a required field missing.
+    let mut r = template_row(
+        "吴八",
+        &id_number("440106", "19460606", "913"),
+        "男",
+        "1946/06/06",
+    );
+    set(&mut r, "民族*", "");
+    rows.push(r);
+    // 9: sound, living alone with dementia.
+    let mut r = template_row("张九", &zhang, "男", "1940/01/01");
+    set(&mut r, "居住情况*", "1");
+    set(&mut r, "病例(史)", "6");
+    rows.push(r);
+    // 10: the template's own example row.
+    rows.push(template_row(
+        "陈一",
+        "440111196012236789",
+        "男",
+        "1960/12/23",
+    ));
+    let text = template_csv(&rows);
+    let (gb, _, unmappable) = encoding_rs::GB18030.encode(&text);
+    assert!(!unmappable);
+
+    // Operators do not import; nobody imports into a region they do not work in.
+    let op = user(&e, "op.tianhe", "operator", &["tianhe"]).await;
+    let sup_yx = user(&e, "sup.yuexiu", "supervisor", &["yuexiu"]).await;
+    let (s, _) = import(&e, &op, "region=tianhe", "text/csv", gb.to_vec()).await;
+    assert_eq!(s, 403);
+    let (s, _) = import(&e, &sup_yx, "region=tianhe", "text/csv", gb.to_vec()).await;
+    assert_eq!(s, 404);
+
+    // A dry run reports and writes nothing.
+    let (s, dry) = import(
+        &e,
+        &admin,
+        "region=tianhe&dry_run=true",
+        "text/csv",
+        gb.to_vec(),
+    )
+    .await;
+    assert_eq!(s, 200, "{dry}");
+    assert_eq!(
+        (dry["imported"].as_i64(), dry["dry_run"].as_bool()),
+        (Some(3), Some(true))
+    );
+    let (_, v) = call(&e, &admin, Method::GET, "/api/residents", None).await;
+    assert_eq!(v["items"], json!([]), "a dry run wrote: {v}");
+
+    // GB18030, as Chinese spreadsheets save it.
+    let (s, report) = import(&e, &admin, "region=tianhe", "text/csv", gb.to_vec()).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(
+        (
+            report["imported"].as_i64(),
+            report["updated"].as_i64(),
+            report["unchanged"].as_i64()
+        ),
+        (Some(3), Some(0), Some(0)),
+        "{report}"
+    );
+    let rejected: Vec<(i64, String)> = report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_i64().unwrap(),
+                r["column"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (row, column) in [
+        (3, "身份证号*"),
+        (4, "出生日期"),
+        (5, "参加工作时间(年)"),
+        (6, "身份证号*"),
+        (7, "婚姻状况*"),
+        (8, "民族*"),
+        (10, "身份证号*"),
+        (10, "性别*"),
+    ] {
+        assert!(
+            rejected.contains(&(row, column.to_owned())),
+            "row {row} column {column} not rejected: {report}"
+        );
+    }
+    assert!(
+        rejected.iter().all(|(r, _)| ![1, 2, 9].contains(r)),
+        "{report}"
+    );
+    for r in report["rejected"].as_array().unwrap() {
+        assert!(!r["reason"].as_str().unwrap().is_empty(), "{r}");
+    }
+    assert!(
+        !report.to_string().contains(&wang),
+        "an ID number in the report: {report}"
+    );
+
+    // The rows are residents of the region, with labels from their card.
+    let (_, v) = call(&e, &admin, Method::GET, "/api/residents", None).await;
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{v}");
+    let zhang_card = items.iter().find(|r| r["name"] == json!("张九")).unwrap();
+    assert_eq!(zhang_card["region"], json!("tianhe"));
+    assert_eq!(
+        zhang_card["labels"]["lives_alone"],
+        json!("true"),
+        "{zhang_card}"
+    );
+    assert_eq!(
+        zhang_card["labels"]["dementia"],
+        json!("true"),
+        "{zhang_card}"
+    );
+    assert_eq!(zhang_card["card"]["id_number"], json!(zhang));
+    assert_eq!(zhang_card["card"]["gender"], json!("male"));
+
+    // The same file again: nothing changes. As UTF-8 this time.
+    let (_, again) = import(
+        &e,
+        &admin,
+        "region=tianhe",
+        "text/csv",
+        text.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (
+            again["imported"].as_i64(),
+            again["updated"].as_i64(),
+            again["unchanged"].as_i64()
+        ),
+        (Some(0), Some(0), Some(3)),
+        "{again}"
+    );
+    // A changed phone is an update; the same people into another region are refused.
+    let mut changed = rows[..2].to_vec();
+    set(&mut changed[0], "联系手机*", "13811112222");
+    let (_, upd) = import(
+        &e,
+        &admin,
+        "region=tianhe",
+        "text/csv",
+        template_csv(&changed).into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (upd["updated"].as_i64(), upd["unchanged"].as_i64()),
+        (Some(1), Some(1)),
+        "{upd}"
+    );
+    let (_, other) = import(
+        &e,
+        &admin,
+        "region=yuexiu",
+        "text/csv",
+        template_csv(&changed).into_bytes(),
+    )
+    .await;
+    assert_eq!(other["imported"].as_i64(), Some(0), "{other}");
+    assert_eq!(other["rejected"].as_array().unwrap().len(), 2, "{other}");
+    assert!(
+        other["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another region"),
+        "{other}"
+    );
+
+    // The spreadsheet itself: an ID typed as text, a phone as a number, a date cell.
+    let mut book = rust_xlsxwriter::Workbook::new();
+    let sheet = book.add_worksheet();
+    let liu = id_number("440106", "19470808", "135");
+    let mut r = template_row("刘十", &liu, "男", "");
+    r.retain(|(k, _)| *k != "联系手机*" && *k != "出生日期");
+    for (c, name) in anxin::domain::import::COLUMNS.iter().enumerate() {
+        let c = c as u16;
+        sheet.write_string(0, c, *name).unwrap();
+        match *name {
+            "联系手机*" => {
+                sheet.write_number(1, c, 13812345678.0).unwrap();
+            }
+            "出生日期" => {
+                let d = rust_xlsxwriter::ExcelDateTime::from_ymd(1947, 8, 8).unwrap();
+                let f = rust_xlsxwriter::Format::new().set_num_format("yyyy/mm/dd");
+                sheet.write_datetime_with_format(1, c, &d, &f).unwrap();
+            }
+            _ => {
+                if let Some((_, v)) = r.iter().find(|(k, _)| k == name) {
+                    sheet.write_string(1, c, v).unwrap();
+                }
+            }
+        }
+    }
+    let xlsx = book.save_to_buffer().unwrap();
+    let (s, v) = import(
+        &e,
+        &admin,
+        "region=tianhe",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        xlsx,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["imported"].as_i64(), Some(1), "{v}");
+
+    // Not a template at all: 400 or 422 with a reason, nothing written.
+    let (s, v) = import(
+        &e,
+        &admin,
+        "region=tianhe",
+        "text/csv",
+        b"name,phone\nx,y\n".to_vec(),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("姓名"), "{v}");
+    let (_, v) = call(&e, &admin, Method::GET, "/api/residents", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 4);
+    let log = e.log();
+    for n in [&wang, &li, &zhang, &liu] {
+        assert!(!log.contains(n.as_str()), "an ID number in the log");
+    }
+}
+on_both_stores!(the_template_imports_its_sound_rows_and_names_every_rejected_one);

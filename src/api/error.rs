@@ -34,6 +34,9 @@ pub enum ApiError {
     /// The body is larger than [`BODY_LIMIT_BYTES`].
     #[error("the request body is larger than the limit of {BODY_LIMIT_BYTES} bytes")]
     PayloadTooLarge,
+    /// The body is larger than this route's own limit (bytes).
+    #[error("the request body is larger than this route's limit of {0} bytes")]
+    PayloadTooLargeFor(usize),
     /// The route does not take this content type.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -58,7 +61,9 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::PayloadTooLargeFor(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) | ApiError::InvalidRegistrations(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY

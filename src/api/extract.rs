@@ -23,6 +23,12 @@ pub const BODY_LIMIT_BYTES: usize = 2 * 1024 * 1024;
 /// larger than this is refused without reading.
 const DRAIN_LIMIT_BYTES: u64 = 8 * BODY_LIMIT_BYTES as u64;
 
+/// Middleware body of [`limit_body`] for a route with a larger limit of its own (the
+/// template import).
+pub async fn limit_body_to(limit: usize, req: Request, next: Next) -> Response {
+    read_limited(limit, req, next).await
+}
+
 /// How long draining an oversized body may take.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
@@ -30,13 +36,18 @@ const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// route answers an oversized body with 413, however it is sent (declared length or
 /// chunked) and whether or not the route reads bodies.
 pub async fn limit_body(req: Request, next: Next) -> Response {
+    read_limited(BODY_LIMIT_BYTES, req, next).await
+}
+
+async fn read_limited(limit: usize, req: Request, next: Next) -> Response {
+    let drain_limit = DRAIN_LIMIT_BYTES.max(limit as u64);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
-        return ApiError::PayloadTooLarge.into_response();
+    if declared.is_some_and(|n| n > drain_limit) {
+        return too_large(limit);
     }
     let (parts, body) = req.into_parts();
     let mut chunks = body.into_data_stream();
@@ -48,17 +59,17 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
                 .into_response();
         };
         total += chunk.len() as u64;
-        if total > BODY_LIMIT_BYTES as u64 {
+        if total > limit as u64 {
             let _ = tokio::time::timeout(DRAIN_TIME, async {
                 while let Some(Ok(more)) = chunks.next().await {
                     total += more.len() as u64;
-                    if total > DRAIN_LIMIT_BYTES {
+                    if total > drain_limit {
                         break;
                     }
                 }
             })
             .await;
-            return ApiError::PayloadTooLarge.into_response();
+            return too_large(limit);
         }
         kept.push(chunk);
     }
@@ -68,6 +79,14 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
         _ => axum::body::Body::from(kept.concat()),
     };
     next.run(Request::from_parts(parts, body)).await
+}
+
+fn too_large(limit: usize) -> Response {
+    if limit == BODY_LIMIT_BYTES {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        ApiError::PayloadTooLargeFor(limit).into_response()
+    }
 }
 
 /// Maps one of axum's rejections by the status axum gives it: that status already tells an

@@ -130,6 +130,15 @@ pub fn router(state: AppState) -> Router {
         .route_layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    // The template import reads files far larger than any other body.
+    let import = Router::new()
+        .route("/api/residents/import", post(residents::import))
+        .route_layer(middleware::from_fn(|req, next| {
+            extract::limit_body_to(residents::IMPORT_LIMIT_BYTES, req, next)
+        }))
+        .route_layer(DefaultBodyLimit::max(residents::IMPORT_LIMIT_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     // Logging in needs no credential, but the same body limits.
     let login = Router::new()
         .route("/api/login", post(users::login))
@@ -138,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), audit));
     Router::new()
         .merge(api)
+        .merge(import)
         .merge(login)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -229,6 +229,7 @@ pub fn id_check_char(first17: &str) -> Option<char> {
 /// character (GB 11643-1999 §8.2) or its birth date (digits 7–14).
 pub fn id_number_problem(id: &str) -> Option<String> {
     if id.len() != 18
+        || !id.is_ascii()
         || !id[..17].bytes().all(|b| b.is_ascii_digit())
         || !matches!(id.as_bytes()[17], b'0'..=b'9' | b'X')
     {
@@ -293,7 +294,7 @@ pub fn mask_phone(phone: &str) -> String {
 }
 
 /// A phone number: 3–20 of digits, with `+`, `-` and spaces between.
-fn valid_phone(p: &str) -> bool {
+pub fn valid_phone(p: &str) -> bool {
     let digits = p.bytes().filter(u8::is_ascii_digit).count();
     (3..=20).contains(&digits)
         && p.len() <= 32

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::card::{
     Address, Card, Contact, Gender, MIN_BIRTH_DATE, codes, id_birth_date, id_check_char, id_gender,
-    id_number_problem, year_problem,
+    id_number_problem, valid_phone, year_problem,
 };
 
 /// At most this many data rows in one file: a larger one is refused whole rather than read
@@ -1428,16 +1428,6 @@ const NOT_A_PHONE: &str =
 
 const ROUNDED: &str = "the spreadsheet stored this as a number and kept only its first 15 digits; \
      format the column as text and type the number again";
-
-/// Card's rule for a phone number (`card::valid_phone`, private there): 3–20 digits, with
-/// `+`, `-` and spaces between, at most 32 characters.
-fn valid_phone(p: &str) -> bool {
-    let digits = p.bytes().filter(u8::is_ascii_digit).count();
-    (3..=20).contains(&digits)
-        && p.len() <= 32
-        && p.bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b' '))
-}
 
 /// The card's word for template code `v` (1-based digits) of `table`.
 fn code_word(v: &str, table: &[&'static str]) -> Option<&'static str> {

@@ -4,6 +4,7 @@ pub mod alert;
 pub mod card;
 pub mod care;
 pub mod duration;
+pub mod import;
 pub mod region;
 pub mod report;
 pub mod user;

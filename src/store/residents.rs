@@ -148,8 +148,6 @@ macro_rules! put_resident_in {
         inserted == 1
     }};
 }
-#[allow(unused_imports)] // the template import uses it next
-pub(crate) use put_resident_in;
 
 /// A unique violation on the ID-card number: a concurrent write gave it to another resident.
 fn id_taken(e: sqlx::Error, resident: &str) -> StoreError {
@@ -398,5 +396,56 @@ impl Store {
             .into_iter()
             .map(|(id, until)| (id, crate::clock::from_millis(until)))
             .collect())
+    }
+}
+
+impl Store {
+    /// The residents holding any of `id_numbers`, by number.
+    pub async fn residents_by_id_numbers(
+        &self,
+        id_numbers: &[String],
+    ) -> Result<std::collections::HashMap<String, ResidentRecord>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in id_numbers.chunks(500) {
+            let rows = on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::<Db>::new(format!(
+                    "SELECT {RESIDENT_COLUMNS} FROM residents WHERE id_number IN ("
+                ));
+                let mut list = q.separated(", ");
+                for n in chunk {
+                    list.push_bind(n.clone());
+                }
+                list.push_unseparated(")");
+                q.build()
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(resident_from_row)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            });
+            for r in rows {
+                if let Some(n) = r.card.id_number.clone() {
+                    out.insert(n, r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes imported residents in one transaction: all of them or, on any error, none.
+    pub async fn import_residents(
+        &self,
+        rows: &[(Resident, Card)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let at = to_millis(now);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (r, card) in rows {
+                let _created = put_resident_in!(tx, r, card, at);
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 }
