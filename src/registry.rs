@@ -42,7 +42,7 @@ impl UnknownPolicy {
 }
 
 /// A registered device, as the API takes and shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     /// Device id (`[A-Za-z0-9_.:-]{1,64}`; a 4G device's identifier as decimal digits).
@@ -72,7 +72,7 @@ pub struct Registration {
 }
 
 /// One problem with a registration, located.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RegistrationError {
     /// 1-based row (CSV data row or array element).
     pub row: usize,

@@ -85,7 +85,7 @@ pub mod codes {
 }
 
 /// 性别.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Gender {
     /// 男.
@@ -95,7 +95,7 @@ pub enum Gender {
 }
 
 /// A postal address as the template splits it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Address {
     /// 省份.
@@ -119,7 +119,7 @@ pub struct Address {
 }
 
 /// Someone to call: an emergency contact, the relative, the neighbour, the paired volunteer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Contact {
     /// 姓名.
@@ -138,7 +138,7 @@ pub const MAX_CONTACTS: usize = 3;
 /// Everything about a resident beyond the name, region, time zone, labels and thresholds the
 /// rules use. Every field may be absent: a card entered by hand grows over time; the
 /// template import requires its starred columns.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Card {
     /// 身份证号 (GB 11643), upper-case `X`.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TIME_ZONE: &str = "Asia/Shanghai";
 
 /// A person the centre looks after; devices point at them with their `resident_id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Resident {
     /// Identifier chosen by the centre (`[A-Za-z0-9_.:-]{1,64}`).
     pub id: String,
@@ -97,7 +97,7 @@ pub const NEVER_SUPPRESSED: [&str; 4] = ["sos", "fall", "smoke", "gas"];
 
 /// An operator's "do not alert" for a resident or a device, with an author, a reason and an
 /// end.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Suppression {
     /// Store id.
     pub id: i64,

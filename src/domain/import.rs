@@ -820,7 +820,7 @@ pub struct ImportRow {
 }
 
 /// One problem in one cell of the template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Rejection {
     /// 1-based data row number (the first row under the header is 1).
     pub row: usize,

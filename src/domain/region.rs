@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::care::valid_resident_id;
 
 /// One region.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Region {
     /// Id chosen by the centre (the resident id alphabet: `[A-Za-z0-9_.:-]{1,64}`).
     pub id: String,

@@ -39,7 +39,7 @@ pub struct RecordFacts {
 }
 
 /// Time to acknowledge: the call centre's answer-time figures.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AckFigures {
     /// Alerts opened in the month.
     pub alerts: usize,
@@ -57,7 +57,7 @@ pub struct AckFigures {
 }
 
 /// The service figures of one provider, or of all.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ServiceFigures {
     /// Services done (checked out) in the month.
     pub services_done: usize,
@@ -78,7 +78,7 @@ pub struct ServiceFigures {
 }
 
 /// The month's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MonthlyReport {
     /// `YYYY-MM`.
     pub month: String,

@@ -151,7 +151,7 @@ macro_rules! on_pool {
 pub(crate) use on_pool;
 
 /// An alert as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Alert {
     /// Id.
     pub id: i64,
@@ -201,7 +201,7 @@ pub struct Alert {
 }
 
 /// One timeline entry.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TimelineEntry {
     /// Id, increasing.
     pub id: i64,

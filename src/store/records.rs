@@ -17,7 +17,7 @@ use crate::domain::alert::OperatorStep;
 pub const MAX_RATING: i64 = 5;
 
 /// A position reported at check-in or check-out.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Position {
     /// Latitude, degrees.
     pub lat: f64,
@@ -47,7 +47,7 @@ pub struct CheckOut {
 pub const FOLLOW_UP_RESULTS: [&str; 4] = ["satisfied", "neutral", "unsatisfied", "unreachable"];
 
 /// The follow-up call after a visit.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct FollowUp {
     /// When it was recorded.
     pub at: DateTime<Utc>,
@@ -60,7 +60,7 @@ pub struct FollowUp {
 }
 
 /// A service record as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ServiceRecord {
     /// Id.
     pub id: i64,

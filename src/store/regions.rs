@@ -38,7 +38,7 @@ macro_rules! push_scope {
 pub(crate) use push_scope;
 
 /// One write through the API, as the audit log keeps it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Id, increasing.
     pub id: i64,

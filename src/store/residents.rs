@@ -18,7 +18,7 @@ const SUPPRESSION_COLUMNS: &str =
     "id, resident_id, device_id, kinds, reason, author, created_at, until_at, suppressed_count";
 
 /// A resident as stored: the resident and when it was first and last written.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ResidentRecord {
     /// The resident (its fields appear at the top level of the JSON).
     #[serde(flatten)]

@@ -10,7 +10,7 @@ use crate::clock::{from_millis, to_millis};
 use crate::domain::user::Role;
 
 /// A user as the API shows it (never the password hash).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct User {
     /// Id.
     pub id: i64,
