@@ -31,7 +31,8 @@ async fn visible(s: &AppState, actor: &Actor, id: i64) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     status: Option<String>,
@@ -51,6 +52,17 @@ fn parse_cursor(c: &str) -> Option<(i64, i64, i64)> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/alerts",
+    tag = "alerts",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of alerts, newest first; `next` is the cursor of the following page", body = super::openapi::AlertPage),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -85,6 +97,18 @@ pub(super) async fn list(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/alerts/{id}",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    responses(
+        (status = 200, description = "The alert with its timeline, device, resident card, household devices, last position and the last day's vitals", body = super::openapi::AlertDetail),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn get_one(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -141,6 +165,20 @@ const VITALS_SHOWN: i64 = 288;
 /// How long an acknowledgement waits for the device's confirmation to be written.
 const DOWNLINK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/ack",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    responses(
+        (status = 200, description = "Claimed; an SOS also tells the device (`device_confirmation`)", body = super::openapi::Acknowledged),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Claimed by somebody else or resolved (`status`, `holder`)", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn ack(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -191,13 +229,30 @@ pub(super) async fn ack(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
     outcome: String,
     note: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/resolve",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    request_body = ResolveBody,
+    responses(
+        (status = 200, description = "Resolved", body = crate::store::Alert),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn resolve(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -220,7 +275,7 @@ pub(super) async fn resolve(
     Ok(Json(json!(alert)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CallBody {
     to: String,
@@ -229,6 +284,23 @@ pub(super) struct CallBody {
 }
 
 /// `POST /api/alerts/{id}/calls`: a call made while handling the alert, on its timeline.
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/calls",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    request_body = CallBody,
+    responses(
+        (status = 201, description = "The call is on the timeline", body = crate::store::Alert),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn call(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -252,13 +324,30 @@ pub(super) async fn call(
     Ok((StatusCode::CREATED, Json(json!(alert))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NoteBody {
     text: String,
 }
 
 /// `POST /api/alerts/{id}/notes`: an operator's note on the alert's timeline.
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/notes",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    request_body = NoteBody,
+    responses(
+        (status = 201, description = "The note is on the timeline", body = crate::store::Alert),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn note(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -285,7 +374,7 @@ fn notify(s: &AppState, a: &crate::store::Alert, action: &str) {
     });
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DispatchBody {
     provider: String,
@@ -294,6 +383,23 @@ pub(super) struct DispatchBody {
 
 /// `POST /api/alerts/{id}/dispatch`: sends a carer; the alert becomes `dispatched` and a
 /// service record is opened (201 with `record_id` and the alert).
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/dispatch",
+    tag = "alerts",
+    params(("id" = i64, Path, description = "Alert id")),
+    request_body = DispatchBody,
+    responses(
+        (status = 201, description = "A carer is sent: the alert is `dispatched` and a service record opened", body = super::openapi::Dispatched),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such alert, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn dispatch(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -11,6 +11,17 @@ use crate::domain::user::Role;
 
 /// `POST /api/config/reload`: validates the whole configuration and swaps rules and profiles
 /// (200 with what is in force), or changes nothing (422 with every problem, located).
+#[utoipa::path(
+    post,
+    path = "/api/config/reload",
+    tag = "configuration",
+    responses(
+        (status = 200, description = "Rules and profiles swapped: what is in force", body = Object),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 422, description = "The configuration has problems (`problems`); nothing was changed", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn reload(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -39,6 +50,15 @@ pub(super) async fn reload(
 
 /// `GET /api/profiles`: the vendor profiles in force and whether the broker acknowledged
 /// each one's subscription.
+#[utoipa::path(
+    get,
+    path = "/api/profiles",
+    tag = "configuration",
+    responses(
+        (status = 200, description = "The vendor profiles in force and their subscriptions", body = super::openapi::ProfilePage)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn profiles(State(s): State<AppState>) -> Json<Value> {
     let cur = s.config.current();
     let items: Vec<Value> = cur

@@ -35,6 +35,22 @@ fn csv_syntax(data: &[u8]) -> Result<(), ApiError> {
 
 /// `POST /api/devices`: a JSON object, a JSON array, or `text/csv`. All or nothing: any
 /// problem refuses the whole request and lists every problem with its row.
+#[utoipa::path(
+    post,
+    path = "/api/devices",
+    tag = "devices",
+    request_body(
+        description = "One registration or an array of them (JSON), or a CSV with a header row and one row per device",
+        content((crate::registry::Registration = "application/json"), (String = "text/csv"))
+    ),
+    responses(
+        (status = 201, description = "All registered (all or nothing)", body = super::openapi::Registered),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 415, description = "Neither JSON nor text/csv", body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid registrations, every problem with its row (`problems`)", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn register(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -87,7 +103,8 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(json!({ "registered": n }))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     registered: Option<bool>,
@@ -96,6 +113,17 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /api/devices`: by id; `registered=false` lists devices heard from but not registered.
+#[utoipa::path(
+    get,
+    path = "/api/devices",
+    tag = "devices",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of devices by id", body = super::openapi::DevicePage),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -123,6 +151,17 @@ pub(super) async fn list(
 }
 
 /// `GET /api/devices/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device: its registration and what was last heard", body = Object),
+        (status = 404, description = "Not registered, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn get_one(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -137,6 +176,21 @@ pub(super) async fn get_one(
 }
 
 /// `PUT /api/devices/{id}`: registers or replaces the registration.
+#[utoipa::path(
+    put,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    request_body = crate::registry::Registration,
+    responses(
+        (status = 200, description = "Registered or replaced: the device", body = Object),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "Outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Invalid registration (`problems`)", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn put(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -196,6 +250,18 @@ async fn registered(s: &AppState, regs: Vec<Registration>) {
 }
 
 /// `DELETE /api/devices/{id}`: unregisters; the device's history stays.
+#[utoipa::path(
+    delete,
+    path = "/api/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Unregistered; the history stays"),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "Not registered, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -208,6 +274,17 @@ pub(super) async fn delete(
 }
 
 /// `GET /api/devices/{id}/frames`: the device's recent raw frames with their decode result.
+#[utoipa::path(
+    get,
+    path = "/api/devices/{id}/frames",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The recent raw frames with their decode result", body = super::openapi::FramePage),
+        (status = 404, description = "Outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn frames(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -6,6 +6,7 @@ mod config;
 mod devices;
 mod error;
 pub mod extract;
+pub mod openapi;
 mod records;
 mod regions;
 mod reports;
@@ -152,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/openapi.json", get(openapi::document))
         .fallback(no_route)
         .with_state(state)
 }
@@ -318,6 +320,15 @@ async fn audit(State(s): State<AppState>, req: Request, next: Next) -> Response 
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the store answers and ingest is up", body = openapi::Readiness),
+        (status = 503, description = "Not ready", body = openapi::Readiness)
+    )
+)]
 async fn readyz(State(s): State<AppState>) -> Response {
     let store_ok = tokio::time::timeout(Duration::from_secs(2), s.store.ping())
         .await
@@ -333,6 +344,14 @@ async fn readyz(State(s): State<AppState>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")
+    )
+)]
 async fn metrics(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -347,6 +366,16 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// ([`crate::feed`]); an id the ring no longer reaches, or one from before a restart, gets a
 /// `resync` event (reload from `GET /api/alerts`) and the stream goes on from there. Without
 /// it, the first event is `ready`, carrying the id to resume from.
+#[utoipa::path(
+    get,
+    path = "/api/stream",
+    tag = "alerts",
+    params(("Last-Event-ID" = Option<String>, Header, description = "The id of the last event seen (`<run>-<seq>`); EventSource sends it when it reconnects")),
+    responses(
+        (status = 200, description = "Server-sent events: `ready` (the id to resume from), `alert` (an alert change, JSON), `resync` (reload from `GET /api/alerts`)", body = String, content_type = "text/event-stream")
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 async fn stream(
     State(s): State<AppState>,
     axum::Extension(actor): axum::Extension<Actor>,

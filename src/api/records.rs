@@ -13,7 +13,7 @@ use super::{Actor, ApiError, AppState};
 use crate::domain::user::Role;
 use crate::store::{CheckOut, Position};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CheckInBody {
     at: Option<DateTime<Utc>>,
@@ -21,7 +21,7 @@ pub(super) struct CheckInBody {
     lon: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CheckOutBody {
     at: Option<DateTime<Utc>>,
@@ -58,6 +58,23 @@ async fn visible(
 }
 
 /// `POST /api/records/{id}/check-in`.
+#[utoipa::path(
+    post,
+    path = "/api/records/{id}/check-in",
+    tag = "records",
+    params(("id" = i64, Path, description = "Service record id")),
+    request_body = CheckInBody,
+    responses(
+        (status = 200, description = "Checked in", body = crate::store::ServiceRecord),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such record, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn check_in(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -75,6 +92,23 @@ pub(super) async fn check_in(
 }
 
 /// `POST /api/records/{id}/check-out`.
+#[utoipa::path(
+    post,
+    path = "/api/records/{id}/check-out",
+    tag = "records",
+    params(("id" = i64, Path, description = "Service record id")),
+    request_body = CheckOutBody,
+    responses(
+        (status = 200, description = "Checked out", body = crate::store::ServiceRecord),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such record, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn check_out(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -98,7 +132,7 @@ pub(super) async fn check_out(
     Ok(Json(json!(r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FollowUpBody {
     result: String,
@@ -107,6 +141,23 @@ pub(super) struct FollowUpBody {
 }
 
 /// `POST /api/records/{id}/follow-up`: the follow-up call (回访) after the visit, once.
+#[utoipa::path(
+    post,
+    path = "/api/records/{id}/follow-up",
+    tag = "records",
+    params(("id" = i64, Path, description = "Service record id")),
+    request_body = FollowUpBody,
+    responses(
+        (status = 200, description = "The follow-up call is recorded", body = crate::store::ServiceRecord),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such record, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn follow_up(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -129,7 +180,7 @@ pub(super) async fn follow_up(
     Ok(Json(json!(r)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PlanBody {
     resident_id: String,
@@ -139,6 +190,20 @@ pub(super) struct PlanBody {
 }
 
 /// `POST /api/records`: a planned home-care visit, not tied to an alert (201).
+#[utoipa::path(
+    post,
+    path = "/api/records",
+    tag = "records",
+    request_body = PlanBody,
+    responses(
+        (status = 201, description = "The planned visit", body = crate::store::ServiceRecord),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn plan(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -170,6 +235,18 @@ pub(super) async fn plan(
 }
 
 /// `GET /api/records/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/records/{id}",
+    tag = "records",
+    params(("id" = i64, Path, description = "Service record id")),
+    responses(
+        (status = 200, description = "The service record", body = crate::store::ServiceRecord),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such record, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn get_one(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -178,7 +255,8 @@ pub(super) async fn get_one(
     Ok(Json(json!(visible(&s, &actor, id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     resident_id: Option<String>,
@@ -211,6 +289,17 @@ fn month_bounds(month: &str) -> Option<(i64, i64)> {
 
 /// `GET /api/records?resident_id=…&month=YYYY-MM&limit=…&cursor=…`: by id; `next` is the
 /// cursor of the following page.
+#[utoipa::path(
+    get,
+    path = "/api/records",
+    tag = "records",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of service records by id", body = super::openapi::RecordPage),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -14,7 +14,7 @@ use crate::domain::region::{Region, valid_region_id};
 use crate::domain::user::Role;
 
 /// The body of `PUT /api/regions/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RegionBody {
     name: String,
@@ -23,6 +23,22 @@ pub(super) struct RegionBody {
 
 /// `PUT /api/regions/{id}` (admins): creates (201) or replaces (200) a region under
 /// `parent`, which must exist; a region may not end up below itself.
+#[utoipa::path(
+    put,
+    path = "/api/regions/{id}",
+    tag = "regions",
+    params(("id" = String, Path, description = "Region id")),
+    request_body = RegionBody,
+    responses(
+        (status = 200, description = "Replaced", body = crate::domain::region::Region),
+        (status = 201, description = "Created", body = crate::domain::region::Region),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn put(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -70,6 +86,15 @@ pub(super) async fn put(
 }
 
 /// `GET /api/regions`: the regions the caller sees (admins: all), by id.
+#[utoipa::path(
+    get,
+    path = "/api/regions",
+    tag = "regions",
+    responses(
+        (status = 200, description = "The regions the caller sees, by id", body = super::openapi::RegionPage)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -79,7 +104,8 @@ pub(super) async fn list(
     Json(json!({ "items": items }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
     actor: Option<String>,
@@ -89,6 +115,18 @@ pub(super) struct AuditQuery {
 
 /// `GET /api/audit?actor=&limit=&cursor=` (admins): the audit log, newest first; `next` is
 /// the cursor of the older page.
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    tag = "regions",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The audit log, newest first; `next` is the cursor of the older page", body = super::openapi::AuditPage),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn audit(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

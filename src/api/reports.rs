@@ -14,7 +14,8 @@ use crate::domain::region::Scope;
 use crate::domain::report::{MonthlyReport, month_bounds};
 use crate::store::StoreError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MonthlyQuery {
     month: String,
@@ -25,6 +26,18 @@ pub(super) struct MonthlyQuery {
 /// `?month=YYYY-MM&region=…[&format=csv]`: the region and everything below it, which must be
 /// among the caller's regions (404 otherwise); without `region`, every region the caller
 /// sees. Months are counted in the centre's time zone, Asia/Shanghai.
+#[utoipa::path(
+    get,
+    path = "/api/reports/monthly",
+    tag = "reports",
+    params(MonthlyQuery),
+    responses(
+        (status = 200, description = "The month's figures", content((crate::domain::report::MonthlyReport = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "Region outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn monthly(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

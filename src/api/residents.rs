@@ -18,7 +18,7 @@ use crate::store::{ResidentRecord, StoreError};
 
 /// The body of `PUT /api/residents/{id}`. Required fields are options here so that a missing
 /// one is refused with a message naming it, like an empty one.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResidentBody {
     id: Option<String>,
@@ -66,6 +66,23 @@ fn visible(s: &AppState, actor: &Actor, id: &str) -> Result<(), ApiError> {
 }
 
 /// `PUT /api/residents/{id}`: 201 when created, 200 when replaced, with the resident.
+#[utoipa::path(
+    put,
+    path = "/api/residents/{id}",
+    tag = "residents",
+    params(("id" = String, Path, description = "Resident id")),
+    request_body = ResidentBody,
+    responses(
+        (status = 200, description = "Replaced: the resident with its devices", body = super::openapi::ResidentView),
+        (status = 201, description = "Created: the resident with its devices", body = super::openapi::ResidentView),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "Outside the caller's regions, or no such region", body = super::openapi::ErrorBody),
+        (status = 409, description = "Not allowed in the current state", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn put(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -144,6 +161,17 @@ pub(super) async fn put(
 }
 
 /// `GET /api/residents/{id}`: the resident with `devices`, its registered devices.
+#[utoipa::path(
+    get,
+    path = "/api/residents/{id}",
+    tag = "residents",
+    params(("id" = String, Path, description = "Resident id")),
+    responses(
+        (status = 200, description = "The resident with its devices; numbers masked unless the role needs them", body = super::openapi::ResidentView),
+        (status = 404, description = "No such resident, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn get_one(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -158,7 +186,8 @@ pub(super) async fn get_one(
     Ok(Json(shown(&s, &actor, &record)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     cursor: Option<String>,
@@ -167,6 +196,17 @@ pub(super) struct ListQuery {
 
 /// `GET /api/residents?limit=&cursor=`: by id, `{"items": [...], "next": cursor-or-null}`,
 /// the caller's regions only.
+#[utoipa::path(
+    get,
+    path = "/api/residents",
+    tag = "residents",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of residents by id", body = super::openapi::ResidentPage),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -186,6 +226,18 @@ pub(super) async fn list(
 
 /// `DELETE /api/residents/{id}`: 204; 409 while registered devices point at the resident;
 /// the resident's active suppressions end with it.
+#[utoipa::path(
+    delete,
+    path = "/api/residents/{id}",
+    tag = "residents",
+    params(("id" = String, Path, description = "Resident id")),
+    responses(
+        (status = 204, description = "Deleted; its active suppressions ended"),
+        (status = 404, description = "No such resident, or outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 409, description = "Registered devices point at the resident", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn delete(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -203,7 +255,8 @@ pub(super) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ImportQuery {
     region: String,
@@ -221,6 +274,28 @@ pub const IMPORT_LIMIT_BYTES: usize = 48 * 1024 * 1024;
 /// holds is rejected too (one person, one record). The sound rows are written in one
 /// transaction — new ones `imported`, changed ones `updated`, identical ones `unchanged` —
 /// unless `dry_run`, which reports the same without writing.
+#[utoipa::path(
+    post,
+    path = "/api/residents/import",
+    tag = "residents",
+    params(ImportQuery),
+    request_body(
+        description = "The Guangdong elder-database template: CSV (UTF-8 or GB18030) or .xlsx",
+        content(
+            (String = "text/csv"),
+            (Vec<u8> = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        )
+    ),
+    responses(
+        (status = 200, description = "What was (or, with `dry_run`, would be) imported, updated, unchanged and rejected", body = super::openapi::ImportReport),
+        (status = 400, description = "Not a readable CSV or .xlsx template, or a bad query", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "Region outside the caller's regions", body = super::openapi::ErrorBody),
+        (status = 413, description = "Larger than the import limit of 48 MiB", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn import(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -14,7 +14,7 @@ use super::{Actor, ApiError, AppState};
 use crate::domain::care::Suppression;
 
 /// The body of `POST /api/suppressions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct SuppressionBody {
     resident_id: Option<String>,
@@ -26,6 +26,19 @@ pub(super) struct SuppressionBody {
 }
 
 /// `POST /api/suppressions`: 201 with the suppression and its `id`.
+#[utoipa::path(
+    post,
+    path = "/api/suppressions",
+    tag = "suppressions",
+    request_body = SuppressionBody,
+    responses(
+        (status = 201, description = "The suppression with its id", body = crate::domain::care::Suppression),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn create(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -85,6 +98,15 @@ pub(super) async fn create(
 pub(super) struct ListQuery {}
 
 /// `GET /api/suppressions`: the active ones, by id, each with its `suppressed_count`.
+#[utoipa::path(
+    get,
+    path = "/api/suppressions",
+    tag = "suppressions",
+    responses(
+        (status = 200, description = "The active suppressions the caller sees", body = super::openapi::SuppressionPage)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -97,6 +119,18 @@ pub(super) async fn list(
 }
 
 /// `DELETE /api/suppressions/{id}`: ends it now; 404 when unknown or no longer active.
+#[utoipa::path(
+    delete,
+    path = "/api/suppressions/{id}",
+    tag = "suppressions",
+    params(("id" = i64, Path, description = "Suppression id")),
+    responses(
+        (status = 204, description = "Ended now"),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 404, description = "Unknown, no longer active, or outside the caller's regions", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn end(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,

@@ -21,7 +21,7 @@ pub const SESSION_HOURS: i64 = 12;
 /// password.
 const MAX_PASSWORD_CHARS: usize = 256;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UserBody {
     login: String,
@@ -104,6 +104,21 @@ fn password_matches(password: &str, hash: &str) -> bool {
 }
 
 /// `POST /api/users` (admin): 201 with the user; 409 when the login is taken.
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    tag = "users",
+    request_body = UserBody,
+    responses(
+        (status = 201, description = "The user", body = crate::store::User),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 409, description = "The login is taken", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn create(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -122,6 +137,16 @@ pub(super) async fn create(
 }
 
 /// `GET /api/users` (admin).
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "Every user", body = super::openapi::UserPage),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn list(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -132,6 +157,23 @@ pub(super) async fn list(
 
 /// `PUT /api/users/{id}` (admin): replaces the user (the password only when given);
 /// disabling it or changing its password ends its logins.
+#[utoipa::path(
+    put,
+    path = "/api/users/{id}",
+    tag = "users",
+    params(("id" = i64, Path, description = "User id")),
+    request_body = UserBody,
+    responses(
+        (status = 200, description = "The user, replaced", body = crate::store::User),
+        (status = 400, description = "Malformed query string, path or body syntax", body = super::openapi::ErrorBody),
+        (status = 403, description = "The caller's role may not take this step", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such user", body = super::openapi::ErrorBody),
+        (status = 409, description = "The login is taken", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody)
+    ),
+    security(("bearer" = []), ("session" = []))
+)]
 pub(super) async fn put(
     State(s): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -147,7 +189,7 @@ pub(super) async fn put(
     Ok(Json(json!(user)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LoginBody {
     login: String,
@@ -162,6 +204,21 @@ static DECOY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// `POST /api/login`: a bearer token and the same as a session cookie, or 401 saying only
 /// that the login or password is wrong.
+#[utoipa::path(
+    post,
+    path = "/api/login",
+    tag = "users",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "A bearer token; the same is set as the `anxin_session` cookie (HttpOnly, SameSite=Strict, 12 h)", body = super::openapi::LoggedIn),
+        (status = 400, description = "Malformed body", body = super::openapi::ErrorBody),
+        (status = 401, description = "Wrong login or password (says nothing about which)", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is over the limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::openapi::ErrorBody),
+        (status = 422, description = "Well-formed but invalid", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = super::openapi::ErrorBody)
+    )
+)]
 pub(super) async fn login(
     State(s): State<AppState>,
     extract::Json(body): extract::Json<LoginBody>,
