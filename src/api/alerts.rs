@@ -35,10 +35,15 @@ async fn visible(s: &AppState, actor: &Actor, id: i64) -> Result<(), ApiError> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Only alerts in this status: `open`, `acknowledged`, `dispatched` or `resolved`.
     status: Option<String>,
+    /// Only this device's alerts.
     device_id: Option<String>,
+    /// Only alerts of this kind (`sos`, `fall`, …).
     kind: Option<String>,
+    /// Page size, 1..=5000 (default 500).
     limit: Option<i64>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
 }
 
@@ -232,7 +237,10 @@ pub(super) async fn ack(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
+    /// How it ended: `false_alarm`, `resolved_by_phone`, `carer_visited`, `ambulance_called`
+    /// or `other`.
     outcome: String,
+    /// Free text.
     note: Option<String>,
 }
 
@@ -278,8 +286,12 @@ pub(super) async fn resolve(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CallBody {
+    /// Whom the operator rang: `resident`, `contact1`–`contact3`, `relative`, `neighbour`,
+    /// `volunteer`, `120`.
     to: String,
+    /// `answered`, `no_answer`, `busy` or `wrong_number`.
     outcome: String,
+    /// Free text.
     note: Option<String>,
 }
 
@@ -327,6 +339,7 @@ pub(super) async fn call(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NoteBody {
+    /// The note, up to 2 000 characters.
     text: String,
 }
 
@@ -377,7 +390,9 @@ fn notify(s: &AppState, a: &crate::store::Alert, action: &str) {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DispatchBody {
+    /// The service provider.
     provider: String,
+    /// The carer sent.
     worker: String,
 }
 

@@ -107,8 +107,11 @@ pub(super) async fn register(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// `false`: devices heard from but not registered.
     registered: Option<bool>,
+    /// The `next` of the previous page (a device id).
     cursor: Option<String>,
+    /// Page size, 1..=5000 (default 500).
     limit: Option<i64>,
 }
 

@@ -611,6 +611,13 @@ mod tests {
                     );
                 }
             }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(
+                    p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{what}: parameter {} has no description",
+                    p["name"]
+                );
+            }
             // Every `{name}` of the path is a described path parameter.
             let params: BTreeSet<&str> = op["parameters"]
                 .as_array()

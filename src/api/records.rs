@@ -135,8 +135,11 @@ pub(super) async fn check_out(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FollowUpBody {
+    /// `satisfied`, `neutral`, `unsatisfied` or `unreachable`.
     result: String,
+    /// What was said.
     note: Option<String>,
+    /// When the next visit is due, if one was agreed.
     next_visit_at: Option<DateTime<Utc>>,
 }
 
@@ -259,9 +262,13 @@ pub(super) async fn get_one(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Only this resident's records.
     resident_id: Option<String>,
+    /// Only records opened in this month, `YYYY-MM` (UTC).
     month: Option<String>,
+    /// Page size, 1..=500 (default 100).
     limit: Option<i64>,
+    /// The `next` of the previous page (a record id).
     cursor: Option<i64>,
 }
 

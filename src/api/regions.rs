@@ -17,7 +17,9 @@ use crate::domain::user::Role;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RegionBody {
+    /// Display name, 1..=200 characters.
     name: String,
+    /// The region above, which must exist; absent for a root.
     parent: Option<String>,
 }
 
@@ -108,8 +110,11 @@ pub(super) async fn list(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
+    /// Only this caller's writes.
     actor: Option<String>,
+    /// Page size, 1..=1000 (default 100).
     limit: Option<i64>,
+    /// The `next` of the previous page (an audit entry id).
     cursor: Option<i64>,
 }
 

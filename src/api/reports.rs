@@ -18,8 +18,11 @@ use crate::store::StoreError;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MonthlyQuery {
+    /// The month, `YYYY-MM`, counted in Asia/Shanghai.
     month: String,
+    /// The region and everything below it; absent: every region the caller sees.
     region: Option<String>,
+    /// `json` (default) or `csv`.
     format: Option<String>,
 }
 

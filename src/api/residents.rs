@@ -190,7 +190,9 @@ pub(super) async fn get_one(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// The `next` of the previous page (a resident id).
     cursor: Option<String>,
+    /// Page size, 1..=5000 (default 500).
     limit: Option<i64>,
 }
 
@@ -259,7 +261,9 @@ pub(super) async fn delete(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ImportQuery {
+    /// The region the new residents are placed in.
     region: String,
+    /// Check and report without writing.
     #[serde(default)]
     dry_run: bool,
 }

@@ -24,12 +24,18 @@ const MAX_PASSWORD_CHARS: usize = 256;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UserBody {
+    /// 1–64 letters, digits, `.`, `_`, `-` or `@`.
     login: String,
+    /// Display name, 1–100 characters.
     name: String,
+    /// `operator`, `supervisor`, `admin` or `installer`.
     role: String,
+    /// Region ids the user works in.
     #[serde(default)]
     regions: Vec<String>,
+    /// 8–256 characters; required on creation, kept only when given on replacement.
     password: Option<String>,
+    /// Locks the user out and ends its logins.
     #[serde(default)]
     disabled: bool,
 }
