@@ -817,3 +817,143 @@ async fn the_template_imports_its_sound_rows_and_names_every_rejected_one(backen
     }
 }
 on_both_stores!(the_template_imports_its_sound_rows_and_names_every_rejected_one);
+
+async fn providers_and_workers_are_region_records_and_far_check_ins_are_flagged(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let admin = e.token.clone();
+    for (id, region) in [("p-th", "tianhe"), ("p-yx", "yuexiu")] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/providers/{id}"),
+            Some(json!({"name": format!("{region} 居家服务"), "region": region, "phone": "020-12345678"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    for (id, provider) in [("w-th", "p-th"), ("w-yx", "p-yx")] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/workers/{id}"),
+            Some(json!({"provider_id": provider, "name": format!("carer {id}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/workers/w-x",
+        Some(json!({"provider_id": "nobody", "name": "x"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    // Her home in Tianhe.
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/residents/r-a",
+        Some(json!({"name": "r-a", "region": "tianhe",
+                    "card": {"residence_address": {"lat": 23.1246, "lon": 113.3612}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::POST,
+        "/api/devices",
+        Some(json!([{"id": "pend-a", "type": "pendant", "resident_id": "r-a"}])),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let sup = user(&e, "sup.tianhe", "supervisor", &["tianhe"]).await;
+
+    // Tianhe's supervisor sees Tianhe's provider only, and may not name Yuexiu's.
+    let (_, v) = call(&e, &sup, Method::GET, "/api/providers", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["id"], json!("p-th"));
+    let (s, _) = call(&e, &sup, Method::GET, "/api/providers/p-yx", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &e,
+        &sup,
+        Method::PUT,
+        "/api/providers/p-yx",
+        Some(json!({"name": "mine now", "region": "tianhe"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, v) = call(&e, &sup, Method::GET, "/api/workers", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    let (s, v) = call(&e, &sup, Method::GET, "/api/providers/p-th", None).await;
+    assert_eq!(
+        (s, v["workers"][0]["id"].as_str()),
+        (200, Some("w-th")),
+        "{v}"
+    );
+
+    e.publish("pend-a", r#"{"type":"sos"}"#);
+    let er = &e;
+    let alert = poll("the sos", || async move {
+        er.alerts("device_id=pend-a").await.first()?["id"].as_i64()
+    })
+    .await;
+    for (provider, worker) in [("p-yx", "w-yx"), ("p-th", "w-yx")] {
+        let (s, v) = call(
+            &e,
+            &sup,
+            Method::POST,
+            &format!("/api/alerts/{alert}/dispatch"),
+            Some(json!({"provider": provider, "worker": worker})),
+        )
+        .await;
+        assert_eq!(s, 422, "{provider}/{worker}: {v}");
+    }
+    let (s, v) = call(
+        &e,
+        &sup,
+        Method::POST,
+        &format!("/api/alerts/{alert}/dispatch"),
+        Some(json!({"provider": "p-th", "worker": "w-th"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let record = v["record_id"].as_i64().unwrap();
+    // Clocked in from Yuexiu, about 10 km away.
+    let (s, r) = call(
+        &e,
+        &sup,
+        Method::POST,
+        &format!("/api/records/{record}/check-in"),
+        Some(json!({"lat": 23.1291, "lon": 113.2644})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (
+            r["provider"].as_str(),
+            r["provider_id"].as_str(),
+            r["worker"].as_str(),
+            r["worker_id"].as_str()
+        ),
+        (
+            Some("tianhe 居家服务"),
+            Some("p-th"),
+            Some("carer w-th"),
+            Some("w-th")
+        ),
+        "{r}"
+    );
+    assert_eq!(r["check_in_far"], json!(true), "{r}");
+    let d = r["check_in_distance_m"].as_f64().unwrap();
+    assert!((9_000.0..11_000.0).contains(&d), "{d}");
+}
+on_both_stores!(providers_and_workers_are_region_records_and_far_check_ins_are_flagged);

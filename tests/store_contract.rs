@@ -2377,8 +2377,7 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
                     id,
                     "op",
                     opened + Duration::seconds(arrive - 60),
-                    provider,
-                    "w",
+                    &anxin::store::Crew::named(provider, "w"),
                 )
                 .await
                 .unwrap();
@@ -2400,7 +2399,7 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
         rating: Option<i64>,
     ) -> i64 {
         fx.store
-            .check_in(record, "w", arrived, None, None)
+            .check_in(record, "w", arrived, None, None, None)
             .await
             .unwrap();
         let out = CheckOut {
@@ -2422,7 +2421,13 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
     visit(opened[4].0, "P1", 100, &["meals"], Some(1)).await;
     let planned = fx
         .store
-        .plan_visit("r1", "op", fx.now(), "P2", "w", None)
+        .plan_visit(
+            "r1",
+            "op",
+            fx.now(),
+            &anxin::store::Crew::named("P2", "w"),
+            None,
+        )
         .await
         .unwrap();
     visited(

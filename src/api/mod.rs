@@ -6,6 +6,7 @@ mod config;
 mod devices;
 mod error;
 pub mod extract;
+mod providers;
 mod records;
 mod regions;
 mod reports;
@@ -124,6 +125,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/regions/{id}", axum::routing::put(regions::put))
         .route("/api/audit", get(regions::audit))
         .route("/api/reports/monthly", get(reports::monthly))
+        .route("/api/providers", get(providers::list_providers))
+        .route(
+            "/api/providers/{id}",
+            get(providers::get_provider).put(providers::put_provider),
+        )
+        .route("/api/workers", get(providers::list_workers))
+        .route(
+            "/api/workers/{id}",
+            axum::routing::put(providers::put_worker),
+        )
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))
