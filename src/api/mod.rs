@@ -5,6 +5,7 @@ mod alerts;
 mod config;
 mod devices;
 mod error;
+mod export;
 pub mod extract;
 mod providers;
 mod records;
@@ -130,6 +131,7 @@ pub fn router(state: AppState) -> Router {
             "/api/providers/{id}",
             get(providers::get_provider).put(providers::put_provider),
         )
+        .route("/api/export", get(export::feed))
         .route("/api/workers", get(providers::list_workers))
         .route(
             "/api/workers/{id}",

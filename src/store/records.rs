@@ -139,12 +139,12 @@ pub struct ServiceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
+pub(super) const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
      check_in_at, check_in_lat, check_in_lon, check_out_at, check_out_lat, check_out_lon, items, content, outcome, rating, \
      planned_at, follow_up_at, follow_up_by, follow_up_result, follow_up_note, next_visit_at, updated_at, \
      provider_id, worker_id, check_in_distance_m";
 
-fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
+pub(super) fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
 where
     R: Row,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
