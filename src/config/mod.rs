@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod live;
+pub mod notify;
 pub mod profiles;
 pub mod reader;
 pub mod rules;
@@ -186,6 +187,8 @@ pub struct Config {
     pub report_intervals: HashMap<String, chrono::Duration>,
     /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `[notify]`: the notifications outbox's webhook endpoints.
+    pub notify: notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -255,6 +258,7 @@ impl Default for Config {
             unknown_devices: UnknownPolicy::Quarantine,
             report_intervals: default_report_intervals(),
             admin_token: None,
+            notify: notify::NotifyConfig::default(),
         }
     }
 }
@@ -402,6 +406,10 @@ fn engine_settings(
         config.file = Some(file.clone());
     }
     problems.extend(apply_env(&mut config, env));
+    if let Some(file) = &config.file {
+        let file = file.clone();
+        problems.extend(notify::resolve_secrets(&mut config.notify, &file, env));
+    }
     (config, problems)
 }
 
@@ -615,6 +623,9 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
             config.http.stream_replay_changes = n as usize;
         }
         s.finish();
+    }
+    if let Some(s) = root.table("notify") {
+        notify::read(s, &mut config.notify);
     }
     root.finish();
     drop(doc);

@@ -9,6 +9,7 @@ mod batch;
 mod bulk;
 mod deadlines;
 mod devices;
+pub(crate) mod outbox;
 mod records;
 mod residents;
 mod sessions;
@@ -26,6 +27,7 @@ use sqlx::{PgPool, Row, SqlitePool};
 pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatch, WriteItem};
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
+pub use outbox::{Claimed, DELIVERY_STATUSES, Delivery, NotificationHead, OutboxStats};
 pub use records::{CheckOut, FOLLOW_UP_RESULTS, FollowUp, Position, ServiceRecord};
 pub use residents::ResidentRecord;
 pub use sessions::{MqttSessionRecord, SYSTEM_DEVICE, SYSTEM_KIND, SystemAlert};
@@ -90,6 +92,17 @@ pub enum StoreError {
         status: String,
         /// The refused step.
         step: &'static str,
+    },
+    /// No such notification delivery.
+    #[error("delivery {0} not found")]
+    DeliveryNotFound(i64),
+    /// The delivery is not in a state that allows the step.
+    #[error("delivery {id}: {reason}")]
+    DeliveryConflict {
+        /// The delivery.
+        id: i64,
+        /// Why not.
+        reason: String,
     },
     /// The request is not valid.
     #[error("{0}")]
