@@ -6,6 +6,7 @@ mod config;
 mod devices;
 mod error;
 pub mod extract;
+mod outbox;
 mod records;
 mod residents;
 mod suppressions;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub subscribed: SubscribedCheck,
     /// The `mqtt` detail of `/readyz` (broker session: resumed, new, lost).
     pub mqtt_detail: ReadyDetail,
+    /// The notifications outbox: its endpoints, and a wake-up after a redrive.
+    pub outbox: crate::outbox::Outbox,
 }
 
 /// Extra detail for `/readyz` that never decides readiness.
@@ -115,6 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users", get(users::list).post(users::create))
         .route("/api/users/{id}", axum::routing::put(users::put))
         .route("/api/profiles", get(config::profiles))
+        .route("/api/outbox", get(outbox::list))
+        .route("/api/outbox/{id}/redrive", post(outbox::redrive))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))

@@ -1,0 +1,322 @@
+//! The notifications outbox's dispatcher: delivers what `commit_batch` wrote to the
+//! `[[notify.webhook]]` endpoints, with retries, backoff and dead letters (README
+//! "Notifications", ARCHITECTURE.md "Notifications outbox").
+//!
+//! One task. Each round it (1) fans out at most `batch` notifications into deliveries, (2)
+//! claims at most `batch` due deliveries and makes one attempt at each, concurrently, (3)
+//! records each answer: 2xx delivered; otherwise due again after a backoff, or a dead letter
+//! after `max_attempts`. It wakes on every committed alert change (the live feed's head), on
+//! a redrive, at the next delivery's due time, and at least every `poll_ms`.
+//!
+//! Bounds: memory holds one round (`batch` deliveries); everything else waits in the table,
+//! oldest first. The pipeline never waits for the outbox — a notification is one more row in
+//! the batch's transaction — so a slow or dead endpoint delays nothing but its own
+//! deliveries. Delivery is at least once: a crash after the POST and before the answer is
+//! recorded repeats the attempt when its lease runs out, with the same `X-Anxin-Delivery`,
+//! on which receivers dedupe.
+
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, from_millis, to_millis};
+use crate::config::notify::{Cause, NotifyConfig, WebhookConfig};
+use crate::domain::alert::Severity;
+use crate::store::{Claimed, NotificationHead, Store};
+use crate::telemetry;
+use webhook::Attempt;
+
+/// Attempts made at once within a round: a slow endpoint holds one of these for at most its
+/// timeout, never the round's other deliveries in line behind it.
+const CONCURRENT_ATTEMPTS: usize = 16;
+
+/// A claimed delivery is leased for its endpoint's longest timeout plus this: if its answer
+/// is never recorded (a crash), it comes due again then.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// How often delivered notifications past their retention are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Recording an attempt's result is tried this many times before the lease is left to
+/// repeat the attempt (the store may be briefly away).
+const RECORD_TRIES: u32 = 3;
+
+/// A handle on the outbox for the API: which endpoints exist, and a way to wake the
+/// dispatcher (after a redrive). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    wake: Notify,
+    endpoints: Vec<String>,
+}
+
+impl Outbox {
+    /// A handle for the endpoints of `cfg`.
+    pub fn new(cfg: &NotifyConfig) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                wake: Notify::new(),
+                endpoints: cfg.webhooks.iter().map(|w| w.name.clone()).collect(),
+            }),
+        }
+    }
+
+    /// Whether `name` is a configured endpoint.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.inner.endpoints.iter().any(|e| e == name)
+    }
+
+    /// The configured endpoints' names.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    /// Makes the dispatcher look at the table now (a permit is kept if it is busy).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+}
+
+/// The endpoints a notification goes to.
+fn route(webhooks: &[WebhookConfig], n: &NotificationHead) -> Vec<String> {
+    let (Some(cause), Some(severity)) = (Cause::parse(&n.cause), Severity::parse(&n.severity))
+    else {
+        return Vec::new();
+    };
+    webhooks
+        .iter()
+        .filter(|w| w.wants(cause, &n.alert_kind, severity))
+        .map(|w| w.name.clone())
+        .collect()
+}
+
+/// Runs the dispatcher until `stop`. `changes` is the live feed's head: it moves after every
+/// committed alert change, which is when new notifications may exist.
+pub async fn run(
+    outbox: Outbox,
+    cfg: NotifyConfig,
+    store: Store,
+    clock: SharedClock,
+    mut changes: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("anxin/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Only a broken TLS setup of the host gets here; notifications wait in the table.
+            tracing::error!(error = %e, "Cannot build the webhook HTTP client; notifications are kept and not sent");
+            return;
+        }
+    };
+    let endpoints: HashMap<String, WebhookConfig> = cfg
+        .webhooks
+        .iter()
+        .map(|w| (w.name.clone(), w.clone()))
+        .collect();
+    let names = outbox.endpoints().to_vec();
+    telemetry::outbox_endpoints(&names);
+    let lease = cfg
+        .webhooks
+        .iter()
+        .map(|w| Duration::from_millis(w.timeout_ms))
+        .max()
+        .unwrap_or_default()
+        + LEASE_MARGIN;
+    let poll = Duration::from_millis(cfg.poll_ms);
+    let mut store_backoff = Duration::from_millis(200);
+
+    // Deliveries to endpoints no longer configured would wait forever: dead letters, named.
+    loop {
+        match store.outbox_orphans(&names).await {
+            Ok(0) => break,
+            Ok(n) => {
+                tracing::warn!(
+                    deliveries = n,
+                    "Pending deliveries to endpoints no longer configured are dead letters now; re-drive them once the endpoint is back"
+                );
+                break;
+            }
+            Err(e) => {
+                telemetry::outbox_store_failed(&e);
+                tokio::select! {
+                    _ = tokio::time::sleep(store_backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    let mut feed_open = true;
+    let mut last_purge: Option<Instant> = None;
+    while !stop.is_cancelled() {
+        let now = clock.now();
+        let round = async {
+            let fanned = store
+                .outbox_fan_out(cfg.batch, now, |n| route(&cfg.webhooks, n))
+                .await?;
+            let claimed = store
+                .outbox_claim(&names, now, now + lease, cfg.batch)
+                .await?;
+            let full = fanned == cfg.batch || claimed.len() == cfg.batch;
+            futures_util::stream::iter(claimed)
+                .map(|c| attempt(&client, &endpoints, &store, &clock, c))
+                .buffer_unordered(CONCURRENT_ATTEMPTS)
+                .collect::<Vec<()>>()
+                .await;
+            let stats = store.outbox_stats().await?;
+            Ok::<_, crate::store::StoreError>((full, stats))
+        };
+        let (full, next_due) = match round.await {
+            Ok((full, stats)) => {
+                store_backoff = Duration::from_millis(200);
+                let now = clock.now();
+                telemetry::outbox_gauges(
+                    stats.pending,
+                    stats.dead,
+                    stats
+                        .oldest_at
+                        .map_or(0.0, |t| (to_millis(now) - t).max(0) as f64 / 1000.0),
+                );
+                (full, stats.next_due_at.map(from_millis))
+            }
+            Err(e) => {
+                // The store is away: nothing is lost (every row waits in it); look again later.
+                telemetry::outbox_store_failed(&e);
+                let wait = store_backoff;
+                store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(Instant::now());
+            let before = clock.now() - chrono::Duration::days(cfg.retention_days as i64);
+            match store.outbox_purge(before).await {
+                Ok(n) if n > 0 => tracing::info!(
+                    notifications = n,
+                    "Delivered notifications past their retention deleted"
+                ),
+                Ok(_) => {}
+                Err(e) => telemetry::outbox_store_failed(&e),
+            }
+        }
+        if full {
+            // More is waiting than one round takes: go on at once.
+            continue;
+        }
+        let wait = until(next_due, clock.now(), poll);
+        tokio::select! {
+            r = changes.changed(), if feed_open => {
+                if r.is_err() {
+                    feed_open = false;
+                }
+            }
+            _ = outbox.inner.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+}
+
+/// How long to sleep: until the next delivery is due, at most `poll` (also the bound with a
+/// clock that tests move by hand).
+fn until(next_due: Option<DateTime<Utc>>, now: DateTime<Utc>, poll: Duration) -> Duration {
+    match next_due {
+        Some(due) => (due - now).to_std().unwrap_or_default().min(poll),
+        None => poll,
+    }
+}
+
+/// One attempt at one claimed delivery, and its result recorded.
+async fn attempt(
+    client: &reqwest::Client,
+    endpoints: &HashMap<String, WebhookConfig>,
+    store: &Store,
+    clock: &SharedClock,
+    c: Claimed,
+) {
+    let Some(ep) = endpoints.get(&c.endpoint) else {
+        // Claims name configured endpoints only.
+        return;
+    };
+    let out = webhook::outgoing(ep, &c, clock.now().timestamp());
+    let result = webhook::send(client, ep, &c, out).await;
+    let now = clock.now();
+    match result {
+        Attempt::Delivered(status) => {
+            let latency = (to_millis(now) - c.created_at).max(0) as f64 / 1000.0;
+            if record(|| store.outbox_delivered(c.id, now)).await {
+                telemetry::outbox_delivered(&c.endpoint, c.id, c.attempts, status, latency);
+            }
+        }
+        Attempt::Failed { error, retry_after } => {
+            let give_up = c.attempts >= i64::from(ep.max_attempts);
+            let next = (!give_up).then(|| {
+                let wait = webhook::backoff(
+                    ep.backoff_initial_ms,
+                    ep.backoff_max_ms,
+                    c.attempts,
+                    retry_after,
+                );
+                now + chrono::Duration::from_std(wait).unwrap_or_default()
+            });
+            if record(|| store.outbox_failed(c.id, &error, next)).await {
+                match next {
+                    Some(at) => telemetry::outbox_attempt_failed(
+                        &c.endpoint,
+                        c.id,
+                        c.attempts,
+                        &error,
+                        (at - now).num_milliseconds(),
+                    ),
+                    None => telemetry::outbox_dead(
+                        &c.endpoint,
+                        c.id,
+                        c.notification_id,
+                        c.attempts,
+                        &error,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Records a result, trying a few times; `false` when the store kept failing (the lease then
+/// repeats the attempt, which the receiver recognises by its `X-Anxin-Delivery`).
+async fn record<T, F, Fut>(f: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    for i in 0..RECORD_TRIES {
+        match f().await {
+            Ok(_) => return true,
+            Err(e) => {
+                telemetry::outbox_store_failed(&e);
+                tokio::time::sleep(Duration::from_millis(200 << i)).await;
+            }
+        }
+    }
+    false
+}
