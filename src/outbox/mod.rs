@@ -111,10 +111,17 @@ pub async fn run(
     mut changes: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
+    tokio::select! {
+        _ = test_hooks::before_dispatch() => {}
+        _ = stop.cancelled() => return,
+    }
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .user_agent(concat!("anxin/", env!("CARGO_PKG_VERSION")))
+        // A fresh connection per attempt: notifications are rare, and a pooled connection the
+        // receiver closed while idle would fail an attempt for nothing.
+        .pool_max_idle_per_host(0)
         .build()
     {
         Ok(c) => c,
@@ -319,4 +326,22 @@ where
         }
     }
     false
+}
+
+/// Hooks for crash tests, compiled only with the `test-hooks` feature.
+mod test_hooks {
+    /// With `ANXIN_TEST_HOLD_OUTBOX=PATH`, the dispatcher writes PATH and then never starts:
+    /// a test can SIGKILL the engine after notifications were committed and before any was
+    /// fanned out or sent, deterministically.
+    #[cfg(feature = "test-hooks")]
+    pub async fn before_dispatch() {
+        if let Ok(path) = std::env::var("ANXIN_TEST_HOLD_OUTBOX") {
+            tracing::warn!(marker = %path, "Test hook: holding the notifications outbox until killed");
+            let _ = std::fs::write(&path, b"holding");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub async fn before_dispatch() {}
 }
