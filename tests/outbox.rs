@@ -360,6 +360,25 @@ async fn exactly_once(rx: &Receiver, endpoint: &str, n: usize) -> Vec<Got> {
     got
 }
 
+/// The deliveries the store shows delivered (`filter`: more of the query string), once there
+/// are `n` (a 2xx reaches the store a moment after the receiver gave it).
+async fn recorded(e: &Engine, filter: &str, n: usize) -> Vec<Value> {
+    let items = poll(
+        &format!("{n} deliveries recorded as delivered"),
+        || async move {
+            let (s, v) = e
+                .get(&format!("/api/outbox?status=delivered&limit=1000{filter}"))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            (items.len() >= n).then_some(items)
+        },
+    )
+    .await;
+    assert_eq!(items.len(), n, "{items:#?}");
+    items
+}
+
 /// (alert id, cause, level) of each JSON notification.
 fn triples(got: &[Got]) -> BTreeSet<(i64, String, i64)> {
     got.iter()
@@ -433,10 +452,7 @@ async fn each_notification_arrives_exactly_once_after_failed_attempts(backend: B
     assert!(rx.bad().is_empty(), "{:?}", rx.bad());
 
     // The outbox agrees: all delivered, none pending or dead; the water leak made none.
-    let (s, delivered) = e.get("/api/outbox?status=delivered&limit=1000").await;
-    assert_eq!(s, 200, "{delivered}");
-    let items = delivered["items"].as_array().unwrap();
-    assert_eq!(items.len(), 15, "{delivered}");
+    let items = recorded(e, "", 15).await;
     assert!(items.iter().all(|d| d["attempts"] == 3
         && d["status"] == "delivered"
         && alerts.contains(&d["alert_id"].as_i64().unwrap())));
@@ -447,6 +463,9 @@ async fn each_notification_arrives_exactly_once_after_failed_attempts(backend: B
     let m = |endpoint: &str, result: &str| {
         format!("anxin_outbox_deliveries_total{{endpoint=\"{endpoint}\",result=\"{result}\"}}")
     };
+    // Counted just after the store has it.
+    e.wait_metric(&m("oncall", "delivered"), 9.0).await;
+    e.wait_metric(&m("sms", "delivered"), 6.0).await;
     assert_eq!(e.metric(&m("oncall", "delivered")).await, 9.0);
     assert_eq!(e.metric(&m("sms", "delivered")).await, 6.0);
     assert_eq!(e.metric(&m("oncall", "failed")).await, 18.0);
@@ -515,8 +534,7 @@ async fn nothing_is_lost_while_the_receiver_is_down(backend: Backend) {
     })
     .await;
     assert_eq!(e.metric("anxin_outbox_dead_letters").await, 0.0);
-    let (_, v) = e.get("/api/outbox?status=delivered&limit=1000").await;
-    assert_eq!(v["items"].as_array().unwrap().len(), 15, "{v}");
+    recorded(e, "", 15).await;
 }
 on_both_stores!(nothing_is_lost_while_the_receiver_is_down);
 
@@ -723,7 +741,6 @@ async fn dead_letters_are_listed_and_redriven(backend: Backend) {
         .await;
     assert_eq!(s, 409, "{v}");
     assert!(v["error"].as_str().unwrap().contains("delivered"), "{v}");
-    let (_, v) = e.get("/api/outbox?status=delivered&endpoint=sms").await;
-    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    recorded(e, "&endpoint=sms", 2).await;
 }
 on_both_stores!(dead_letters_are_listed_and_redriven);

@@ -19,11 +19,12 @@ pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, from_millis, to_millis};
@@ -33,9 +34,11 @@ use crate::store::{Claimed, NotificationHead, Store};
 use crate::telemetry;
 use webhook::Attempt;
 
-/// Attempts made at once within a round: a slow endpoint holds one of these for at most its
-/// timeout, never the round's other deliveries in line behind it.
-const CONCURRENT_ATTEMPTS: usize = 16;
+/// How often the gauges (and the next due time) are read from the store while attempts run.
+const STATS_EVERY: Duration = Duration::from_millis(500);
+
+/// At shutdown, how long attempts under way may take to finish and be recorded.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// A claimed delivery is leased for its endpoint's longest timeout plus this: if its answer
 /// is never recorded (a crash), it comes due again then.
@@ -170,38 +173,32 @@ pub async fn run(
         }
     }
 
+    let mut d = Dispatcher {
+        // An endpoint's share of the slots: one that hangs holds only its own, never another
+        // endpoint's deliveries.
+        per_endpoint: (cfg.batch / names.len().max(1)).max(1),
+        busy: names
+            .iter()
+            .map(|n| (n.clone(), Arc::new(AtomicUsize::new(0))))
+            .collect(),
+        endpoints: Arc::new(endpoints),
+        names,
+        inflight: JoinSet::new(),
+        client,
+        lease,
+        cfg,
+        store,
+        clock,
+    };
     let mut feed_open = true;
     let mut last_purge: Option<Instant> = None;
+    let mut last_stats: Option<Instant> = None;
+    let mut next_due: Option<DateTime<Utc>> = None;
     while !stop.is_cancelled() {
-        let now = clock.now();
-        let round = async {
-            let fanned = store
-                .outbox_fan_out(cfg.batch, now, |n| route(&cfg.webhooks, n))
-                .await?;
-            let claimed = store
-                .outbox_claim(&names, now, now + lease, cfg.batch)
-                .await?;
-            let full = fanned == cfg.batch || claimed.len() == cfg.batch;
-            futures_util::stream::iter(claimed)
-                .map(|c| attempt(&client, &endpoints, &store, &clock, c))
-                .buffer_unordered(CONCURRENT_ATTEMPTS)
-                .collect::<Vec<()>>()
-                .await;
-            let stats = store.outbox_stats().await?;
-            Ok::<_, crate::store::StoreError>((full, stats))
-        };
-        let (full, next_due) = match round.await {
-            Ok((full, stats)) => {
+        let more = match d.round().await {
+            Ok(more) => {
                 store_backoff = Duration::from_millis(200);
-                let now = clock.now();
-                telemetry::outbox_gauges(
-                    stats.pending,
-                    stats.dead,
-                    stats
-                        .oldest_at
-                        .map_or(0.0, |t| (to_millis(now) - t).max(0) as f64 / 1000.0),
-                );
-                (full, stats.next_due_at.map(from_millis))
+                more
             }
             Err(e) => {
                 // The store is away: nothing is lost (every row waits in it); look again later.
@@ -215,10 +212,29 @@ pub async fn run(
                 continue;
             }
         };
+        // The gauges and the next due time: at most every STATS_EVERY while attempts run
+        // (each finished attempt reports its own next due time meanwhile).
+        if d.inflight.is_empty() || last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+            last_stats = Some(Instant::now());
+            match d.store.outbox_stats().await {
+                Ok(stats) => {
+                    let now = d.clock.now();
+                    telemetry::outbox_gauges(
+                        stats.pending,
+                        stats.dead,
+                        stats
+                            .oldest_at
+                            .map_or(0.0, |t| (to_millis(now) - t).max(0) as f64 / 1000.0),
+                    );
+                    next_due = stats.next_due_at.map(from_millis);
+                }
+                Err(e) => telemetry::outbox_store_failed(&e),
+            }
+        }
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(Instant::now());
-            let before = clock.now() - chrono::Duration::days(cfg.retention_days as i64);
-            match store.outbox_purge(before).await {
+            let before = d.clock.now() - chrono::Duration::days(d.cfg.retention_days as i64);
+            match d.store.outbox_purge(before).await {
                 Ok(n) if n > 0 => tracing::info!(
                     notifications = n,
                     "Delivered notifications past their retention deleted"
@@ -227,12 +243,17 @@ pub async fn run(
                 Err(e) => telemetry::outbox_store_failed(&e),
             }
         }
-        if full {
-            // More is waiting than one round takes: go on at once.
+        if more {
+            // More notifications wait than one round fans out: go on at once.
             continue;
         }
-        let wait = until(next_due, clock.now(), poll);
+        let wait = until(next_due, d.clock.now(), poll);
         tokio::select! {
+            done = d.inflight.join_next(), if !d.inflight.is_empty() => {
+                if let Some(Ok(Some(at))) = done {
+                    next_due = Some(next_due.map_or(at, |n| n.min(at)));
+                }
+            }
             r = changes.changed(), if feed_open => {
                 if r.is_err() {
                     feed_open = false;
@@ -242,6 +263,88 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => break,
         }
+    }
+    // Attempts under way get a moment to finish and be recorded; any cut short is repeated
+    // when its lease runs out, with the same X-Anxin-Delivery.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while d.inflight.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// The dispatcher's state between rounds.
+struct Dispatcher {
+    cfg: NotifyConfig,
+    store: Store,
+    clock: SharedClock,
+    client: reqwest::Client,
+    endpoints: Arc<HashMap<String, WebhookConfig>>,
+    names: Vec<String>,
+    /// How long a claim holds a delivery: the longest timeout plus a margin.
+    lease: Duration,
+    /// Attempts at once per endpoint.
+    per_endpoint: usize,
+    /// Attempts under way per endpoint (each attempt holds a [`Slot`]).
+    busy: HashMap<String, Arc<AtomicUsize>>,
+    /// The attempts under way; each answers when it is due again (`None`: done or dead).
+    inflight: JoinSet<Option<DateTime<Utc>>>,
+}
+
+impl Dispatcher {
+    /// Fans out at most `batch` notifications, then claims, per endpoint, as many due
+    /// deliveries as it has free slots and starts an attempt at each at once (so a claim's
+    /// lease runs while its attempt does). `true` when more notifications wait to be fanned out.
+    async fn round(&mut self) -> Result<bool, crate::store::StoreError> {
+        let now = self.clock.now();
+        let webhooks = &self.cfg.webhooks;
+        let fanned = self
+            .store
+            .outbox_fan_out(self.cfg.batch, now, |n| route(webhooks, n))
+            .await?;
+        for name in &self.names {
+            let busy = self.busy[name].clone();
+            let free = self
+                .per_endpoint
+                .saturating_sub(busy.load(Ordering::SeqCst));
+            if free == 0 {
+                continue;
+            }
+            let claimed = self
+                .store
+                .outbox_claim(std::slice::from_ref(name), now, now + self.lease, free)
+                .await?;
+            for c in claimed {
+                let slot = Slot::take(busy.clone());
+                let (client, endpoints, store, clock) = (
+                    self.client.clone(),
+                    self.endpoints.clone(),
+                    self.store.clone(),
+                    self.clock.clone(),
+                );
+                self.inflight.spawn(async move {
+                    let _slot = slot;
+                    attempt(&client, &endpoints, &store, &clock, c).await
+                });
+            }
+        }
+        Ok(fanned == self.cfg.batch)
+    }
+}
+
+/// One attempt's hold on its endpoint's slots; given back when the attempt ends, however it
+/// ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: Arc<AtomicUsize>) -> Slot {
+        busy.fetch_add(1, Ordering::SeqCst);
+        Slot(busy)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -254,17 +357,18 @@ fn until(next_due: Option<DateTime<Utc>>, now: DateTime<Utc>, poll: Duration) ->
     }
 }
 
-/// One attempt at one claimed delivery, and its result recorded.
+/// One attempt at one claimed delivery, and its result recorded; answers when the delivery
+/// is due again (`None`: delivered, or a dead letter now).
 async fn attempt(
     client: &reqwest::Client,
     endpoints: &HashMap<String, WebhookConfig>,
     store: &Store,
     clock: &SharedClock,
     c: Claimed,
-) {
+) -> Option<DateTime<Utc>> {
     let Some(ep) = endpoints.get(&c.endpoint) else {
         // Claims name configured endpoints only.
-        return;
+        return None;
     };
     let out = webhook::outgoing(ep, &c, clock.now().timestamp());
     let result = webhook::send(client, ep, &c, out).await;
@@ -275,6 +379,7 @@ async fn attempt(
             if record(|| store.outbox_delivered(c.id, now)).await {
                 telemetry::outbox_delivered(&c.endpoint, c.id, c.attempts, status, latency);
             }
+            None
         }
         Attempt::Failed { error, retry_after } => {
             let give_up = c.attempts >= i64::from(ep.max_attempts);
@@ -305,6 +410,7 @@ async fn attempt(
                     ),
                 }
             }
+            next
         }
     }
 }
