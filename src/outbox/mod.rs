@@ -37,6 +37,9 @@ use webhook::Attempt;
 /// How often the gauges (and the next due time) are read from the store while attempts run.
 const STATS_EVERY: Duration = Duration::from_millis(500);
 
+/// The least time between two rounds that something woke.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(20);
+
 /// At shutdown, how long attempts under way may take to finish and be recorded.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -261,6 +264,12 @@ pub async fn run(
             }
             _ = outbox.inner.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break,
+        }
+        // Alert changes can come hundreds a second in a storm; rounds a few milliseconds apart
+        // take them all without keeping SQLite's one connection from the pipeline.
+        tokio::select! {
+            _ = tokio::time::sleep(MIN_ROUND_GAP) => {}
             _ = stop.cancelled() => break,
         }
     }

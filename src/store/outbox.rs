@@ -350,8 +350,9 @@ impl Store {
                 for r in q.build().fetch_all(&mut *tx).await? {
                     payloads.insert(r.try_get("id")?, r.try_get("payload")?);
                 }
+                // One notification may be claimed for several endpoints at once.
                 for c in &mut claimed {
-                    c.payload = payloads.remove(&c.notification_id).unwrap_or_default();
+                    c.payload = payloads.get(&c.notification_id).cloned().unwrap_or_default();
                 }
             }
             tx.commit().await?;
