@@ -92,9 +92,9 @@ impl WebhookConfig {
 pub struct NotifyConfig {
     /// The endpoints; none means notifications are written and never sent.
     pub webhooks: Vec<WebhookConfig>,
-    /// Most notifications fanned out, and most deliveries claimed, per round: the outbox is a
-    /// table, so this is its only bound in memory. A fuller backlog waits in the table, in
-    /// order; alerts are never held back by it.
+    /// Most notifications fanned out per round, and most attempts in flight (shared equally
+    /// between the endpoints): the outbox is a table, so this is its only bound in memory. A
+    /// larger backlog waits in the table, oldest first; alerts are never held back by it.
     pub batch: usize,
     /// Longest pause between looks at the table when nothing woke the dispatcher (new alert
     /// changes and redrives wake it at once).

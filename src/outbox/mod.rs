@@ -1,19 +1,21 @@
 //! The notifications outbox's dispatcher: delivers what `commit_batch` wrote to the
 //! `[[notify.webhook]]` endpoints, with retries, backoff and dead letters (README
-//! "Notifications", ARCHITECTURE.md "Notifications outbox").
+//! "Notifications (webhooks)", ARCHITECTURE.md "Notifications outbox").
 //!
-//! One task. Each round it (1) fans out at most `batch` notifications into deliveries, (2)
-//! claims at most `batch` due deliveries and makes one attempt at each, concurrently, (3)
-//! records each answer: 2xx delivered; otherwise due again after a backoff, or a dead letter
-//! after `max_attempts`. It wakes on every committed alert change (the live feed's head), on
-//! a redrive, at the next delivery's due time, and at least every `poll_ms`.
+//! One task. Each round it (1) fans out at most `batch` notifications into deliveries (one per
+//! matching endpoint), (2) claims, per endpoint, as many due deliveries as that endpoint has
+//! free attempt slots and starts an attempt at each as a task of its own, (3) as each attempt
+//! ends, records its answer: 2xx delivered; otherwise due again after a backoff, or a dead
+//! letter after `max_attempts`. It wakes on every committed alert change (the live feed's
+//! head), on a redrive, when an attempt ends, at the next delivery's due time, and at least
+//! every `poll_ms`.
 //!
-//! Bounds: memory holds one round (`batch` deliveries); everything else waits in the table,
-//! oldest first. The pipeline never waits for the outbox — a notification is one more row in
-//! the batch's transaction — so a slow or dead endpoint delays nothing but its own
-//! deliveries. Delivery is at least once: a crash after the POST and before the answer is
-//! recorded repeats the attempt when its lease runs out, with the same `X-Anxin-Delivery`,
-//! on which receivers dedupe.
+//! Bounds: at most `batch` attempts in flight, each endpoint an equal share (so one that hangs
+//! holds only its own slots); everything else waits in the table, oldest first — when it is
+//! "full", the backlog is simply rows not yet claimed. The pipeline never waits for the
+//! outbox: a notification is one more row in the batch's transaction. Delivery is at least
+//! once: a crash after the POST and before the answer is recorded repeats the attempt when
+//! its lease runs out, with the same `X-Anxin-Delivery`, on which receivers dedupe.
 
 pub mod webhook;
 
