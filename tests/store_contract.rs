@@ -2444,9 +2444,33 @@ async fn the_outbox_writes_fans_out_claims_once_and_keeps_what_is_undelivered(st
     assert!(left.is_empty(), "{left:?}");
 
     // An endpoint dropped from the configuration: its pending deliveries become dead letters.
-    let later = fx.send("watch-2", &sos(1, "2026-11-23T10:01:00Z")).await;
+    // A resident's device: the payload names the resident (and the alert's resident).
+    fx.store
+        .put_resident(&resident("r9", "Wang Fang"), fx.now())
+        .await
+        .unwrap();
+    let mut items = fx.message("watch-2", &sos(1, "2026-11-23T10:01:00Z"));
+    if let WriteItem::Event { event, .. } = &mut items[0] {
+        event.resident_id = Some("r9".to_owned());
+    }
+    let later = fx.commit(items).await;
     assert_eq!(later.changes[0].action, "opened");
     fx.store.outbox_fan_out(10, far, both).await.unwrap();
+    let to_a = fx
+        .store
+        .outbox_claim(&["a".to_owned()], far, far + Duration::seconds(15), 10)
+        .await
+        .unwrap();
+    assert_eq!(to_a.len(), 1);
+    let p: Value = serde_json::from_str(&to_a[0].payload).unwrap();
+    assert_eq!(
+        (&p["alert"]["resident_id"], &p["resident"]),
+        (
+            &json!("r9"),
+            &json!({"id": "r9", "name": "Wang Fang", "region": "xh"})
+        ),
+        "{p}"
+    );
     assert_eq!(fx.store.outbox_orphans(&["a".to_owned()]).await.unwrap(), 1);
     let (dead, _) = fx
         .store
