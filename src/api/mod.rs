@@ -119,6 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/users/{id}", axum::routing::put(users::put))
         .route("/api/profiles", get(config::profiles))
         .route("/api/outbox", get(outbox::list))
+        .route("/api/outbox/redrive", post(outbox::redrive_all))
         .route("/api/outbox/{id}/redrive", post(outbox::redrive))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.

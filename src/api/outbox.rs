@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::extract::{Path, Query};
+use super::extract::{self, Path, Query};
 use super::{Actor, ApiError, AppState};
 use crate::domain::user::Role;
 use crate::store::DELIVERY_STATUSES;
@@ -89,4 +89,37 @@ pub(super) async fn redrive(
     tracing::info!(delivery = id, endpoint = %d.endpoint, by = %actor.name, "Dead letter re-driven");
     s.outbox.wake();
     Ok(Json(json!(d)))
+}
+
+/// The body of `POST /api/outbox/redrive`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RedriveAllBody {
+    /// Every dead letter to this endpoint.
+    endpoint: String,
+}
+
+/// `POST /api/outbox/redrive` (`{"endpoint"}`): every dead letter to that endpoint goes back
+/// in the queue, as one redrive does; answers `{"redriven": n}`. 422 when the endpoint is not
+/// configured.
+pub(super) async fn redrive_all(
+    State(s): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    extract::Json(body): extract::Json<RedriveAllBody>,
+) -> Result<Json<Value>, ApiError> {
+    actor.require(oversees_notifications, "re-drive notification deliveries")?;
+    if !s.outbox.is_configured(&body.endpoint) {
+        return Err(ApiError::Invalid(format!(
+            "endpoint {:?} is not configured (configured: {})",
+            body.endpoint,
+            s.outbox.endpoints().join(", ")
+        )));
+    }
+    let n = s
+        .store
+        .outbox_redrive_all(&body.endpoint, s.clock.now())
+        .await?;
+    tracing::info!(endpoint = %body.endpoint, deliveries = n, by = %actor.name, "Dead letters re-driven");
+    s.outbox.wake();
+    Ok(Json(json!({ "redriven": n })))
 }

@@ -538,6 +538,26 @@ impl Store {
         Ok(d)
     }
 
+    /// Puts every dead letter to `endpoint` back in the queue, as [`Store::outbox_redrive`]
+    /// does one (after an outage that outlasted `max_attempts`). Returns how many.
+    pub async fn outbox_redrive_all(
+        &self,
+        endpoint: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let n = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $2 WHERE endpoint = $1 AND status = 'dead'",
+            )
+            .bind(endpoint)
+            .bind(to_millis(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n)
+    }
+
     /// Deletes notifications written before `before` whose every delivery was made (their
     /// deliveries go with them); those with a pending or dead delivery stay. Returns how many.
     pub async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
