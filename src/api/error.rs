@@ -79,12 +79,14 @@ impl IntoResponse for ApiError {
                 | StoreError::SuppressionNotFound(_)
                 | StoreError::UserNotFound(_)
                 | StoreError::RegionNotFound(_)
-                | StoreError::RecordNotFound(_) => StatusCode::NOT_FOUND,
+                | StoreError::RecordNotFound(_)
+                | StoreError::DeliveryNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. }
                 | StoreError::ResidentInUse { .. }
                 | StoreError::LoginTaken(_)
                 | StoreError::IdNumberTaken { .. }
-                | StoreError::RecordConflict { .. } => StatusCode::CONFLICT,
+                | StoreError::RecordConflict { .. }
+                | StoreError::DeliveryConflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

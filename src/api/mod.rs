@@ -7,6 +7,7 @@ mod devices;
 mod error;
 mod export;
 pub mod extract;
+mod outbox;
 mod providers;
 mod records;
 mod regions;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub mqtt_detail: ReadyDetail,
     /// The region tree, loaded at start and changed by `PUT /api/regions/{id}`.
     pub regions: Arc<std::sync::RwLock<RegionTree>>,
+    /// The notifications outbox: its endpoints, and a wake-up after a redrive.
+    pub outbox: crate::outbox::Outbox,
 }
 
 /// Extra detail for `/readyz` that never decides readiness.
@@ -137,6 +140,9 @@ pub fn router(state: AppState) -> Router {
             "/api/workers/{id}",
             axum::routing::put(providers::put_worker),
         )
+        .route("/api/outbox", get(outbox::list))
+        .route("/api/outbox/redrive", post(outbox::redrive_all))
+        .route("/api/outbox/{id}/redrive", post(outbox::redrive))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))
