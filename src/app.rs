@@ -18,6 +18,7 @@ use crate::feed::AlertFeed;
 use crate::ingest::mqtt::MqttIngest;
 use crate::ingest::session::{self, SessionWatch};
 use crate::ingest::{embedded, tcp, tls};
+use crate::outbox::Outbox;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -198,6 +199,18 @@ pub async fn run(
         hard_stop.clone(),
         engines,
     );
+    // 5a. The notifications outbox: delivers what the batches wrote, from the store; woken
+    //     by every committed alert change.
+    let outbox = Outbox::new(&config.notify);
+    let outbox_task = tokio::spawn(crate::outbox::run(
+        outbox.clone(),
+        config.notify.clone(),
+        store.clone(),
+        clock.clone(),
+        live.head(),
+        shutdown.clone(),
+    ));
+    tracing::info!(endpoints = ?outbox.endpoints(), "Notifications outbox started");
     let session_task = tokio::spawn(session::record(
         session_watch.clone(),
         store.clone(),
@@ -348,6 +361,7 @@ pub async fn run(
         subscribed: Arc::new(move |f: &str| filter_conn.is_filter_subscribed(f)),
         mqtt_detail: Arc::new(move || session_watch.readyz()),
         regions: Arc::new(std::sync::RwLock::new(region_tree)),
+        outbox,
     };
     let http_addr = http.local_addr()?;
     let http_stop = shutdown.clone();
@@ -382,6 +396,14 @@ pub async fn run(
     }
     upkeep.abort();
     open_alerts.abort();
+    // An attempt cut short here is repeated at the next start, when its lease runs out.
+    let mut outbox_task = outbox_task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut outbox_task)
+        .await
+        .is_err()
+    {
+        outbox_task.abort();
+    }
     hup.abort();
     // The session recorder makes one last attempt at a loss not yet written.
     let mut session_task = session_task;

@@ -121,6 +121,12 @@ impl AlertFeed {
         format!("{}-{seq}", self.inner.run)
     }
 
+    /// The newest sequence number, as a `watch`: it moves after every committed change (the
+    /// notifications outbox wakes on it).
+    pub fn head(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
     /// How many changes the ring keeps.
     pub fn capacity(&self) -> usize {
         self.inner.capacity

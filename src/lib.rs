@@ -8,6 +8,7 @@
 //! - [`store`] — SQLite or PostgreSQL behind one façade, one transaction per batch;
 //! - [`api`] — the operator API: alerts, live feed, health, metrics;
 //! - [`feed`] — committed alert changes, numbered and kept for `Last-Event-ID` replay;
+//! - [`outbox`] — webhook notifications of critical alerts and escalations, from the store;
 //! - [`config`], [`telemetry`], [`clock`], [`app`] (wiring), [`cli`].
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod event;
 pub mod feed;
 pub mod ingest;
+pub mod outbox;
 pub mod pipeline;
 pub mod protocol;
 pub mod registry;

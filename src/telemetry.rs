@@ -101,6 +101,17 @@ pub mod names {
     /// Device connections allowed over all listeners (the open-files limit less the reserve,
     /// or the listeners' own limits).
     pub const TCP_CONNECTION_CAP: &str = "anxin_tcp_connections_cap";
+    /// Webhook attempts, by `endpoint` and `result` (`delivered`, `failed`: retried later,
+    /// `dead`: failed for the last time).
+    pub const OUTBOX_DELIVERIES: &str = "anxin_outbox_deliveries_total";
+    /// From a notification's commit to its endpoint's 2xx, by `endpoint`.
+    pub const OUTBOX_LATENCY: &str = "anxin_outbox_delivery_latency_seconds";
+    /// Age of the oldest notification not yet delivered (pending delivery or not fanned out).
+    pub const OUTBOX_AGE: &str = "anxin_outbox_oldest_pending_age_seconds";
+    /// Deliveries waiting for their next attempt.
+    pub const OUTBOX_PENDING: &str = "anxin_outbox_pending_deliveries";
+    /// Dead letters (deliveries that gave up), until re-driven.
+    pub const OUTBOX_DEAD: &str = "anxin_outbox_dead_letters";
 }
 
 /// HELP text of every counter, in one place so none is left without.
@@ -211,6 +222,10 @@ const COUNTERS: &[(&str, &str)] = &[
         names::MQTT_SESSION_LOST,
         "Connections on which the broker no longer had the engine's session: what it held for us is gone.",
     ),
+    (
+        names::OUTBOX_DELIVERIES,
+        "Webhook attempts by endpoint and result: delivered (2xx), failed (retried later), dead (failed for the last time).",
+    ),
 ];
 
 /// HELP text of every gauge.
@@ -259,6 +274,18 @@ const GAUGES: &[(&str, &str)] = &[
         names::TCP_CONNECTION_CAP,
         "Device connections allowed over all listeners: the listeners' own limits, or the open-files limit less the reserve.",
     ),
+    (
+        names::OUTBOX_AGE,
+        "Age in seconds of the oldest notification not yet delivered to every endpoint (0 when none waits).",
+    ),
+    (
+        names::OUTBOX_PENDING,
+        "Webhook deliveries waiting for their next attempt.",
+    ),
+    (
+        names::OUTBOX_DEAD,
+        "Webhook deliveries that gave up after max_attempts (dead letters), until re-driven.",
+    ),
 ];
 
 /// HELP text of every histogram.
@@ -271,6 +298,10 @@ const HISTOGRAMS: &[(&str, &str)] = &[
     (
         names::TIMER_LAG,
         "How long after its time a rule deadline was taken up by its shard, in seconds (a late one, due while the engine was down, included).",
+    ),
+    (
+        names::OUTBOX_LATENCY,
+        "From a notification's commit to its endpoint's 2xx answer, in seconds, by endpoint (retries included).",
     ),
 ];
 
@@ -402,6 +433,91 @@ pub fn alerts_open(counts: &[(crate::domain::alert::Severity, i64)]) {
 pub fn alerts_open_failed(e: &StoreError) {
     if let Some(suppressed) = allow_log("alerts_open") {
         tracing::warn!(error = %e, suppressed_since_last = suppressed, "Could not count open alerts; anxin_alerts_open keeps its last value");
+    }
+}
+
+/// Registers the outbox's series for each configured endpoint at zero, and its gauges.
+pub fn outbox_endpoints(endpoints: &[String]) {
+    for e in endpoints {
+        for result in ["delivered", "failed", "dead"] {
+            counter!(names::OUTBOX_DELIVERIES, "endpoint" => e.clone(), "result" => result)
+                .increment(0);
+        }
+        let _ = histogram!(names::OUTBOX_LATENCY, "endpoint" => e.clone());
+    }
+    outbox_gauges(0, 0, 0.0);
+}
+
+/// The outbox at a glance: pending deliveries, dead letters, age of the oldest undelivered
+/// notification in seconds.
+pub fn outbox_gauges(pending: i64, dead: i64, oldest_age_secs: f64) {
+    gauge!(names::OUTBOX_PENDING).set(pending as f64);
+    gauge!(names::OUTBOX_DEAD).set(dead as f64);
+    gauge!(names::OUTBOX_AGE).set(oldest_age_secs);
+}
+
+/// A webhook endpoint answered 2xx.
+pub fn outbox_delivered(
+    endpoint: &str,
+    delivery: i64,
+    attempts: i64,
+    status: u16,
+    latency_secs: f64,
+) {
+    counter!(names::OUTBOX_DELIVERIES, "endpoint" => endpoint.to_owned(), "result" => "delivered")
+        .increment(1);
+    histogram!(names::OUTBOX_LATENCY, "endpoint" => endpoint.to_owned()).record(latency_secs);
+    tracing::info!(
+        endpoint,
+        delivery,
+        attempts,
+        status,
+        latency_secs,
+        "Notification delivered"
+    );
+}
+
+/// A webhook attempt failed; it is tried again in `retry_in_ms`.
+pub fn outbox_attempt_failed(
+    endpoint: &str,
+    delivery: i64,
+    attempts: i64,
+    error: &str,
+    retry_in_ms: i64,
+) {
+    counter!(names::OUTBOX_DELIVERIES, "endpoint" => endpoint.to_owned(), "result" => "failed")
+        .increment(1);
+    if let Some(suppressed) = allow_log("outbox_failed") {
+        tracing::warn!(
+            endpoint,
+            delivery,
+            attempts,
+            error,
+            retry_in_ms,
+            suppressed_since_last = suppressed,
+            "Notification delivery failed; will retry"
+        );
+    }
+}
+
+/// A webhook delivery gave up: a dead letter, re-drivable through the API. Always logged.
+pub fn outbox_dead(endpoint: &str, delivery: i64, notification: i64, attempts: i64, error: &str) {
+    counter!(names::OUTBOX_DELIVERIES, "endpoint" => endpoint.to_owned(), "result" => "dead")
+        .increment(1);
+    tracing::error!(
+        endpoint,
+        delivery,
+        notification,
+        attempts,
+        error,
+        "Notification delivery gave up: dead letter (GET /api/outbox?status=dead, POST /api/outbox/{{id}}/redrive)"
+    );
+}
+
+/// The outbox could not reach the store; nothing is lost, the rows wait there.
+pub fn outbox_store_failed(e: &StoreError) {
+    if let Some(suppressed) = allow_log("outbox_store") {
+        tracing::warn!(error = %e, suppressed_since_last = suppressed, "Notifications outbox: store unavailable; will retry");
     }
 }
 
@@ -608,6 +724,14 @@ pub fn metrics_handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(names::TIMER_LAG.into()),
                         &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 30.0, 300.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(names::OUTBOX_LATENCY.into()),
+                        &[
+                            0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+                        ],
                     )
                 })
                 .and_then(|b| {

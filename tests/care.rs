@@ -817,3 +817,275 @@ async fn the_template_imports_its_sound_rows_and_names_every_rejected_one(backen
     }
 }
 on_both_stores!(the_template_imports_its_sound_rows_and_names_every_rejected_one);
+
+async fn providers_and_workers_are_region_records_and_far_check_ins_are_flagged(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let admin = e.token.clone();
+    for (id, region) in [("p-th", "tianhe"), ("p-yx", "yuexiu")] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/providers/{id}"),
+            Some(json!({"name": format!("{region} 居家服务"), "region": region, "phone": "020-12345678"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    for (id, provider) in [("w-th", "p-th"), ("w-yx", "p-yx")] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/workers/{id}"),
+            Some(json!({"provider_id": provider, "name": format!("carer {id}")})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/workers/w-x",
+        Some(json!({"provider_id": "nobody", "name": "x"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    // Her home in Tianhe.
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::PUT,
+        "/api/residents/r-a",
+        Some(json!({"name": "r-a", "region": "tianhe",
+                    "card": {"residence_address": {"lat": 23.1246, "lon": 113.3612}}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &e,
+        &admin,
+        Method::POST,
+        "/api/devices",
+        Some(json!([{"id": "pend-a", "type": "pendant", "resident_id": "r-a"}])),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let sup = user(&e, "sup.tianhe", "supervisor", &["tianhe"]).await;
+
+    // Tianhe's supervisor sees Tianhe's provider only, and may not name Yuexiu's.
+    let (_, v) = call(&e, &sup, Method::GET, "/api/providers", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["items"][0]["id"], json!("p-th"));
+    let (s, _) = call(&e, &sup, Method::GET, "/api/providers/p-yx", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &e,
+        &sup,
+        Method::PUT,
+        "/api/providers/p-yx",
+        Some(json!({"name": "mine now", "region": "tianhe"})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (_, v) = call(&e, &sup, Method::GET, "/api/workers", None).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+    let (s, v) = call(&e, &sup, Method::GET, "/api/providers/p-th", None).await;
+    assert_eq!(
+        (s, v["workers"][0]["id"].as_str()),
+        (200, Some("w-th")),
+        "{v}"
+    );
+
+    e.publish("pend-a", r#"{"type":"sos"}"#);
+    let er = &e;
+    let alert = poll("the sos", || async move {
+        er.alerts("device_id=pend-a").await.first()?["id"].as_i64()
+    })
+    .await;
+    for (provider, worker) in [("p-yx", "w-yx"), ("p-th", "w-yx")] {
+        let (s, v) = call(
+            &e,
+            &sup,
+            Method::POST,
+            &format!("/api/alerts/{alert}/dispatch"),
+            Some(json!({"provider": provider, "worker": worker})),
+        )
+        .await;
+        assert_eq!(s, 422, "{provider}/{worker}: {v}");
+    }
+    let (s, v) = call(
+        &e,
+        &sup,
+        Method::POST,
+        &format!("/api/alerts/{alert}/dispatch"),
+        Some(json!({"provider": "p-th", "worker": "w-th"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let record = v["record_id"].as_i64().unwrap();
+    // Clocked in from Yuexiu, about 10 km away.
+    let (s, r) = call(
+        &e,
+        &sup,
+        Method::POST,
+        &format!("/api/records/{record}/check-in"),
+        Some(json!({"lat": 23.1291, "lon": 113.2644})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (
+            r["provider"].as_str(),
+            r["provider_id"].as_str(),
+            r["worker"].as_str(),
+            r["worker_id"].as_str()
+        ),
+        (
+            Some("tianhe 居家服务"),
+            Some("p-th"),
+            Some("carer w-th"),
+            Some("w-th")
+        ),
+        "{r}"
+    );
+    assert_eq!(r["check_in_far"], json!(true), "{r}");
+    let d = r["check_in_distance_m"].as_f64().unwrap();
+    assert!((9_000.0..11_000.0).contains(&d), "{d}");
+}
+on_both_stores!(providers_and_workers_are_region_records_and_far_check_ins_are_flagged);
+
+/// Pages through the export feed from the start, `limit` at a time: every item, in order.
+async fn export_all(e: &Engine, token: &str, limit: usize) -> (Vec<Value>, Option<String>) {
+    let mut cursor: Option<String> = None;
+    let mut out = Vec::new();
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/export?limit={limit}&cursor={c}"),
+            None => format!("/api/export?limit={limit}"),
+        };
+        let (s, page) = call(e, token, Method::GET, &path, None).await;
+        assert_eq!(s, 200, "{page}");
+        assert_eq!(
+            (page["format"].as_str(), page["version"].as_i64()),
+            (Some("anxin.export"), Some(1))
+        );
+        let items = page["items"].as_array().unwrap().clone();
+        let n = items.len();
+        out.extend(items);
+        if let Some(next) = page["next"].as_str() {
+            cursor = Some(next.to_owned());
+        }
+        if n < limit {
+            return (out, cursor);
+        }
+    }
+}
+
+async fn the_export_feed_pages_the_callers_alerts_and_records_in_change_order(backend: Backend) {
+    let Some((e, _db)) = start(backend).await else {
+        return;
+    };
+    let admin = e.token.clone();
+    for (r, region, device) in [("r-a", "tianhe", "pend-a"), ("r-b", "yuexiu", "pend-b")] {
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::PUT,
+            &format!("/api/residents/{r}"),
+            Some(json!({"name": r, "region": region})),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        let (s, v) = call(
+            &e,
+            &admin,
+            Method::POST,
+            "/api/devices",
+            Some(json!([{"id": device, "type": "pendant", "resident_id": r}])),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let sup = user(&e, "sup.tianhe", "supervisor", &["tianhe"]).await;
+    let op = user(&e, "op.tianhe", "operator", &["tianhe"]).await;
+    let (s, _) = call(&e, &op, Method::GET, "/api/export", None).await;
+    assert_eq!(s, 403, "operators do not export");
+    let (s, _) = call(&e, &sup, Method::GET, "/api/export?cursor=yesterday", None).await;
+    assert_eq!(s, 400);
+
+    e.publish("pend-b", r#"{"type":"sos"}"#);
+    e.publish("pend-a", r#"{"type":"sos"}"#);
+    let er = &e;
+    let alert_a = poll("tianhe's alert", || async move {
+        er.alerts("device_id=pend-a").await.first()?["id"].as_i64()
+    })
+    .await;
+    let (s, v) = call(
+        &e,
+        &sup,
+        Method::POST,
+        &format!("/api/alerts/{alert_a}/dispatch"),
+        Some(json!({"provider": "P", "worker": "W"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let record = v["record_id"].as_i64().unwrap();
+
+    // The feed settles for 5 s; then Tianhe's alert and record are there, page by page, in
+    // change order, and Yuexiu's alert is not.
+    let sup_ref = sup.as_str();
+    let (items, cursor) = poll("both items in the feed", || async move {
+        let (items, cursor) = export_all(er, sup_ref, 1).await;
+        (items.len() >= 2).then_some((items, cursor))
+    })
+    .await;
+    let kinds: Vec<(String, i64)> = items
+        .iter()
+        .map(|i| {
+            (
+                i["type"].as_str().unwrap().to_owned(),
+                i["data"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("alert".to_owned(), alert_a),
+            ("service_record".to_owned(), record)
+        ],
+        "{items:?}"
+    );
+    assert_eq!(items[0]["data"]["status"], json!("dispatched"));
+    let cursors: Vec<&str> = items
+        .iter()
+        .map(|i| i["cursor"].as_str().unwrap())
+        .collect();
+    assert_eq!(cursor.as_deref(), cursors.last().copied());
+    // Up to date: from the last cursor, nothing until something changes.
+    let (s, page) = call(
+        &e,
+        &sup,
+        Method::GET,
+        &format!("/api/export?cursor={}", cursor.unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, page["items"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{page}"
+    );
+    // The admin sees both regions' alerts.
+    let (all, _) = export_all(&e, &admin, 500).await;
+    assert_eq!(
+        all.iter().filter(|i| i["type"] == json!("alert")).count(),
+        2,
+        "{all:?}"
+    );
+}
+on_both_stores!(the_export_feed_pages_the_callers_alerts_and_records_in_change_order);

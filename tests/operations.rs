@@ -514,6 +514,11 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::POST, "/api/login"),
         (Method::POST, dispatch.as_str()),
         (Method::POST, "/api/records/1/check-out"),
+        (Method::PUT, "/api/regions/r1"),
+        (Method::PUT, "/api/residents/r1"),
+        (Method::PUT, "/api/providers/p1"),
+        (Method::PUT, "/api/workers/w1"),
+        (Method::POST, "/api/suppressions"),
     ] {
         let (s, body) = send(&e, method.clone(), path, json, big.clone()).await;
         assert_eq!(s, 413, "{method} {path}: {body}");
@@ -533,6 +538,22 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         let (s, body) = send(&e, method.clone(), path, json, streamed).await;
         assert_eq!(s, 413, "streamed {method} {path}: {body}");
     }
+
+    // The template import has a limit of its own, 48 MiB.
+    let huge = vec![b'x'; 48 * 1024 * 1024 + 1];
+    let (s, body) = send(
+        &e,
+        Method::POST,
+        "/api/residents/import?region=r1",
+        Some("text/csv"),
+        huge,
+    )
+    .await;
+    assert_eq!(s, 413, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("50331648"),
+        "{body}"
+    );
 
     // 400: malformed JSON or CSV, query string or path.
     for (method, path, ct, body) in [
@@ -556,6 +577,35 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
             "id,family\nd1,gt06,extra\n",
         ),
         (Method::GET, "/api/alerts?limit=many", None, ""),
+        (Method::GET, "/api/alerts?limit=-1", None, ""),
+        (Method::GET, "/api/alerts?limit=99999999", None, ""),
+        (Method::GET, "/api/residents?limit=0", None, ""),
+        (Method::GET, "/api/devices?limit=100000", None, ""),
+        (Method::GET, "/api/audit?cursor=-5", None, ""),
+        (Method::GET, "/api/audit?limit=-5", None, ""),
+        (Method::GET, "/api/reports/monthly", None, ""),
+        (Method::GET, "/api/reports/monthly?month=2026-13", None, ""),
+        (
+            Method::GET,
+            "/api/reports/monthly?month=2026-12&format=pdf",
+            None,
+            "",
+        ),
+        (Method::PUT, "/api/regions/r1", json, "{\"name\": "),
+        (Method::PUT, "/api/residents/r1", json, "{\"name\": "),
+        (Method::PUT, "/api/providers/p1", json, "{\"name\": "),
+        (
+            Method::POST,
+            "/api/residents/import?region=bad%20id",
+            Some("text/csv"),
+            "姓名*\n",
+        ),
+        (
+            Method::POST,
+            "/api/residents/import?region=r1",
+            Some("text/csv"),
+            "\u{0}\u{1}\u{2}",
+        ),
         (Method::GET, "/api/alerts?colour=red", None, ""),
         (Method::GET, "/api/alerts/not-a-number", None, ""),
     ] {
@@ -642,6 +692,44 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
         (Method::POST, "/api/devices", json, "[]"),
         (Method::POST, "/api/devices", json, r#"[{"id":"bad id"}]"#),
         (
+            Method::PUT,
+            "/api/regions/r1",
+            json,
+            r#"{"name":"x","parent":"nope"}"#,
+        ),
+        (Method::PUT, "/api/regions/r1", json, r#"{"name":" "}"#),
+        (
+            Method::PUT,
+            "/api/regions/r1",
+            json,
+            r#"{"name":"x","colour":1}"#,
+        ),
+        (
+            Method::PUT,
+            "/api/residents/r1",
+            json,
+            r#"{"name":"x","region":"r","card":{"colour":1}}"#,
+        ),
+        (
+            Method::PUT,
+            "/api/residents/r1",
+            json,
+            r#"{"name":"x","region":"r","card":{"id_number":"110105194912310021"}}"#,
+        ),
+        (Method::PUT, "/api/providers/p1", json, r#"{"name":"x"}"#),
+        (
+            Method::PUT,
+            "/api/workers/w1",
+            json,
+            r#"{"provider_id":"nope","name":"x"}"#,
+        ),
+        (
+            Method::POST,
+            "/api/residents/import?region=r1",
+            Some("text/csv"),
+            "name,phone\nx,y\n",
+        ),
+        (
             Method::POST,
             "/api/devices",
             Some("text/csv"),
@@ -658,6 +746,17 @@ async fn every_route_answers_one_status_per_kind_of_failure() {
     assert_eq!((s, v["error"].is_string()), (404, true), "{v}");
     let (s, _) = send(&e, Method::GET, "/api/alerts/999999", None, "").await;
     assert_eq!(s, 404);
+
+    // Nothing of the refused writes was stored.
+    for path in [
+        "/api/regions",
+        "/api/residents",
+        "/api/providers",
+        "/api/workers",
+    ] {
+        let (s, v) = send(&e, Method::GET, path, None, "").await;
+        assert_eq!((s, &v["items"]), (200, &json!([])), "{path}: {v}");
+    }
 
     // The same requests well-formed succeed: the refusals above were about the input.
     let (s, v) = send(&e, Method::PUT, "/api/devices/d1", json, r#"{"id":"d1"}"#).await;

@@ -419,7 +419,10 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
         admin,
         Method::PUT,
         "/api/residents/r-wang",
-        Some(json!({"name": "Wang Fang", "region": "tianhe", "time_zone": "Asia/Shanghai"})),
+        Some(json!({"name": "Wang Fang", "region": "tianhe", "time_zone": "Asia/Shanghai",
+                    "card": {"id_number": WANG_ID, "phones": [WANG_PHONE],
+                             "residence_address": {"detail": "天河路1号302", "lat": 23.1291, "lon": 113.2644},
+                             "contacts": [{"name": "Wang Jun", "relation": "son", "phone": SON_PHONE}]}})),
     )
     .await;
     assert_eq!(s, 201, "{v}");
@@ -531,10 +534,13 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     assert_eq!(s, 422, "{v}");
     let (s, v) = post(
         format!("/api/records/{record}/check-in"),
-        json!({"lat": 23.1291, "lon": 113.2644}),
+        json!({"lat": 23.1293, "lon": 113.2644}),
     )
     .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("on_site")), "{v}");
+    // At her door (about 22 m by GPS): not flagged.
+    assert_eq!(v["check_in_far"], json!(false), "{v}");
+    assert!(v["check_in_distance_m"].as_f64().unwrap() < 50.0, "{v}");
     let (s, v) = post(
         format!("/api/records/{record}/check-out"),
         json!({"rating": 6}),
@@ -671,5 +677,27 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     assert_eq!((s, list["items"].as_array().map(Vec::len)), (200, Some(0)));
     let (s, _) = call(&e, op, Method::GET, "/api/records?month=2026-13", None).await;
     assert_eq!(s, 400);
+    // The planned visit's carer clocked in from across town: flagged.
+    let (_, far) = call(
+        &e,
+        op,
+        Method::GET,
+        &format!("/api/records/{}", planned["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(far["check_in_far"], json!(null), "no position given: {far}");
+
+    // The whole workflow left no ID-card or phone number in the log.
+    let log = e.log();
+    for secret in [WANG_ID, WANG_PHONE, SON_PHONE] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
 }
 on_both_stores!(an_sos_is_handled_from_claim_to_visit_to_resolution);
+
+/// Wang Fang's ID-card number (GB 11643-1999's own example, a woman born 1949-12-31), her
+/// phone and her son's.
+const WANG_ID: &str = "11010519491231002X";
+const WANG_PHONE: &str = "13812345678";
+const SON_PHONE: &str = "13900001111";

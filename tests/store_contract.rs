@@ -39,7 +39,12 @@
 //! 16. a device's `report_interval` is stored in seconds and read back in its largest unit;
 //! 17. calls and notes go on the timeline with their actor (calls only until resolved, with
 //!     their `to` and `outcome` checked), and of many operators claiming one alert at once
-//!     exactly one wins, the others told who holds it.
+//!     exactly one wins, the others told who holds it;
+//! 18. the notifications outbox: a critical opening and an escalation each write a
+//!     notification in their batch (a high alert none), fanned out once per endpoint; a claim
+//!     leases a delivery so a second claim misses it until the lease ends; delivered and dead
+//!     are conditional; a dead letter is re-driven once; only fully delivered notifications
+//!     are purged; deliveries to endpoints no longer configured become dead letters.
 //!
 //! Run: `ANXIN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test --test
 //! store_contract`.
@@ -211,6 +216,9 @@ contract! {
     the_monthly_report_counts_a_known_month
         => sqlite_the_monthly_report_counts_a_known_month,
            postgres_the_monthly_report_counts_a_known_month;
+    the_outbox_writes_fans_out_claims_once_and_keeps_what_is_undelivered
+        => sqlite_the_outbox_writes_fans_out_claims_once_and_keeps_what_is_undelivered,
+           postgres_the_outbox_writes_fans_out_claims_once_and_keeps_what_is_undelivered;
     calls_and_notes_go_on_the_timeline_and_one_claim_wins
         => sqlite_calls_and_notes_go_on_the_timeline_and_one_claim_wins,
            postgres_calls_and_notes_go_on_the_timeline_and_one_claim_wins;
@@ -2314,7 +2322,7 @@ async fn calls_and_notes_go_on_the_timeline_and_one_claim_wins(store: Store) {
     );
 }
 
-/// 20. The monthly report against a month whose answers are known: alerts opened in the month
+/// 19. The monthly report against a month whose answers are known: alerts opened in the month
 ///     (Asia/Shanghai) of residents of the region, their times to acknowledge, and the
 ///     services done, rated, followed up and arrived at, by provider; another region's
 ///     alerts and records, and an alert of the next month, are not counted.
@@ -2377,8 +2385,7 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
                     id,
                     "op",
                     opened + Duration::seconds(arrive - 60),
-                    provider,
-                    "w",
+                    &anxin::store::Crew::named(provider, "w"),
                 )
                 .await
                 .unwrap();
@@ -2400,7 +2407,7 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
         rating: Option<i64>,
     ) -> i64 {
         fx.store
-            .check_in(record, "w", arrived, None, None)
+            .check_in(record, "w", arrived, None, None, None)
             .await
             .unwrap();
         let out = CheckOut {
@@ -2422,7 +2429,13 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
     visit(opened[4].0, "P1", 100, &["meals"], Some(1)).await;
     let planned = fx
         .store
-        .plan_visit("r1", "op", fx.now(), "P2", "w", None)
+        .plan_visit(
+            "r1",
+            "op",
+            fx.now(),
+            &anxin::store::Crew::named("P2", "w"),
+            None,
+        )
         .await
         .unwrap();
     visited(
@@ -2511,4 +2524,188 @@ async fn the_monthly_report_counts_a_known_month(store: Store) {
         .unwrap();
     let all = MonthlyReport::compute("2026-11", None, "Asia/Shanghai", bounds, &alerts, &records);
     assert_eq!((all.acknowledge.alerts, all.services.services_done), (5, 4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 18. The notifications outbox
+// ---------------------------------------------------------------------------------------------
+
+async fn the_outbox_writes_fans_out_claims_once_and_keeps_what_is_undelivered(store: Store) {
+    let fx = Fx::new(store);
+    let both = |_: &anxin::store::NotificationHead| vec!["a".to_owned(), "b".to_owned()];
+    let opened = fx.send("watch-1", &sos(1, "2026-11-23T09:59:58Z")).await;
+    let alert = opened.changes[0].alert_id;
+    // A high alert notifies nobody.
+    fx.send("leak-1", r#"{"type":"water","state":"leak"}"#)
+        .await;
+    // An escalation step of the SOS: level 1.
+    fx.advance(Duration::seconds(60));
+    let escalated = fx
+        .commit(vec![WriteItem::Escalate {
+            alert_id: alert,
+            rule: "sos".into(),
+            level: 1,
+            due: to_millis(fx.now()),
+            late: false,
+            next: None,
+        }])
+        .await;
+    assert_eq!(escalated.changes[0].action, "escalated");
+
+    let now = fx.commit_time();
+    assert_eq!(fx.store.outbox_fan_out(10, now, both).await.unwrap(), 2);
+    assert_eq!(
+        fx.store.outbox_fan_out(10, now, both).await.unwrap(),
+        0,
+        "fanned out once"
+    );
+    let ends = ["a".to_owned(), "b".to_owned()];
+    let lease = now + Duration::seconds(15);
+    let claimed = fx.store.outbox_claim(&ends, now, lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 4, "two notifications, two endpoints");
+    let mut causes: Vec<(String, i64, i64)> = claimed
+        .iter()
+        .map(|c| {
+            let p: Value = serde_json::from_str(&c.payload).unwrap();
+            assert_eq!(p["alert"]["id"], alert);
+            assert_eq!(p["alert"]["severity"], "critical");
+            assert_eq!(c.attempts, 1);
+            (
+                p["cause"].as_str().unwrap().to_owned(),
+                p["level"].as_i64().unwrap(),
+                p["alert"]["escalation_level"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    causes.sort();
+    causes.dedup();
+    assert_eq!(
+        causes,
+        [("escalated".to_owned(), 1, 1), ("opened".to_owned(), 0, 0)],
+        "each payload is the alert as its own commit saw it"
+    );
+    assert!(
+        fx.store
+            .outbox_claim(&ends, now, lease, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased: nobody else claims them"
+    );
+    let again = fx
+        .store
+        .outbox_claim(&ends, lease, lease + Duration::seconds(15), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.len(),
+        4,
+        "due again when the lease ends (a crashed attempt)"
+    );
+    assert!(again.iter().all(|c| c.attempts == 2));
+
+    let (first, second) = (&again[0], &again[1]);
+    assert!(fx.store.outbox_delivered(first.id, lease).await.unwrap());
+    assert!(
+        !fx.store.outbox_delivered(first.id, lease).await.unwrap(),
+        "once"
+    );
+    fx.store
+        .outbox_failed(second.id, "HTTP 500", None)
+        .await
+        .unwrap();
+    let (dead, next) = fx
+        .store
+        .outbox_list("dead", None, 10, None, None)
+        .await
+        .unwrap();
+    assert_eq!((dead.len(), next), (1, None));
+    assert_eq!(
+        (
+            dead[0].id,
+            dead[0].attempts,
+            dead[0].last_error.as_deref(),
+            dead[0].alert_id
+        ),
+        (second.id, 2, Some("HTTP 500"), alert)
+    );
+    let stats = fx.store.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (2, 1));
+    // The opening's two deliveries are done (one delivered, one dead): the escalation's wait,
+    // committed a minute later.
+    assert_eq!(
+        stats.oldest_at,
+        Some(to_millis(opened_at(&fx, alert).await) + 60_000)
+    );
+
+    let back = fx.store.outbox_redrive(second.id, lease).await.unwrap();
+    assert_eq!((back.status.as_str(), back.attempts), ("pending", 0));
+    assert!(matches!(
+        fx.store.outbox_redrive(second.id, lease).await,
+        Err(StoreError::DeliveryConflict { .. })
+    ));
+    assert!(matches!(
+        fx.store.outbox_redrive(999_999, lease).await,
+        Err(StoreError::DeliveryNotFound(999_999))
+    ));
+
+    // Purged only once every delivery of a notification was made.
+    let far = lease + Duration::days(365);
+    assert_eq!(fx.store.outbox_purge(far).await.unwrap(), 0);
+    let rest = fx.store.outbox_claim(&ends, far, far, 10).await.unwrap();
+    assert_eq!(rest.len(), 3);
+    for c in &rest {
+        assert!(fx.store.outbox_delivered(c.id, far).await.unwrap());
+    }
+    assert_eq!(fx.store.outbox_purge(far).await.unwrap(), 2);
+    let (left, _) = fx
+        .store
+        .outbox_list("delivered", None, 10, None, None)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+
+    // An endpoint dropped from the configuration: its pending deliveries become dead letters.
+    // A resident's device: the payload names the resident (and the alert's resident).
+    fx.store
+        .put_resident(&resident("r9", "Wang Fang"), &Default::default(), fx.now())
+        .await
+        .unwrap();
+    let mut items = fx.message("watch-2", &sos(1, "2026-11-23T10:01:00Z"));
+    if let WriteItem::Event { event, .. } = &mut items[0] {
+        event.resident_id = Some("r9".to_owned());
+    }
+    let later = fx.commit(items).await;
+    assert_eq!(later.changes[0].action, "opened");
+    fx.store.outbox_fan_out(10, far, both).await.unwrap();
+    let to_a = fx
+        .store
+        .outbox_claim(&["a".to_owned()], far, far + Duration::seconds(15), 10)
+        .await
+        .unwrap();
+    assert_eq!(to_a.len(), 1);
+    let p: Value = serde_json::from_str(&to_a[0].payload).unwrap();
+    assert_eq!(
+        (&p["alert"]["resident_id"], &p["resident"]),
+        (
+            &json!("r9"),
+            &json!({"id": "r9", "name": "Wang Fang", "region": "xh"})
+        ),
+        "{p}"
+    );
+    assert_eq!(fx.store.outbox_orphans(&["a".to_owned()]).await.unwrap(), 1);
+    let (dead, _) = fx
+        .store
+        .outbox_list("dead", Some("b"), 10, None, None)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("the endpoint is no longer configured")
+    );
+}
+
+async fn opened_at(fx: &Fx, alert: i64) -> DateTime<Utc> {
+    fx.alert(alert).await.0.opened_at
 }

@@ -423,9 +423,10 @@ pub(super) async fn dispatch(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     actor.require(Role::handles_alerts, "dispatch carers")?;
     visible(&s, &actor, id).await?;
+    let crew = super::providers::crew(&s, &actor, &body.provider, &body.worker).await?;
     let (alert, record_id) = s
         .store
-        .dispatch(id, &actor.name, s.clock.now(), &body.provider, &body.worker)
+        .dispatch(id, &actor.name, s.clock.now(), &crew)
         .await?;
     notify(&s, &alert, "dispatched");
     Ok((

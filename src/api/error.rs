@@ -28,6 +28,9 @@ pub enum ApiError {
     /// Malformed request: body syntax, query string or path parameters.
     #[error("{0}")]
     BadRequest(String),
+    /// No such thing (for records the store has no error variant of its own for).
+    #[error("{0}")]
+    NotFound(String),
     /// No such route.
     #[error("no route {0}")]
     NoRoute(String),
@@ -60,7 +63,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::NoRoute(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge | ApiError::PayloadTooLargeFor(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -76,12 +79,14 @@ impl IntoResponse for ApiError {
                 | StoreError::SuppressionNotFound(_)
                 | StoreError::UserNotFound(_)
                 | StoreError::RegionNotFound(_)
-                | StoreError::RecordNotFound(_) => StatusCode::NOT_FOUND,
+                | StoreError::RecordNotFound(_)
+                | StoreError::DeliveryNotFound(_) => StatusCode::NOT_FOUND,
                 StoreError::Conflict { .. }
                 | StoreError::ResidentInUse { .. }
                 | StoreError::LoginTaken(_)
                 | StoreError::IdNumberTaken { .. }
-                | StoreError::RecordConflict { .. } => StatusCode::CONFLICT,
+                | StoreError::RecordConflict { .. }
+                | StoreError::DeliveryConflict { .. } => StatusCode::CONFLICT,
                 StoreError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Db(_) | StoreError::Migrate(_) | StoreError::Unanswered(_) => {
                     StatusCode::SERVICE_UNAVAILABLE

@@ -5,8 +5,11 @@ mod alerts;
 mod config;
 mod devices;
 mod error;
+mod export;
 pub mod extract;
 pub mod openapi;
+mod outbox;
+mod providers;
 mod records;
 mod regions;
 mod reports;
@@ -76,6 +79,8 @@ pub struct AppState {
     pub mqtt_detail: ReadyDetail,
     /// The region tree, loaded at start and changed by `PUT /api/regions/{id}`.
     pub regions: Arc<std::sync::RwLock<RegionTree>>,
+    /// The notifications outbox: its endpoints, and a wake-up after a redrive.
+    pub outbox: crate::outbox::Outbox,
 }
 
 /// Extra detail for `/readyz` that never decides readiness.
@@ -125,6 +130,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/regions/{id}", axum::routing::put(regions::put))
         .route("/api/audit", get(regions::audit))
         .route("/api/reports/monthly", get(reports::monthly))
+        .route("/api/providers", get(providers::list_providers))
+        .route(
+            "/api/providers/{id}",
+            get(providers::get_provider).put(providers::put_provider),
+        )
+        .route("/api/export", get(export::feed))
+        .route("/api/workers", get(providers::list_workers))
+        .route(
+            "/api/workers/{id}",
+            axum::routing::put(providers::put_worker),
+        )
+        .route("/api/outbox", get(outbox::list))
+        .route("/api/outbox/redrive", post(outbox::redrive_all))
+        .route("/api/outbox/{id}/redrive", post(outbox::redrive))
         // Every API route, whether it reads its body or not: 413 past the limit (extract.rs);
         // after authentication, so nobody unauthenticated makes us read a body.
         .route_layer(middleware::from_fn(extract::limit_body))

@@ -14,7 +14,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{alerts, config, devices, records, regions, reports, residents, suppressions, users};
+use super::{
+    alerts, config, devices, export, outbox, providers, records, regions, reports, residents,
+    suppressions, users,
+};
 use crate::domain::care::Suppression;
 use crate::domain::import::Rejection;
 use crate::domain::region::Region;
@@ -68,6 +71,15 @@ use crate::store::{Alert, AuditEntry, ResidentRecord, ServiceRecord, TimelineEnt
         regions::put,
         regions::audit,
         reports::monthly,
+        providers::list_providers,
+        providers::get_provider,
+        providers::put_provider,
+        providers::list_workers,
+        providers::put_worker,
+        export::feed,
+        outbox::list,
+        outbox::redrive,
+        outbox::redrive_all,
         healthz,
         super::readyz,
         super::metrics,
@@ -84,6 +96,9 @@ use crate::store::{Alert, AuditEntry, ResidentRecord, ServiceRecord, TimelineEnt
         (name = "users", description = "Users and logins"),
         (name = "regions", description = "The region tree and the audit log"),
         (name = "reports", description = "Monthly figures"),
+        (name = "providers", description = "Service providers and their workers"),
+        (name = "export", description = "The export feed for higher platforms (docs/EXPORT.md)"),
+        (name = "outbox", description = "Notification deliveries (webhooks) and dead letters"),
         (name = "operations", description = "Health, readiness, metrics and this description"),
     )
 )]
@@ -424,6 +439,32 @@ pub struct LoggedIn {
 pub struct RegionPage {
     /// The regions.
     pub items: Vec<Region>,
+}
+
+/// The providers the caller sees.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ProviderPage {
+    /// The providers.
+    pub items: Vec<crate::domain::provider::Provider>,
+}
+
+/// The workers the caller sees.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct WorkerPage {
+    /// The workers.
+    pub items: Vec<crate::domain::provider::Worker>,
+}
+
+/// A page of notification deliveries.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DeliveryPage {
+    /// The deliveries, oldest first.
+    pub items: Vec<crate::store::Delivery>,
+    /// The cursor of the next page, `null` on the last.
+    pub next: Option<i64>,
 }
 
 /// A page of the audit log.

@@ -82,11 +82,22 @@ pub(super) async fn check_in(
     extract::Json(b): extract::Json<CheckInBody>,
 ) -> Result<Json<Value>, ApiError> {
     actor.require(Role::handles_alerts, "record visits")?;
-    visible(&s, &actor, id).await?;
+    let record = visible(&s, &actor, id).await?;
     let pos = position(b.lat, b.lon)?;
+    // How far from home: a check-in from elsewhere is flagged on the record.
+    let home = match record.resident_id.as_deref() {
+        Some(r) => s.store.get_resident(r).await?.and_then(|r| {
+            let a = r.card.residence_address?;
+            a.lat.zip(a.lon)
+        }),
+        None => None,
+    };
+    let distance = pos
+        .zip(home)
+        .map(|(p, home)| crate::domain::provider::distance_m((p.lat, p.lon), home));
     let r = s
         .store
-        .check_in(id, &actor.name, s.clock.now(), b.at, pos)
+        .check_in(id, &actor.name, s.clock.now(), b.at, pos, distance)
         .await?;
     Ok(Json(json!(r)))
 }
@@ -218,14 +229,14 @@ pub(super) async fn plan(
             crate::store::StoreError::ResidentNotFound(b.resident_id).to_string(),
         ));
     }
+    let crew = super::providers::crew(&s, &actor, &b.provider, &b.worker).await?;
     let r = s
         .store
         .plan_visit(
             &b.resident_id,
             &actor.name,
             s.clock.now(),
-            &b.provider,
-            &b.worker,
+            &crew,
             b.planned_at,
         )
         .await

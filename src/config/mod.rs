@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod live;
+pub mod notify;
 pub mod profiles;
 pub mod reader;
 pub mod rules;
@@ -186,6 +187,8 @@ pub struct Config {
     pub report_intervals: HashMap<String, chrono::Duration>,
     /// Bootstrap admin token from `ANXIN_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `[notify]`: the notifications outbox's webhook endpoints.
+    pub notify: notify::NotifyConfig,
 }
 
 impl Default for Config {
@@ -255,6 +258,7 @@ impl Default for Config {
             unknown_devices: UnknownPolicy::Quarantine,
             report_intervals: default_report_intervals(),
             admin_token: None,
+            notify: notify::NotifyConfig::default(),
         }
     }
 }
@@ -402,6 +406,10 @@ fn engine_settings(
         config.file = Some(file.clone());
     }
     problems.extend(apply_env(&mut config, env));
+    if let Some(file) = &config.file {
+        let file = file.clone();
+        problems.extend(notify::resolve_secrets(&mut config.notify, &file, env));
+    }
     (config, problems)
 }
 
@@ -615,6 +623,9 @@ fn read_engine(file: &Path, src: &str, config: &mut Config) -> Vec<Problem> {
             config.http.stream_replay_changes = n as usize;
         }
         s.finish();
+    }
+    if let Some(s) = root.table("notify") {
+        notify::read(s, &mut config.notify);
     }
     root.finish();
     drop(doc);
@@ -872,6 +883,68 @@ mod tests {
             ]
         );
         assert!(p[0].message.contains("10 minutes"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn notify_webhooks_are_read_strictly_and_secrets_come_from_the_environment() {
+        use notify::{Cause, WebhookFormat};
+        let src = "[notify]\nbatch = 10\n[[notify.webhook]]\nname = \"oncall\"\nurl = \"http://127.0.0.1:9/hook\"\nsecret = \"0123456789abcdef\"\nmax_attempts = 3\nbackoff_initial_ms = 50\nbackoff_max_ms = 200\n[[notify.webhook]]\nname = \"sms\"\nurl = \"https://sms.example/send\"\nsecret_env = \"SMS_SECRET\"\nformat = \"sms\"\nto = [\"+8613800138000\"]\ntriggers = [\"escalated\"]\nmin_severity = \"critical\"\n";
+        let mut c = Config::default();
+        assert!(read_engine(Path::new("anxin.toml"), src, &mut c).is_empty());
+        let env = |k: &str| (k == "SMS_SECRET").then(|| "fedcba9876543210".to_owned());
+        assert!(notify::resolve_secrets(&mut c.notify, Path::new("anxin.toml"), &env).is_empty());
+        let n = &c.notify;
+        assert_eq!(n.batch, 10);
+        assert_eq!(n.webhooks.len(), 2);
+        assert_eq!(n.webhooks[0].max_attempts, 3);
+        assert_eq!(n.webhooks[0].causes, Cause::ALL);
+        assert_eq!(n.webhooks[1].format, WebhookFormat::Sms);
+        assert_eq!(n.webhooks[1].secret.expose(), "fedcba9876543210");
+        assert!(n.webhooks[1].wants(
+            Cause::Escalated,
+            "sos",
+            crate::domain::alert::Severity::Critical
+        ));
+        assert!(!n.webhooks[1].wants(
+            Cause::Opened,
+            "sos",
+            crate::domain::alert::Severity::Critical
+        ));
+        assert!(!n.webhooks[1].wants(
+            Cause::Escalated,
+            "water",
+            crate::domain::alert::Severity::High
+        ));
+        assert!(
+            !format!("{c:?}").contains("0123456789abcdef"),
+            "secrets never print"
+        );
+
+        let bad = "[notify]\n[[notify.webhook]]\nname = \"a b\"\nurl = \"ftp://x\"\nsecret = \"short\"\nformat = \"sms\"\ncolour = 1\n[[notify.webhook]]\nname = \"x\"\nurl = \"http://x\"\nsecret_env = \"MISSING\"\ntriggers = [\"closed\"]\nbackoff_initial_ms = 500\nbackoff_max_ms = 100\n[[notify.webhook]]\nname = \"x\"\nurl = \"http://y\"\n";
+        let mut c = Config::default();
+        let mut p = read_engine(Path::new("anxin.toml"), bad, &mut c);
+        p.extend(notify::resolve_secrets(
+            &mut c.notify,
+            Path::new("anxin.toml"),
+            &no_env,
+        ));
+        let got: Vec<_> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "notify.webhook[0].name"),
+                (4, "notify.webhook[0].url"),
+                (5, "notify.webhook[0].secret"),
+                (2, "notify.webhook[0]"),
+                (7, "notify.webhook[0].colour"),
+                (12, "notify.webhook[1].triggers"),
+                (8, "notify.webhook[1]"),
+                (16, "notify.webhook[2].name"),
+                (15, "notify.webhook[2]"),
+                (11, "notify.webhook[1].secret_env"),
+            ],
+            "{p:#?}"
+        );
     }
 
     #[test]

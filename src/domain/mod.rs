@@ -5,6 +5,7 @@ pub mod card;
 pub mod care;
 pub mod duration;
 pub mod import;
+pub mod provider;
 pub mod region;
 pub mod report;
 pub mod user;

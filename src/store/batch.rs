@@ -1,5 +1,6 @@
 //! The write path: one transaction per batch (group commit). Everything a batch of messages
-//! produced — events, duplicate bookkeeping, alerts, timeline entries, rejections — commits
+//! produced — events, duplicate bookkeeping, alerts, timeline entries, rejections, the
+//! notifications of critical openings and escalations — commits
 //! together or not at all, so acks can follow the commit (DESIGN.md guarantee 1).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,6 +11,7 @@ use sqlx::Row;
 
 use super::bulk::{Bulk, KeyRow, SeenRow, flaws_json};
 use super::deadlines::apply_deadlines;
+use super::outbox::write_notifications;
 use super::{Deadline, DeadlineChange, DeadlineKind, Store, StoreError, on_pool};
 use crate::clock::to_millis;
 use crate::domain::alert::Severity;
@@ -381,6 +383,9 @@ impl Store {
 
             // 3. Events, in order. Plain events go in multi-row inserts; events that touch an
             //    alert are written one at a time so the timeline can name the event id.
+            // The escalation level each `escalated` change reached, by its index in
+            // out.changes: its notification names the level.
+            let mut levels: HashMap<usize, i64> = HashMap::new();
             let mut plain: Vec<&Event> = Vec::new();
             let mut rejected: Vec<(&Rejection, &str, i64)> = Vec::new();
             for item in &batch.items {
@@ -526,6 +531,7 @@ impl Store {
                                 });
                                 timeline_entry!(tx, *alert_id, committed_at, "escalated", detail.to_string());
                                 out.changes.push(AlertChange { alert_id: *alert_id, device_id: device, kind, severity, action: "escalated".into() });
+                                levels.insert(out.changes.len() - 1, new_level);
                                 true
                             }
                             // Acknowledged or resolved: this step and the ones after it no longer
@@ -568,6 +574,7 @@ impl Store {
                                 });
                                 timeline_entry!(tx, *alert_id, committed_at, "escalated", detail.to_string());
                                 out.changes.push(AlertChange { alert_id: *alert_id, device_id: device, kind, severity, action: "escalated".into() });
+                                levels.insert(out.changes.len() - 1, level);
                             }
                         }
                         let changes = vec![DeadlineChange::Delete(DeadlineKind::Follow, rule.clone(), subject.clone())];
@@ -601,6 +608,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+            // The notifications outbox: critical openings and escalations, in this
+            // transaction, so an alert is never committed without them (store/outbox.rs).
+            write_notifications!(tx, &out.changes, &levels, committed_at);
             sqlx::query("INSERT INTO batches (token, committed_at, outcome) VALUES ($1, $2, $3)")
                 .bind(&batch.token)
                 .bind(committed_at)

@@ -9,6 +9,9 @@ mod batch;
 mod bulk;
 mod deadlines;
 mod devices;
+mod export;
+pub(crate) mod outbox;
+mod providers;
 mod records;
 mod regions;
 mod residents;
@@ -27,7 +30,9 @@ use sqlx::{PgPool, Row, SqlitePool};
 pub use batch::{AlertChange, BatchOutcome, Clear, FollowSpec, RuleHit, WriteBatch, WriteItem};
 pub use deadlines::{Deadline, DeadlineChange, DeadlineKind, TimerState};
 pub use devices::REGISTERED_OUTCOME;
-pub use records::{CheckOut, FOLLOW_UP_RESULTS, FollowUp, Position, ServiceRecord};
+pub use export::{ExportCursor, ExportItem};
+pub use outbox::{Claimed, DELIVERY_STATUSES, Delivery, NotificationHead, OutboxStats};
+pub use records::{CheckOut, Crew, FOLLOW_UP_RESULTS, FollowUp, Position, ServiceRecord};
 pub use regions::AuditEntry;
 pub(crate) use regions::push_scope;
 pub use residents::ResidentRecord;
@@ -107,6 +112,17 @@ pub enum StoreError {
         status: String,
         /// The refused step.
         step: &'static str,
+    },
+    /// No such notification delivery.
+    #[error("delivery {0} not found")]
+    DeliveryNotFound(i64),
+    /// The delivery is not in a state that allows the step.
+    #[error("delivery {id}: {reason}")]
+    DeliveryConflict {
+        /// The delivery.
+        id: i64,
+        /// Why not.
+        reason: String,
     },
     /// The request is not valid.
     #[error("{0}")]

@@ -59,6 +59,31 @@ pub struct FollowUp {
     pub note: Option<String>,
 }
 
+/// Who is sent: the provider and worker as named on the record, and the records they are
+/// when they were named by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Crew {
+    /// Provider name.
+    pub provider: String,
+    /// Worker name.
+    pub worker: String,
+    /// The provider record, when there is one.
+    pub provider_id: Option<String>,
+    /// The worker record, when there is one.
+    pub worker_id: Option<String>,
+}
+
+impl Crew {
+    /// A crew named by free text only.
+    pub fn named(provider: &str, worker: &str) -> Crew {
+        Crew {
+            provider: provider.to_owned(),
+            worker: worker.to_owned(),
+            ..Crew::default()
+        }
+    }
+}
+
 /// A service record as the API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ServiceRecord {
@@ -74,6 +99,10 @@ pub struct ServiceRecord {
     pub provider: String,
     /// Worker sent.
     pub worker: String,
+    /// The provider record, when the dispatch named one.
+    pub provider_id: Option<String>,
+    /// The worker record, when the dispatch named one.
+    pub worker_id: Option<String>,
     /// `dispatched`, `on_site` or `done`.
     pub status: String,
     /// Who dispatched.
@@ -84,6 +113,10 @@ pub struct ServiceRecord {
     pub check_in_at: Option<DateTime<Utc>>,
     /// Check-in position.
     pub check_in: Option<Position>,
+    /// How far from the resident's home the check-in was, in metres, when both are known.
+    pub check_in_distance_m: Option<f64>,
+    /// The check-in was farther than [`crate::domain::provider::FAR_METRES`] from home.
+    pub check_in_far: Option<bool>,
     /// Check-out time.
     pub check_out_at: Option<DateTime<Utc>>,
     /// Check-out position.
@@ -106,11 +139,12 @@ pub struct ServiceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
+pub(super) const RECORD_COLUMNS: &str = "id, alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, \
      check_in_at, check_in_lat, check_in_lon, check_out_at, check_out_lat, check_out_lon, items, content, outcome, rating, \
-     planned_at, follow_up_at, follow_up_by, follow_up_result, follow_up_note, next_visit_at, updated_at";
+     planned_at, follow_up_at, follow_up_by, follow_up_result, follow_up_note, next_visit_at, updated_at, \
+     provider_id, worker_id, check_in_distance_m";
 
-fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
+pub(super) fn record_from_row<R>(r: &R) -> Result<ServiceRecord, StoreError>
 where
     R: Row,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -135,11 +169,17 @@ where
         device_id: r.try_get("device_id")?,
         provider: r.try_get("provider")?,
         worker: r.try_get("worker")?,
+        provider_id: r.try_get("provider_id")?,
+        worker_id: r.try_get("worker_id")?,
         status: r.try_get("status")?,
         opened_by: r.try_get("opened_by")?,
         opened_at: from_millis(r.try_get("opened_at")?),
         check_in_at: time("check_in_at")?,
         check_in: pos("check_in_lat", "check_in_lon")?,
+        check_in_distance_m: r.try_get("check_in_distance_m")?,
+        check_in_far: r
+            .try_get::<Option<f64>, _>("check_in_distance_m")?
+            .map(|d| d > crate::domain::provider::FAR_METRES),
         check_out_at: time("check_out_at")?,
         check_out: pos("check_out_lat", "check_out_lon")?,
         items: serde_json::from_str(&items).unwrap_or_default(),
@@ -238,9 +278,9 @@ impl Store {
         alert_id: i64,
         actor: &str,
         now: DateTime<Utc>,
-        provider: &str,
-        worker: &str,
+        crew: &Crew,
     ) -> Result<(Alert, i64), StoreError> {
+        let (provider, worker) = (crew.provider.as_str(), crew.worker.as_str());
         check_len("provider", provider, 200)?;
         check_len("worker", worker, 200)?;
         let at = to_millis(now);
@@ -258,17 +298,20 @@ impl Store {
                 return Err(refusal!(tx, alert_id, step.name()));
             }
             let record_id: i64 = sqlx::query_scalar(
-                "INSERT INTO service_records (alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, updated_at) \
-                 SELECT id, resident_id, device_id, $2, $3, 'dispatched', $4, $5, $5 FROM alerts WHERE id = $1 RETURNING id",
+                "INSERT INTO service_records (alert_id, resident_id, device_id, provider, worker, status, opened_by, opened_at, updated_at, provider_id, worker_id) \
+                 SELECT id, resident_id, device_id, $2, $3, 'dispatched', $4, $5, $5, $6, $7 FROM alerts WHERE id = $1 RETURNING id",
             )
             .bind(alert_id)
             .bind(provider)
             .bind(worker)
             .bind(actor)
             .bind(at)
+            .bind(crew.provider_id.as_deref())
+            .bind(crew.worker_id.as_deref())
             .fetch_one(&mut *tx)
             .await?;
-            let detail = serde_json::json!({ "provider": provider, "worker": worker, "record_id": record_id });
+            let detail = serde_json::json!({ "provider": provider, "worker": worker, "record_id": record_id,
+                "provider_id": crew.provider_id, "worker_id": crew.worker_id });
             operator_entry!(tx, alert_id, at, actor, step.action(), detail.to_string());
             let alert = alert_in!(tx, alert_id);
             tx.commit().await?;
@@ -276,7 +319,9 @@ impl Store {
         })
     }
 
-    /// The worker is on site: `dispatched` → `on_site`.
+    /// The worker is on site: `dispatched` → `on_site`; `distance_m` from the resident's home
+    /// when both positions are known (flagged far past
+    /// [`crate::domain::provider::FAR_METRES`]).
     pub async fn check_in(
         &self,
         id: i64,
@@ -284,16 +329,19 @@ impl Store {
         now: DateTime<Utc>,
         at: Option<DateTime<Utc>>,
         position: Option<Position>,
+        distance_m: Option<f64>,
     ) -> Result<ServiceRecord, StoreError> {
         check_position(position)?;
         let when = check_time(at, now)?;
-        let detail =
-            serde_json::json!({ "record_id": id, "at": from_millis(when), "position": position });
+        let far = distance_m.map(|d| d > crate::domain::provider::FAR_METRES);
+        let detail = serde_json::json!({ "record_id": id, "at": from_millis(when), "position": position,
+            "distance_m": distance_m, "far": far });
         let sets = vec![
             ("status", Val::Text(Some("on_site".into()))),
             ("check_in_at", Val::Int(Some(when))),
             ("check_in_lat", Val::Float(position.map(|p| p.lat))),
             ("check_in_lon", Val::Float(position.map(|p| p.lon))),
+            ("check_in_distance_m", Val::Float(distance_m)),
         ];
         self.record_step(
             id,
@@ -402,17 +450,17 @@ impl Store {
         resident_id: &str,
         actor: &str,
         now: DateTime<Utc>,
-        provider: &str,
-        worker: &str,
+        crew: &Crew,
         planned_at: Option<DateTime<Utc>>,
     ) -> Result<ServiceRecord, StoreError> {
+        let (provider, worker) = (crew.provider.as_str(), crew.worker.as_str());
         check_len("provider", provider, 200)?;
         check_len("worker", worker, 200)?;
         let at = to_millis(now);
         on_pool!(self, pool => {
             let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO service_records (resident_id, provider, worker, status, opened_by, opened_at, planned_at, updated_at) \
-                 SELECT id, $2, $3, 'dispatched', $4, $5, $6, $5 FROM residents WHERE id = $1 RETURNING id",
+                "INSERT INTO service_records (resident_id, provider, worker, status, opened_by, opened_at, planned_at, updated_at, provider_id, worker_id) \
+                 SELECT id, $2, $3, 'dispatched', $4, $5, $6, $5, $7, $8 FROM residents WHERE id = $1 RETURNING id",
             )
             .bind(resident_id)
             .bind(provider)
@@ -420,6 +468,8 @@ impl Store {
             .bind(actor)
             .bind(at)
             .bind(planned_at.map(to_millis))
+            .bind(crew.provider_id.as_deref())
+            .bind(crew.worker_id.as_deref())
             .fetch_optional(pool)
             .await?;
             let id = id.ok_or_else(|| StoreError::ResidentNotFound(resident_id.to_owned()))?;

@@ -598,6 +598,20 @@ impl Engine {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// PUT an API path with the token and a JSON body.
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(format!("http://{}{path}", self.http))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// `GET /api/alerts?{query}` items.
     pub async fn alerts(&self, query: &str) -> Vec<Value> {
         let (status, body) = self.get(&format!("/api/alerts?{query}")).await;
