@@ -117,6 +117,15 @@ for idx, name in enumerate(PROFILES):
         data = v["payload_text"].encode() if "payload_text" in v else json.dumps(v["payload"]).encode()
         write("profile", bytes([idx]) + data)
 
+# The elder-database template: the header and two sound rows from benches/template_rows.py,
+# in UTF-8 and GB18030, and the same with a row broken (a wrong check character).
+import subprocess
+for enc in ([], ["--gb18030"]):
+    rows = subprocess.run([sys.executable, str(protocols.parent / "benches" / "template_rows.py"), "2", *enc],
+                          check=True, capture_output=True).stdout
+    write("import_template", rows)
+    write("import_template", rows.replace(b"X,", b"1,", 1))
+
 for target in sorted(counts):
     print(f"seed.sh: corpus/{target}: {len(counts[target])} seeds")
 PY

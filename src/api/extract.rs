@@ -40,7 +40,7 @@ pub async fn limit_body(req: Request, next: Next) -> Response {
 }
 
 async fn read_limited(limit: usize, req: Request, next: Next) -> Response {
-    let drain_limit = DRAIN_LIMIT_BYTES.max(limit as u64);
+    let drain_limit = DRAIN_LIMIT_BYTES.max(2 * limit as u64);
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
