@@ -211,6 +211,22 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracing::info!(endpoints = ?outbox.endpoints(), "Notifications outbox started");
+    // 5b. Export webhooks: the export feed pushed to each `format = "export"` endpoint.
+    let export_tasks: Vec<_> = config
+        .notify
+        .webhooks
+        .iter()
+        .filter(|w| w.format == crate::config::notify::WebhookFormat::Export)
+        .map(|w| {
+            tokio::spawn(crate::outbox::export::run(
+                w.clone(),
+                store.clone(),
+                clock.clone(),
+                Duration::from_millis(config.notify.poll_ms),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
     let session_task = tokio::spawn(session::record(
         session_watch.clone(),
         store.clone(),
@@ -403,6 +419,10 @@ pub async fn run(
         .is_err()
     {
         outbox_task.abort();
+    }
+    // A page cut short here was not acknowledged: it is sent again at the next start.
+    for t in export_tasks {
+        t.abort();
     }
     hup.abort();
     // The session recorder makes one last attempt at a loss not yet written.

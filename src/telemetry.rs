@@ -477,6 +477,30 @@ pub fn outbox_delivered(
     );
 }
 
+/// An export endpoint answered 2xx to a page of `items`, the oldest changed `lag_secs` ago.
+pub fn export_pushed(endpoint: &str, items: usize, lag_secs: f64) {
+    counter!(names::OUTBOX_DELIVERIES, "endpoint" => endpoint.to_owned(), "result" => "delivered")
+        .increment(1);
+    histogram!(names::OUTBOX_LATENCY, "endpoint" => endpoint.to_owned()).record(lag_secs);
+    tracing::debug!(endpoint, items, lag_secs, "Export page delivered");
+}
+
+/// A page to an export endpoint failed; the same page is sent again in `retry_in_ms`.
+pub fn export_push_failed(endpoint: &str, failures: i64, error: &str, retry_in_ms: i64) {
+    counter!(names::OUTBOX_DELIVERIES, "endpoint" => endpoint.to_owned(), "result" => "failed")
+        .increment(1);
+    if let Some(suppressed) = allow_log("export_failed") {
+        tracing::warn!(
+            endpoint,
+            failures,
+            error,
+            retry_in_ms,
+            suppressed_since_last = suppressed,
+            "Export page not delivered; will send it again"
+        );
+    }
+}
+
 /// A webhook attempt failed; it is tried again in `retry_in_ms`.
 pub fn outbox_attempt_failed(
     endpoint: &str,

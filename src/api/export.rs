@@ -3,23 +3,12 @@
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::extract::{self, Query};
 use super::{Actor, ApiError, AppState};
 use crate::domain::user::Role;
-use crate::store::ExportCursor;
-
-/// The feed's format name and version (docs/EXPORT.md); a change that is not purely additive
-/// raises the version.
-pub const FORMAT: &str = "anxin.export";
-/// See [`FORMAT`].
-pub const VERSION: u32 = 1;
-
-/// How far behind real time the feed stays, so that a transaction that took its time before
-/// the cursor passed it has committed (its rows carry the time they were computed at, not the
-/// time they became visible).
-pub const SETTLE: chrono::Duration = chrono::Duration::seconds(5);
+use crate::store::export::{SETTLE, START, page_json, parse_cursor};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -29,18 +18,6 @@ pub(super) struct ExportQuery {
     cursor: Option<String>,
     /// Page size, 1..=5000 (default 500).
     limit: Option<i64>,
-}
-
-fn parse_cursor(c: &str) -> Option<ExportCursor> {
-    let mut it = c.split('.');
-    let t = it.next()?.parse().ok()?;
-    let k: u8 = it.next()?.parse().ok()?;
-    let id = it.next()?.parse().ok()?;
-    (it.next().is_none() && k <= 1).then_some((t, k, id))
-}
-
-fn cursor_text((t, k, id): ExportCursor) -> String {
-    format!("{t}.{k}.{id}")
 }
 
 /// `GET /api/export?cursor=&limit=` (supervisors, admins): alerts and service records of the
@@ -70,7 +47,7 @@ pub(super) async fn feed(
     )?;
     let limit = extract::limit(q.limit, 500, 5000)?;
     let after = match q.cursor.as_deref() {
-        None | Some("") => (i64::MIN, 0, i64::MIN),
+        None | Some("") => START,
         Some(c) => parse_cursor(c).ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "cursor {c:?} is not one this feed gave (time.type.id)"
@@ -86,33 +63,5 @@ pub(super) async fn feed(
             actor.scope.regions().as_deref(),
         )
         .await?;
-    let next = items.last().map_or(after, |i| i.cursor());
-    let items: Vec<Value> = items
-        .iter()
-        .map(|i| {
-            let mut v = json!(i);
-            v["cursor"] = json!(cursor_text(i.cursor()));
-            v
-        })
-        .collect();
-    Ok(Json(json!({
-        "format": FORMAT,
-        "version": VERSION,
-        "items": items,
-        "next": if next.0 == i64::MIN { None } else { Some(cursor_text(next)) },
-    })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_strangers_are_refused() {
-        let c = (1_796_083_200_000, 1, 42);
-        assert_eq!(parse_cursor(&cursor_text(c)), Some(c));
-        for bad in ["", "1.2.3", "1.0", "a.0.1", "1.0.1.9", "-1.0.x"] {
-            assert_eq!(parse_cursor(bad), None, "{bad}");
-        }
-    }
+    Ok(Json(page_json(&items, after)))
 }

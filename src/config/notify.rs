@@ -43,6 +43,9 @@ pub enum WebhookFormat {
     Json,
     /// An SMS gateway's shape: `{"to": [...], "text": "..."}`.
     Sms,
+    /// No notifications: the export feed's pages (docs/EXPORT.md), pushed in order as they
+    /// come, each sent until the endpoint answers 2xx.
+    Export,
 }
 
 /// One `[[notify.webhook]]`.
@@ -78,7 +81,9 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// Whether a notification of `cause` about an alert of `kind` and `severity` goes here.
     pub fn wants(&self, cause: Cause, kind: &str, severity: Severity) -> bool {
-        self.causes.contains(&cause)
+        // An export endpoint takes the feed's pages, never notifications.
+        self.format != WebhookFormat::Export
+            && self.causes.contains(&cause)
             && self
                 .kinds
                 .as_ref()
@@ -215,8 +220,9 @@ pub fn read(mut s: Section<'_, '_>, cfg: &mut NotifyConfig) {
                 None
             }
         };
-        let format = match w.choice("format", &["json", "sms"]).as_deref() {
+        let format = match w.choice("format", &["json", "sms", "export"]).as_deref() {
             Some("sms") => WebhookFormat::Sms,
+            Some("export") => WebhookFormat::Export,
             _ => WebhookFormat::Json,
         };
         let to = w.text_list("to");
@@ -237,11 +243,11 @@ pub fn read(mut s: Section<'_, '_>, cfg: &mut NotifyConfig) {
                 w.problem_here("format = \"sms\" needs `to`, the numbers to send to");
                 Vec::new()
             }
-            (WebhookFormat::Json, Some((_, line))) => {
+            (WebhookFormat::Json | WebhookFormat::Export, Some((_, line))) => {
                 w.problem(line, "to", "only format = \"sms\" takes `to`");
                 Vec::new()
             }
-            (WebhookFormat::Json, None) => Vec::new(),
+            (WebhookFormat::Json | WebhookFormat::Export, None) => Vec::new(),
         };
         let causes = match w.text_list("triggers") {
             Some((list, line)) => {

@@ -17,6 +17,7 @@
 //! once: a crash after the POST and before the answer is recorded repeats the attempt when
 //! its lease runs out, with the same `X-Anxin-Delivery`, on which receivers dedupe.
 
+pub mod export;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -59,7 +59,7 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &str) -> String {
 /// The body and signature of an attempt to deliver `c` to `endpoint` at `unix_secs`.
 pub fn outgoing(endpoint: &WebhookConfig, c: &Claimed, unix_secs: i64) -> Outgoing {
     let body = match endpoint.format {
-        WebhookFormat::Json => c.payload.clone(),
+        WebhookFormat::Json | WebhookFormat::Export => c.payload.clone(),
         WebhookFormat::Sms => serde_json::json!({
             "to": endpoint.to,
             "text": sms_text(&serde_json::from_str(&c.payload).unwrap_or(Value::Null)),
@@ -115,12 +115,28 @@ pub async fn send(
     c: &Claimed,
     out: Outgoing,
 ) -> Attempt {
-    let sent = client
+    let ids = [
+        (HEADER_DELIVERY, c.id.to_string()),
+        (HEADER_NOTIFICATION, c.notification_id.to_string()),
+    ];
+    post(client, endpoint, &ids, out).await
+}
+
+/// POSTs `out` to `endpoint` with the signature, the timestamp and the `ids` headers.
+pub async fn post(
+    client: &reqwest::Client,
+    endpoint: &WebhookConfig,
+    ids: &[(&'static str, String)],
+    out: Outgoing,
+) -> Attempt {
+    let mut req = client
         .post(endpoint.url.clone())
         .timeout(Duration::from_millis(endpoint.timeout_ms))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(HEADER_DELIVERY, c.id.to_string())
-        .header(HEADER_NOTIFICATION, c.notification_id.to_string())
+        .header(reqwest::header::CONTENT_TYPE, "application/json");
+    for (name, value) in ids {
+        req = req.header(*name, value);
+    }
+    let sent = req
         .header(HEADER_TIMESTAMP, out.timestamp.to_string())
         .header(HEADER_SIGNATURE, out.signature)
         .body(out.body)

@@ -9,7 +9,7 @@ mod batch;
 mod bulk;
 mod deadlines;
 mod devices;
-mod export;
+pub mod export;
 pub(crate) mod outbox;
 mod providers;
 mod records;
