@@ -655,7 +655,10 @@ async fn an_sos_is_handled_from_claim_to_visit_to_resolution(backend: Backend) {
     )
     .await;
     assert_eq!(s, 200);
-    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m")
+        .to_string();
     let (s, list) = call(
         &e,
         op,

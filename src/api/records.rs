@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -285,24 +285,11 @@ pub(super) struct ListQuery {
 
 /// The most records one page holds.
 const MAX_LIMIT: i64 = 500;
-
-/// `[start, end)` of a `YYYY-MM` month in UTC, ms.
+/// `[start, end)` of a `YYYY-MM` month in the centre's time zone (Asia/Shanghai, as the
+/// monthly report counts it), ms.
 fn month_bounds(month: &str) -> Option<(i64, i64)> {
-    let (y, m) = month.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
-        return None;
-    }
-    let start = NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, 1)?;
-    let next = if start.month() == 12 {
-        NaiveDate::from_ymd_opt(start.year() + 1, 1, 1)?
-    } else {
-        NaiveDate::from_ymd_opt(start.year(), start.month() + 1, 1)?
-    };
-    let ms = |d: NaiveDate| {
-        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap_or_default())
-            .timestamp_millis()
-    };
-    Some((ms(start), ms(next)))
+    let (a, b) = crate::domain::report::month_bounds(month, chrono_tz::Asia::Shanghai)?;
+    Some((a.timestamp_millis(), b.timestamp_millis()))
 }
 
 /// `GET /api/records?resident_id=…&month=YYYY-MM&limit=…&cursor=…`: by id; `next` is the
@@ -353,10 +340,11 @@ mod tests {
     use super::month_bounds;
 
     #[test]
-    fn months_are_utc_and_december_rolls_over() {
+    fn months_are_shanghai_months_and_december_rolls_over() {
+        // 2026-12-01T00:00+08:00 and 2027-01-01T00:00+08:00.
         assert_eq!(
             month_bounds("2026-12"),
-            Some((1_796_083_200_000, 1_798_761_600_000))
+            Some((1_796_054_400_000, 1_798_732_800_000))
         );
         assert_eq!(month_bounds("2026-13"), None);
         assert_eq!(month_bounds("26-1"), None);
