@@ -501,9 +501,10 @@ on_both_stores!(each_notification_arrives_exactly_once_after_failed_attempts);
 /// With the receiver down (connections refused) while alerts open and escalate, every
 /// attempt fails and is retried with backoff; the outbox shows them pending, with their
 /// error, and its age grows. The receiver stays down until every delivery has failed seven
-/// times — what a minute down costs with the shipped backoff (1 s doubling), here in about
-/// seven seconds (50 ms doubling to at most 1 s). When it comes back, each notification
-/// arrives exactly once and the outbox is empty again.
+/// times — what a minute down costs with the shipped backoff (1 s doubling) — and the oldest
+/// notification has waited a full minute of wall time (here retried every second, 50 ms
+/// doubling to at most 1 s). When it comes back, each notification arrives exactly once and
+/// the outbox is empty again.
 async fn nothing_is_lost_while_the_receiver_is_down(backend: Backend) {
     let mut rx = Receiver::new(Mode::Accept);
     let Some(w) = World::start(backend, &rx, 1000, 1000, &[]).await else {
@@ -543,6 +544,16 @@ async fn nothing_is_lost_while_the_receiver_is_down(backend: Backend) {
         (items.len() == 15 && items.iter().all(|d| d["attempts"].as_i64() >= Some(7))).then_some(())
     })
     .await;
+    // And down for a whole minute of wall time, as the engine itself measures the oldest
+    // pending notification's age (a poll with a deadline of its own, longer than the shared one).
+    let start = std::time::Instant::now();
+    while e.metric("anxin_outbox_oldest_pending_age_seconds").await < 60.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the outbox age never reached 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert!(rx.ok("oncall").is_empty() && rx.ok("sms").is_empty());
 
     rx.up().await;
