@@ -75,6 +75,34 @@ async fn user(e: &Engine, login: &str, role: &str, regions: &[&str]) -> String {
     v["token"].as_str().unwrap().to_owned()
 }
 
+/// Puts `resident` (the body's other fields: `extra`) in `region` with pendant `device`, as
+/// the bootstrap admin; answers the resident as written.
+async fn place(e: &Engine, resident: &str, region: &str, device: &str, extra: Value) -> Value {
+    let mut body = json!({"name": resident, "region": region});
+    if let Value::Object(m) = extra {
+        body.as_object_mut().unwrap().extend(m);
+    }
+    let (s, v) = call(
+        e,
+        &e.token,
+        Method::PUT,
+        &format!("/api/residents/{resident}"),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, d) = call(
+        e,
+        &e.token,
+        Method::POST,
+        "/api/devices",
+        Some(json!([{"id": device, "type": "pendant", "resident_id": resident}])),
+    )
+    .await;
+    assert_eq!(s, 201, "{d}");
+    v
+}
+
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
 /// The `alert` events of a live-feed connection, as (alert id, device id).
@@ -162,27 +190,17 @@ async fn an_operator_sees_only_the_regions_below_theirs(backend: Backend) {
         ("r-a", "tianhe", &id_a, "13812345678", "pend-a"),
         ("r-b", "yuexiu", &id_b, "13987654321", "pend-b"),
     ] {
-        let (s, v) = call(
+        let v = place(
             &e,
-            &admin,
-            Method::PUT,
-            &format!("/api/residents/{resident}"),
-            Some(json!({"name": resident, "region": region, "card": {
+            resident,
+            region,
+            device,
+            json!({"card": {
                 "id_number": id_no, "phones": [phone], "living_situation": "alone",
-                "contacts": [{"name": "女儿", "relation": "daughter", "phone": "13700001111"}]}})),
+                "contacts": [{"name": "女儿", "relation": "daughter", "phone": "13700001111"}]}}),
         )
         .await;
-        assert_eq!(s, 201, "{v}");
         assert_eq!(v["labels"]["lives_alone"], json!("true"), "{v}");
-        let (s, v) = call(
-            &e,
-            &admin,
-            Method::POST,
-            "/api/devices",
-            Some(json!([{"id": device, "type": "pendant", "resident_id": resident}])),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
     }
     // One person, one record: the same ID number for a resident of another region.
     let (s, v) = call(
@@ -855,25 +873,14 @@ async fn providers_and_workers_are_region_records_and_far_check_ins_are_flagged(
     .await;
     assert_eq!(s, 422, "{v}");
     // Her home in Tianhe.
-    let (s, v) = call(
+    place(
         &e,
-        &admin,
-        Method::PUT,
-        "/api/residents/r-a",
-        Some(json!({"name": "r-a", "region": "tianhe",
-                    "card": {"residence_address": {"lat": 23.1246, "lon": 113.3612}}})),
+        "r-a",
+        "tianhe",
+        "pend-a",
+        json!({"card": {"residence_address": {"lat": 23.1246, "lon": 113.3612}}}),
     )
     .await;
-    assert_eq!(s, 201, "{v}");
-    let (s, v) = call(
-        &e,
-        &admin,
-        Method::POST,
-        "/api/devices",
-        Some(json!([{"id": "pend-a", "type": "pendant", "resident_id": "r-a"}])),
-    )
-    .await;
-    assert_eq!(s, 201, "{v}");
     let sup = user(&e, "sup.tianhe", "supervisor", &["tianhe"]).await;
 
     // Tianhe's supervisor sees Tianhe's provider only, and may not name Yuexiu's.
@@ -991,24 +998,7 @@ async fn the_export_feed_pages_the_callers_alerts_and_records_in_change_order(ba
     };
     let admin = e.token.clone();
     for (r, region, device) in [("r-a", "tianhe", "pend-a"), ("r-b", "yuexiu", "pend-b")] {
-        let (s, v) = call(
-            &e,
-            &admin,
-            Method::PUT,
-            &format!("/api/residents/{r}"),
-            Some(json!({"name": r, "region": region})),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
-        let (s, v) = call(
-            &e,
-            &admin,
-            Method::POST,
-            "/api/devices",
-            Some(json!([{"id": device, "type": "pendant", "resident_id": r}])),
-        )
-        .await;
-        assert_eq!(s, 201, "{v}");
+        place(&e, r, region, device, json!({})).await;
     }
     let sup = user(&e, "sup.tianhe", "supervisor", &["tianhe"]).await;
     let op = user(&e, "op.tianhe", "operator", &["tianhe"]).await;

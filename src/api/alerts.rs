@@ -15,7 +15,7 @@ use crate::store::{AlertChange, AlertFilter, StoreError};
 
 /// Refuses (404, as for an alert that does not exist) an alert outside the caller's regions:
 /// one of a resident of another region, or of a device assigned to nobody.
-async fn visible(s: &AppState, actor: &Actor, id: i64) -> Result<(), ApiError> {
+pub(super) async fn visible(s: &AppState, actor: &Actor, id: i64) -> Result<(), ApiError> {
     if matches!(actor.scope, Scope::All) {
         return Ok(());
     }

@@ -103,15 +103,11 @@ pub(super) async fn redrive(
     actor.require(oversees_notifications, "re-drive notification deliveries")?;
     let d = s.store.outbox_delivery(id).await?;
     // Another region's alert's delivery is not there for a supervisor of some regions.
-    if !matches!(actor.scope, crate::domain::region::Scope::All) {
-        let (resident, device) = s.store.alert_owner(d.alert_id).await?;
-        let seen = match resident {
-            Some(r) => actor.sees_resident(&s.registry, Some(&r)),
-            None => actor.sees_device(&s.registry, &device),
-        };
-        if !seen {
-            return Err(crate::store::StoreError::DeliveryNotFound(id).into());
-        }
+    if super::alerts::visible(&s, &actor, d.alert_id)
+        .await
+        .is_err()
+    {
+        return Err(crate::store::StoreError::DeliveryNotFound(id).into());
     }
     if !s.outbox.is_configured(&d.endpoint) {
         return Err(crate::store::StoreError::DeliveryConflict {
