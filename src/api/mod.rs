@@ -177,6 +177,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A `PUT`'s status: 201 when it created the thing, 200 when it replaced it.
+pub(crate) fn put_status(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 async fn no_route(req: Request) -> ApiError {
     ApiError::NoRoute(format!("{} {}", req.method(), req.uri().path()))
 }

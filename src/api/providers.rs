@@ -1,7 +1,6 @@
 //! Provider and worker routes, and how a dispatch's `provider` and `worker` become a crew.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -71,11 +70,7 @@ pub(super) async fn put_provider(
         return Err(crate::store::StoreError::RegionNotFound(p.region).into());
     }
     let created = s.store.put_provider(&p, s.clock.now()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = super::put_status(created);
     Ok((status, Json(json!(p))).into_response())
 }
 
@@ -198,11 +193,7 @@ pub(super) async fn put_worker(
         return Err(ApiError::NotFound(format!("worker {} not found", w.id)));
     }
     let created = s.store.put_worker(&w, s.clock.now()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = super::put_status(created);
     Ok((status, Json(json!(w))).into_response())
 }
 

@@ -2,7 +2,6 @@
 //! log of every write.
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -79,11 +78,7 @@ pub(super) async fn put(
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .put(region.clone());
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = super::put_status(created);
     Ok((status, Json(json!(region))).into_response())
 }
 

@@ -152,11 +152,7 @@ pub(super) async fn put(
         .get_resident(&resident.id)
         .await?
         .ok_or_else(|| StoreError::ResidentNotFound(resident.id.clone()))?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = super::put_status(created);
     Ok((status, Json(shown(&s, &actor, &record)?)).into_response())
 }
 

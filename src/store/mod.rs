@@ -14,6 +14,7 @@ pub(crate) mod outbox;
 mod providers;
 mod records;
 mod regions;
+mod reports;
 mod residents;
 mod sessions;
 mod users;
